@@ -1,0 +1,217 @@
+"""Training (paper section IV-B) and clean accuracy.
+
+One loop: SGD with the preset's schedule, batched augmentation, optional CPU bf16 autocast and
+channels_last. Every epoch's randomness (data order, augmentation, dropout) is derived from
+(seed, epoch), and every epoch ends with an atomic checkpoint holding the weights, the optimizer's
+momentum and the metrics so far, so ``resume`` after a kill -9 redoes only the unfinished epoch and
+reaches bit-identical final weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import checkpoint
+from .arch import Network, fold_batchnorm
+from .data import Dataset, batches
+from .errors import SpikeAdvError
+from .presets import TrainConfig, as_dict
+
+Forward = Callable[[nn.Module, Tensor], Tensor]
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a global optimizer step: the paper's step annealing or a one-cycle ramp."""
+    if cfg.schedule == "multistep":  # milestones are 1-based epoch numbers, as the paper counts them
+        epoch = step // steps_per_epoch + 1
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, round(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def autocast(bf16: bool, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def prepare_input(x: Tensor, cfg: TrainConfig) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+@torch.no_grad()
+def accuracy(
+    net: nn.Module,
+    ds: Dataset,
+    *,
+    batch_size: int = 500,
+    bf16: bool = False,
+    forward: Forward | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Top-1 accuracy (percent) of ``forward(net, x)`` (default: the ANN) on a whole dataset."""
+    forward = forward or (lambda m, x: m(x))
+    was_training = net.training
+    net.eval()
+    correct = torch.zeros((), dtype=torch.long)
+    with autocast(bf16, device):
+        for x, y in batches(ds, batch_size, shuffle=False, device=device):
+            correct += (forward(net, x).argmax(1) == y).sum().cpu()
+    net.train(was_training)
+    return 100.0 * correct.item() / len(ds)
+
+
+def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    decay = [p for p in net.parameters() if p.dim() > 1]
+    no_decay = [p for p in net.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def _momentum_state(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict[str, Tensor]:
+    return {
+        f"optim.{i}": opt.state[p]["momentum_buffer"]
+        for i, p in enumerate(params)
+        if opt.state.get(p, {}).get("momentum_buffer") is not None
+    }
+
+
+def _restore(net: Network, opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(net.parameters()):
+        if f"optim.{i}" in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[f"optim.{i}"].clone()
+
+
+def _identity(meta: dict) -> dict:
+    """The parts of a checkpoint's metadata that must agree for a resume to be valid."""
+    return {k: meta[k] for k in ("kind", "trained_network", "train", "seed", "data")}
+
+
+def train(
+    net: Network,
+    train_ds: Dataset,
+    eval_ds: Dataset,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    out: Path,
+    meta: dict,
+    resume: bool = False,
+    forward: Forward | None = None,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[Network, dict]:
+    """Train ``net`` and write it to ``out`` (atomically, once per epoch). Returns (final net, metadata).
+
+    ``meta`` is the caller's record (kind, preset, data digests...); training adds its config, seed,
+    versions and per-epoch metrics. The finished file holds the batch-norm-folded network.
+    """
+    forward = forward or (lambda m, x: m(x))
+    meta = {
+        **meta,
+        "format": checkpoint.FORMAT,
+        "network": net.config(),
+        "trained_network": net.config(),
+        "train": as_dict(cfg),
+        "seed": seed,
+        "versions": checkpoint.versions(),
+        "command": checkpoint.command_line(),
+        "epochs_done": 0,
+        "complete": False,
+        "metrics": [],
+    }
+    torch.manual_seed(seed)
+    net.reset_parameters()
+    net.to(device)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    opt = _optimizer(net, cfg)
+    out = Path(out)
+    if out.exists():
+        if not resume:
+            raise SpikeAdvError(f"{out} exists; pass --resume to continue it, or choose another --out")
+        tensors, saved = checkpoint.load(out)
+        if _identity(saved) != _identity(meta):
+            diff = [k for k, v in _identity(meta).items() if saved.get(k) != v]
+            raise SpikeAdvError(f"{out} was written with a different {', '.join(diff)}; cannot resume it")
+        if saved["complete"]:
+            log(f"{out} is already trained ({saved['epochs_done']} epochs); nothing to do")
+            model, _ = checkpoint.load_model(out)
+            return model, saved
+        _restore(net, opt, tensors)
+        meta.update(epochs_done=saved["epochs_done"], metrics=saved["metrics"])
+        log(f"resuming {out} after epoch {saved['epochs_done']}/{cfg.epochs}")
+
+    steps_per_epoch = len(train_ds) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise SpikeAdvError(f"batch size {cfg.batch_size} exceeds the {len(train_ds)} training images")
+    params = list(net.parameters())
+    for epoch in range(meta["epochs_done"], cfg.epochs):
+        es = epoch_seed(seed, epoch)
+        torch.manual_seed(es)  # dropout
+        gen = torch.Generator().manual_seed(es)  # order and augmentation
+        net.train()
+        start, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros(())
+        correct = torch.zeros((), dtype=torch.long)
+        bar = tqdm(
+            batches(train_ds, cfg.batch_size, shuffle=True, generator=gen, augment=cfg.augment,
+                    drop_last=True, device=device),
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+            leave=False, dynamic_ncols=True, mininterval=1.0,
+        )
+        for i, (x, y) in enumerate(bar):
+            lr = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast(cfg.bf16, device):
+                logits = forward(net, prepare_input(x, cfg))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach().cpu()
+            correct += (logits.argmax(1) == y).sum().cpu()
+            seen += len(y)
+        bar.close()
+        seconds = time.perf_counter() - start
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": round(loss_sum.item() / steps_per_epoch, 5),
+            "train_acc": round(100.0 * correct.item() / seen, 3),
+            "lr_end": lr,
+            "seconds": round(seconds, 2),
+            "images_per_s": round(seen / seconds, 1),
+        }
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            record["test_acc"] = round(accuracy(net, eval_ds, bf16=cfg.bf16, forward=forward, device=device), 3)
+        meta["metrics"].append(record)
+        meta["epochs_done"] = epoch + 1
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1f}%"
+            + (f", test {record['test_acc']:.2f}%" if "test_acc" in record else "")
+            + f", {record['images_per_s']:.0f} img/s, {seconds:.0f} s"
+        )
+        final = epoch + 1 == cfg.epochs
+        if final:
+            net = fold_batchnorm(net.eval()).to(memory_format=torch.contiguous_format)
+            meta.update(complete=True, network=net.config(), batchnorm_folded=meta["trained_network"]["batchnorm"])
+            checkpoint.save(out, checkpoint.model_state(net), meta)
+        else:
+            checkpoint.save(out, {**checkpoint.model_state(net), **_momentum_state(opt, params)}, meta)
+    return net.eval(), meta
