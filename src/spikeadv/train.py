@@ -10,6 +10,7 @@ reaches bit-identical final weights on the same machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +100,7 @@ def _restore(net: Network, opt: torch.optim.Optimizer, tensors: dict[str, Tensor
 
 def _identity(meta: dict) -> dict:
     """The parts of a checkpoint's metadata that must agree for a resume to be valid."""
-    return {k: meta[k] for k in ("kind", "trained_network", "train", "seed", "data")}
+    return json.loads(json.dumps({k: meta[k] for k in ("kind", "trained_network", "train", "seed", "data")}))
 
 
 def train(
@@ -147,7 +148,7 @@ def train(
             raise SpikeAdvError(f"{out} exists; pass --resume to continue it, or choose another --out")
         tensors, saved = checkpoint.load(out)
         if _identity(saved) != _identity(meta):
-            diff = [k for k, v in _identity(meta).items() if saved.get(k) != v]
+            diff = [k for k, v in _identity(meta).items() if _identity(saved)[k] != v]
             raise SpikeAdvError(f"{out} was written with a different {', '.join(diff)}; cannot resume it")
         if saved["complete"]:
             log(f"{out} is already trained ({saved['epochs_done']} epochs); nothing to do")
@@ -172,7 +173,7 @@ def train(
         bar = tqdm(
             batches(train_ds, cfg.batch_size, shuffle=True, generator=gen, augment=cfg.augment,
                     drop_last=True, device=device),
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img", unit_scale=cfg.batch_size,
             leave=False, dynamic_ncols=True, mininterval=1.0,
         )
         for i, (x, y) in enumerate(bar):
