@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import SpikeAdvError
+from .neurons import Spiking, encode, spike_train
 
 SPECS: dict[str, str] = {
     # the paper's VGG-9 (section IV-B, 5x5 kernels)
@@ -148,6 +150,8 @@ class Network(nn.Module):
                 out = layer.size if layer.kind == "out" else _scaled(layer.size, width)
                 self.layers.append(nn.Linear(c * h * w, out, bias=bias))
                 c, h, w = out, 1, 1
+        # one threshold per activation site (index = layer index); 1.0 until balanced or trained
+        self.register_buffer("thresholds", torch.ones(len(self.layers) - 1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -170,9 +174,46 @@ class Network(nn.Module):
         """The fixed first layer: per-channel (x - mean) / std on pixels, rates or spikes alike."""
         return (x - self.mean) / self.std
 
-    def forward(self, x: Tensor) -> Tensor:
-        """ANN mode: pixels in [0, 1] of shape [B, C, H, W] -> logits [B, classes]."""
-        h = self.normalise(x)
+    def forward(
+        self,
+        x: Tensor,
+        snn: Spiking | None = None,
+        generator: torch.Generator | None = None,
+        spikes: dict[int, Tensor] | None = None,
+    ) -> Tensor:
+        """Pixels in [0, 1] of shape [B, C, H, W] -> logits [B, classes].
+
+        ``snn=None``: the ANN (ReLU at every site). Otherwise the same weights as an SNN: the encoder
+        turns x into T input frames; conv/linear layers see each chunk of timesteps folded into the
+        batch ([t*B, ...]), only the neuron update loops over t; the output layer integrates without
+        spiking, logits = accumulated potential / T. ``spikes`` (if given) accumulates, per site, the
+        sum over timesteps of the fraction of neurons that fired (divide by T for the spike rate).
+        """
+        if snn is None:
+            return self._run(self.normalise(x), None, 1, {}, None)
+        return sum(out.sum(0) for out in self.timesteps(x, snn, generator, spikes)) / snn.T
+
+    def timesteps(
+        self,
+        x: Tensor,
+        snn: Spiking,
+        generator: torch.Generator | None = None,
+        spikes: dict[int, Tensor] | None = None,
+        upto: int | None = None,
+    ) -> Iterator[Tensor]:
+        """The SNN's output currents ``[t, B, ...]`` chunk by chunk of time (neuron state carried over);
+        with ``upto`` the input currents of that layer's activation site instead of the output layer's."""
+        state: dict = {}
+        step = snn.chunk or snn.T
+        for t0 in range(0, snn.T, step):
+            t = min(step, snn.T - t0)
+            frames = encode(x, t, snn.encoding, generator).flatten(0, 1)
+            out = self._run(self.normalise(frames), snn, t, state, spikes, upto)
+            yield out.view(t, x.shape[0], *out.shape[1:])
+
+    def _run(
+        self, h: Tensor, snn: Spiking | None, t: int, state: dict, spikes: dict | None, upto: int | None = None
+    ) -> Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if isinstance(layer, nn.Linear) and h.dim() > 2:
@@ -180,11 +221,29 @@ class Network(nn.Module):
             h = layer(h)
             if str(i) in self.norms:
                 h = self.norms[str(i)](h)
-            if i < last and not isinstance(layer, nn.AvgPool2d):
-                h = F.relu(h)
-                if self.dropout and self.training:
-                    h = F.dropout(h, self.dropout, training=True)
-        return h
+            if i == last or i == upto:
+                return h
+            pool = isinstance(layer, nn.AvgPool2d)
+            if snn is None:
+                if not pool:
+                    h = F.relu(h)
+                    if self.dropout and self.training:
+                        h = F.dropout(h, self.dropout, training=True)
+                continue
+            if pool and not snn.spike_after_pool:
+                continue
+            current = h.view(t, -1, *h.shape[1:])
+            out, state[i] = spike_train(current, self.thresholds[i], state.get(i), snn)
+            if spikes is not None:
+                spikes[i] = spikes.get(i, 0) + out.detach().float().mean(tuple(range(1, out.dim()))).sum()
+            if not pool and self.dropout and self.training:
+                # one mask per sample, held across all timesteps (DESIGN section 2)
+                if ("mask", i) not in state:
+                    keep = torch.full_like(out[0], 1 - self.dropout)
+                    state[("mask", i)] = torch.bernoulli(keep) / (1 - self.dropout)
+                out = out * state[("mask", i)]
+            h = out.flatten(0, 1)
+        raise AssertionError("unreachable: the output layer returns")
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -13,6 +13,7 @@ Heaviside step H has a surrogate derivative for backpropagation through time.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -57,28 +58,60 @@ class SpikeFn(torch.autograd.Function):
         return grad * surrogate_grad(u, ctx.name, ctx.alpha), None, None
 
 
-def spike_train(
-    current: Tensor,
-    threshold: Tensor | float,
-    *,
-    leak: float = 1.0,
-    reset: str = "subtract",
-    surrogate: str = "fast-sigmoid",
-    alpha: float = 4.0,
-) -> Tensor:
-    """Run one layer of IF/LIF neurons over time: currents ``[T, B, ...]`` -> spikes ``[T, B, ...]``.
+@dataclass(frozen=True)
+class Spiking:
+    """How a weight set runs as an SNN (DESIGN section 2).
 
-    Spikes are 0/1 (not scaled by the threshold); the next layer's weights see them directly, and the
-    threshold scaling of SNN-I is carried in the thresholds themselves.
+    ``neuron``: ``if`` (SNN-I, no leak) or ``lif`` (SNN-II, v <- leak * v + I). ``T`` timesteps;
+    ``reset`` by ``subtract`` (default) or to ``zero``; the surrogate derivative and its sharpness
+    ``alpha``; input ``encoding`` ``poisson`` (rate coding) or ``direct``; ``spike_after_pool``: a
+    spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
+    ``chunk``: timesteps folded into one batch per call (0 = all T; bounds memory at large T).
     """
-    v = torch.zeros_like(current[0])
+
+    neuron: str = "if"
+    T: int = 32
+    leak: float = 1.0
+    reset: str = "subtract"
+    surrogate: str = "fast-sigmoid"
+    alpha: float = 4.0
+    encoding: str = "poisson"
+    spike_after_pool: bool = True
+    chunk: int = 0
+
+    def __post_init__(self) -> None:
+        if self.neuron not in ("if", "lif"):
+            raise SpikeAdvError(f"neuron must be if or lif, got {self.neuron!r}")
+        if self.T < 1:
+            raise SpikeAdvError(f"T (timesteps) must be >= 1, got {self.T}")
+        if not 0 < self.leak <= 1:
+            raise SpikeAdvError(f"leak must be in (0, 1], got {self.leak}")
+        if self.neuron == "if" and self.leak != 1:
+            raise SpikeAdvError(f"IF neurons have no leak (leak = 1); use neuron=lif for leak {self.leak}")
+        if self.reset not in ("subtract", "zero"):
+            raise SpikeAdvError(f"reset must be subtract or zero, got {self.reset!r}")
+        if self.surrogate not in SURROGATES:
+            raise SpikeAdvError(f"unknown surrogate {self.surrogate!r} (known: {', '.join(SURROGATES)})")
+        if self.alpha <= 0 or self.chunk < 0:
+            raise SpikeAdvError("alpha must be > 0 and chunk >= 0")
+        if self.encoding not in ("poisson", "direct"):
+            raise SpikeAdvError(f"unknown encoding {self.encoding!r} (known: poisson, direct)")
+
+
+def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiking) -> tuple[Tensor, Tensor]:
+    """Run one layer of IF/LIF neurons over time: currents ``[T, B, ...]`` -> (spikes ``[T, B, ...]``,
+    final membrane potential). ``v`` carries the membrane over from an earlier chunk of time.
+
+    Spikes are 0/1; the threshold scaling of SNN-I lives in the thresholds themselves.
+    """
+    v = torch.zeros_like(current[0]) if v is None else v
     spikes = []
     for i_t in current:
-        v = leak * v + i_t
-        s = SpikeFn.apply((v - threshold) / threshold, surrogate, alpha)
-        v = v - s * threshold if reset == "subtract" else v * (1 - s)
+        v = snn.leak * v + i_t if snn.leak != 1 else v + i_t
+        s = SpikeFn.apply((v - threshold) / threshold, snn.surrogate, snn.alpha)
+        v = v - s * threshold if snn.reset == "subtract" else v * (1 - s)
         spikes.append(s)
-    return torch.stack(spikes)
+    return torch.stack(spikes), v
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -1,0 +1,165 @@
+"""IF/LIF neurons, surrogate derivatives, the encoder, and the SNN modes of one weight set."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from spikeadv import neurons
+from spikeadv.arch import Network
+from spikeadv.errors import SpikeAdvError
+from spikeadv.neurons import SURROGATES, Spiking, SpikeFn, encode, spike_train, surrogate_grad
+
+
+@pytest.mark.parametrize("wx, vth", [(0.375, 1.0), (0.8125, 1.0), (0.25, 0.75), (1.5, 2.0), (0.0625, 0.5)])
+@pytest.mark.parametrize("T", [1, 7, 64, 1000])
+def test_if_spike_count_is_the_analytic_rate(wx, vth, T):
+    # one IF layer, weight w, constant input x, reset by subtraction: count = floor(T * w x / V_th)
+    w = torch.tensor([[wx * 2]])
+    x = torch.full((T, 1, 1), 0.5)
+    current = x @ w.T  # [T, 1, 1], exactly wx (dyadic values: no rounding)
+    spikes, _ = spike_train(current, torch.tensor(vth), None, Spiking(T=T))
+    assert spikes.sum().item() == math.floor(T * wx / vth)
+
+
+def test_reset_to_zero_loses_the_residue():
+    current = torch.full((10, 1), 0.75)
+    sub, _ = spike_train(current, torch.tensor(1.0), None, Spiking(T=10))
+    zero, _ = spike_train(current, torch.tensor(1.0), None, Spiking(T=10, reset="zero"))
+    assert sub.sum() == 7 and zero.sum() == 5  # zero: fires every 2nd step, dropping 0.5 each time
+
+
+def test_lif_leak_lowers_the_rate_and_matches_its_recursion():
+    current = torch.full((50, 1), 0.3)
+    lif, _ = spike_train(current, torch.tensor(1.0), None, Spiking(neuron="lif", T=50, leak=0.9))
+    v, count = 0.0, 0
+    for _ in range(50):
+        v = 0.9 * v + 0.3
+        if v >= 1.0:
+            v -= 1.0
+            count += 1
+    assert lif.sum().item() == count < 15  # IF would fire floor(50 * 0.3) = 15 times
+
+
+def test_membrane_carries_across_chunks_of_time():
+    current = torch.rand(40, 3, 5)
+    whole, _ = spike_train(current, torch.tensor(0.7), None, Spiking(T=40))
+    a, v = spike_train(current[:13], torch.tensor(0.7), None, Spiking(T=40))
+    b, _ = spike_train(current[13:], torch.tensor(0.7), v, Spiking(T=40))
+    assert torch.equal(whole, torch.cat([a, b]))
+
+
+@pytest.mark.parametrize("name", SURROGATES)
+def test_surrogate_is_the_derivative_of_a_smooth_step(name):
+    u = torch.linspace(-2, 2, 401, dtype=torch.float64, requires_grad=True)
+    SpikeFn.apply(u, name, 2.0).sum().backward()
+    assert torch.allclose(u.grad, surrogate_grad(u.detach(), name, 2.0))
+    prim = PRIMITIVES[name](u.detach(), 2.0)
+    fd = torch.gradient(prim, spacing=(u.detach(),))[0]  # central differences of the primitive
+    # central differences err by at most h * L, L the Lipschitz constant of the surrogate (kinks incl.)
+    lipschitz_times_h = u.grad.diff().abs().max()
+    inner = slice(2, -2)
+    assert (fd[inner] - u.grad[inner]).abs().max() <= lipschitz_times_h + 1e-9, name
+    assert u.grad.max() > 0
+
+
+PRIMITIVES = {  # smooth steps whose derivatives are the surrogates
+    "lee": lambda u, a: a * torch.where(u.abs() < 1, u - u * u.abs() / 2, 0.5 * torch.sign(u)),
+    "fast-sigmoid": lambda u, a: u / (1 + a * u.abs()),
+    "atan": lambda u, a: torch.atan(math.pi * a * u / 2) / math.pi,
+    "triangle": lambda u, a: torch.where(u.abs() < a, (u - u * u.abs() / (2 * a)) / a, 0.5 * torch.sign(u)),
+}
+
+
+def test_poisson_encoder_rates_seeds_and_straight_through():
+    x = torch.linspace(0, 1, 11).view(1, 11)
+    keep = x.clone()
+    T = 4000
+    s = encode(x, T, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (T, 1, 11) and set(s.unique().tolist()) <= {0.0, 1.0}
+    # mean_t s_t -> x: Bernoulli std of the mean <= 0.5 / sqrt(T); 5 sigma
+    assert (s.mean(0) - x).abs().max() <= 5 * 0.5 / math.sqrt(T)
+    assert torch.equal(s, encode(x, T, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(s, encode(x, T, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(x, keep)  # the caller's tensor is untouched
+    xg = x.clone().requires_grad_()
+    encode(xg, 8).mean(0).sum().backward()
+    assert torch.allclose(xg.grad, torch.ones_like(x))  # d mean_t(s_t) / dx = 1
+    assert torch.equal(encode(x, 3, "direct"), x.expand(3, 1, 11))
+
+
+def small_net(**kw):
+    torch.manual_seed(0)
+    return Network("16x16-6c3-2s-8c3-2s-12fc-4o", 2, (0.5, 0.5), (0.25, 0.25), **kw)
+
+
+def test_time_folding_in_chunks_equals_one_pass():
+    net = small_net(bias=True).eval()
+    net.thresholds.fill_(0.3)
+    x = torch.rand(5, 2, 16, 16)
+    whole = net(x, Spiking(T=12, encoding="direct"))
+    chunked = net(x, Spiking(T=12, encoding="direct", chunk=5))
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    # and the conv layers really see [t*B, ...]: one call per chunk
+    calls = []
+    net.layers[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    net(x, Spiking(T=12, encoding="direct", chunk=5))
+    assert calls == [25, 25, 10]
+
+
+def test_output_is_accumulated_potential_over_T():
+    net = small_net().eval()
+    x = torch.rand(3, 2, 16, 16)
+    snn = Spiking(T=6, encoding="direct")
+    outputs = torch.cat(list(net.timesteps(x, snn)))
+    assert torch.allclose(net(x, snn), outputs.mean(0), atol=1e-6)
+
+
+def test_dropout_mask_is_held_across_timesteps():
+    net = small_net(dropout=0.5).train()
+    with torch.no_grad():
+        net.layers[0].weight.abs_()
+    net.thresholds.fill_(1e-6)  # every neuron with positive input fires at every step
+    seen = []
+    net.layers[1].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    T = 5
+    net(torch.rand(4, 2, 16, 16) + 0.5, Spiking(T=T, encoding="direct"))
+    frames = seen[0].view(T, 4, *seen[0].shape[1:])
+    assert all(torch.equal(frames[0], f) for f in frames[1:])
+    dropped = (frames[0] == 0).float().mean().item()
+    n = frames[0].numel()
+    assert abs(dropped - 0.5) < 5 * 0.5 / math.sqrt(n)
+
+
+def test_snn_input_gradient_in_eval_mode_is_finite_and_nonzero():
+    net = small_net(dropout=0.2).eval()
+    net.thresholds.fill_(0.5)
+    x = torch.rand(4, 2, 16, 16, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    snn = Spiking(neuron="lif", leak=0.9, T=8)
+    loss = nn.functional.cross_entropy(net(x, snn, torch.Generator().manual_seed(0)), y)
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("surrogate", ["fast-sigmoid", "atan"])
+def test_bptt_gradient_matches_finite_differences_with_a_smooth_spike(monkeypatch, surrogate):
+    # With the Heaviside replaced by its smooth primitive, autograd through the whole time loop
+    # (membrane, reset, leak, folding) must equal central finite differences.
+    monkeypatch.setattr(neurons.SpikeFn, "apply", lambda u, name, a: PRIMITIVES[name](u, a) + 0.5)
+    net = small_net(bias=True).double().eval()
+    net.thresholds.fill_(0.4)
+    snn = Spiking(neuron="lif", leak=0.8, T=4, encoding="direct", surrogate=surrogate, alpha=1.0)
+    x = torch.rand(2, 2, 16, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: net(v, snn), (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(T=0), "T"), (dict(neuron="lif", leak=0.0), "leak"), (dict(neuron="lif", leak=1.5), "leak"),
+    (dict(leak=0.9), "IF neurons have no leak"), (dict(reset="soft"), "reset"),
+    (dict(surrogate="relu"), "surrogate"), (dict(encoding="latency"), "encoding"),
+])
+def test_bad_spiking_settings(bad, match):
+    with pytest.raises(SpikeAdvError, match=match):
+        Spiking(**bad)
