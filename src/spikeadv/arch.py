@@ -32,6 +32,8 @@ SPECS: dict[str, str] = {
     "vgg9-k3": "32x32-64c3-64c3-2s-128c3-128c3-2s-256c3-256c3-256c3-2s-1024fc-10o",
 }
 
+MAX_FOLD = 4096  # frames (timesteps x images) per layer call when Spiking.chunk = 0: bounds memory
+
 _TOKEN = re.compile(r"^(?:(?P<conv>\d+)c(?P<k>\d+)|(?P<pool>\d+)s|(?P<fc>\d+)fc|(?P<out>\d+)o)$")
 
 
@@ -187,7 +189,7 @@ class Network(nn.Module):
         turns x into T input frames; conv/linear layers see each chunk of timesteps folded into the
         batch ([t*B, ...]), only the neuron update loops over t; the output layer integrates without
         spiking, logits = accumulated potential / T. ``spikes`` (if given) accumulates, per site, the
-        sum over timesteps of the fraction of neurons that fired (divide by T for the spike rate).
+        fraction of its neurons that fired, summed over timesteps and samples (/ (T * N): spike rate).
         """
         if snn is None:
             return self._run(self.normalise(x), None, 1, {}, None)
@@ -204,7 +206,7 @@ class Network(nn.Module):
         """The SNN's output currents ``[t, B, ...]`` chunk by chunk of time (neuron state carried over);
         with ``upto`` the input currents of that layer's activation site instead of the output layer's."""
         state: dict = {}
-        step = snn.chunk or snn.T
+        step = snn.chunk or max(1, min(snn.T, MAX_FOLD // x.shape[0]))
         for t0 in range(0, snn.T, step):
             t = min(step, snn.T - t0)
             frames = encode(x, t, snn.encoding, generator).flatten(0, 1)
@@ -235,7 +237,7 @@ class Network(nn.Module):
             current = h.view(t, -1, *h.shape[1:])
             out, state[i] = spike_train(current, self.thresholds[i], state.get(i), snn)
             if spikes is not None:
-                spikes[i] = spikes.get(i, 0) + out.detach().float().mean(tuple(range(1, out.dim()))).sum()
+                spikes[i] = spikes.get(i, 0) + out.detach().float().flatten(2).mean(2).sum()
             if not pool and self.dropout and self.training:
                 # one mask per sample, held across all timesteps (DESIGN section 2)
                 if ("mask", i) not in state:

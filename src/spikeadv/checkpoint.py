@@ -6,6 +6,7 @@ Every artifact carries its config, seed, library versions and the digest of the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .arch import Network
 from .errors import SpikeAdvError
+from .neurons import Spiking
 
 FORMAT = "spikeadv-checkpoint/1"
 
@@ -111,6 +113,21 @@ def load_model(path: Path) -> tuple[Network, dict]:
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
         )
     return net.eval(), meta
+
+
+def spiking(meta: dict, **overrides) -> Spiking | None:
+    """How a checkpoint's network runs: None for an ANN, else its saved SNN settings (T overridable)."""
+    if not meta.get("spiking"):
+        return None
+    return Spiking(**{**meta["spiking"], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def command_line() -> str:

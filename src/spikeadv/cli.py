@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
 
 from . import __version__, checkpoint, data
 from .errors import SpikeAdvError
-from .presets import PRESETS, as_dict, get_preset
+from .presets import PRESETS, Preset, as_dict, get_preset
 
 
 def _preset_args(p: argparse.ArgumentParser) -> None:
@@ -31,38 +32,90 @@ def cmd_data_info(args: argparse.Namespace) -> None:
         print(json.dumps(data.info(name, args.root), indent=2, default=str))
 
 
-def cmd_train_ann(args: argparse.Namespace) -> None:
+def _datasets(preset: Preset, root: Path | None) -> tuple[data.Dataset, data.Dataset]:
+    train_ds = data.load(preset.dataset, "train", root)
+    test_ds = data.load(preset.dataset, "test", root)
+    return train_ds, test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
+
+
+def _record(kind: str, preset: Preset, train_ds: data.Dataset, test_ds: data.Dataset) -> dict:
+    return {"kind": kind, "preset": as_dict(preset),
+            "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest}}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """ANN (paper IV-B) or SNN-II (paper III-B): the same loop, the SNN run through time."""
     from .arch import Network
     from .train import train
 
     preset = get_preset(args.preset, args.overrides)
-    train_ds = data.load(preset.dataset, "train", args.root)
-    test_ds = data.load(preset.dataset, "test", args.root)
-    if preset.test_subset:
-        test_ds = test_ds.subset(preset.test_subset)
+    train_ds, test_ds = _datasets(preset, args.root)
     seed = preset.seeds[0] if args.seed is None else args.seed
-    out = args.out or Path("runs") / preset.name / f"ann-seed{seed}.safetensors"
+    kind = "ann" if args.kind == "ann" else "snn2"
+    out = args.out or Path("runs") / preset.name / f"{kind}-seed{seed}.safetensors"
     info = train_ds.info
-    net = Network(preset.spec, info.shape[0], info.mean, info.std, width=preset.width,
-                  dropout=preset.dropout, batchnorm=preset.batchnorm)
-    print(f"training ann: {preset.spec} width {preset.width} ({net.parameter_count():,} weights), "
-          f"{preset.ann.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
-    meta = {
-        "kind": "ann",
-        "preset": as_dict(preset),
-        "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest},
-    }
+    if kind == "ann":
+        cfg, snn = preset.ann, None
+        width, dropout, batchnorm = preset.width, preset.dropout, preset.batchnorm
+    else:
+        c = preset.snn2
+        cfg, snn = c.train, c.spiking()
+        width, dropout, batchnorm = c.width or preset.width, c.dropout, c.batchnorm
+    net = Network(preset.spec, info.shape[0], info.mean, info.std, width=width, dropout=dropout,
+                  batchnorm=batchnorm)
+    print(f"training {kind}: {preset.spec} width {width} ({net.parameter_count():,} weights)"
+          + (f", LIF T={snn.T} leak {snn.leak} {snn.surrogate} surrogate" if snn else "")
+          + f", {cfg.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
     start = time.perf_counter()
-    _, meta = train(net, train_ds, test_ds, preset.ann, seed=seed, out=out, meta=meta, resume=args.resume)
+    _, meta = train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=_record(kind, preset, train_ds, test_ds),
+                    resume=args.resume, snn=snn)
     final = meta["metrics"][-1]
-    print(f"done: {out} — test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
+    print(f"done: {out}: test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
           f"{meta['epochs_done']} epochs, {time.perf_counter() - start:.0f} s this call")
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    """SNN-I from a trained ANN by threshold balancing (paper III-A, IV-C)."""
+    from .convert import convert, proxy_scales
+
+    preset = get_preset(args.preset, args.overrides)
+    c = preset.snn1
+    ann, parent = checkpoint.load_model(args.ann)
+    if parent.get("kind") != "ann":
+        raise SpikeAdvError(f"{args.ann} is a {parent.get('kind')} checkpoint; convert needs an ANN")
+    train_ds, test_ds = _datasets(preset, args.root)
+    if parent["data"]["train"] != train_ds.digest:
+        raise SpikeAdvError(f"{args.ann} was trained on other data than the preset's {preset.dataset}")
+    snn = c.spiking()
+    gen = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(train_ds), generator=gen)[:c.images]
+    images = data.to_float(train_ds.images[idx])
+    out = args.out or args.ann.with_name(args.ann.name.replace("ann", "snn1", 1) if "ann" in args.ann.name
+                                         else f"snn1-{args.ann.name}")
+    if out.exists() and not args.force:
+        raise SpikeAdvError(f"{out} exists; pass --force to replace it, or choose another --out")
+    start = time.perf_counter()
+    net = convert(ann, images, snn, method=c.method, pool_threshold=c.pool_threshold,
+                  percentile=c.percentile, seed=args.seed)
+    meta = {
+        **_record("snn1", preset, train_ds, test_ds),
+        "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
+        "parent": {"path": str(args.ann), "sha256": checkpoint.file_digest(args.ann), "seed": parent["seed"]},
+        "seed": args.seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
+        "proxy_scales": proxy_scales(net), "versions": checkpoint.versions(), "command": checkpoint.command_line(),
+    }
+    checkpoint.save(out, checkpoint.model_state(net), meta)
+    print(f"converted {args.ann} -> {out} ({c.method} balancing on {c.images} images, T={c.T}, "
+          f"{time.perf_counter() - start:.0f} s); thresholds " + ", ".join(f"{t:.3g}" for t in net.thresholds.tolist()))
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    import statistics
+
     from .train import accuracy
 
     net, meta = checkpoint.load_model(args.checkpoint)
+    snn = checkpoint.spiking(meta, T=args.T)
     name = args.dataset or meta.get("data", {}).get("dataset")
     if name is None:
         raise SpikeAdvError(f"{args.checkpoint} does not record its dataset; pass --dataset")
@@ -74,8 +127,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
         )
     if args.subset:
         ds = ds.subset(args.subset)
-    acc = accuracy(net, ds, bf16=args.bf16)
-    print(f"{args.checkpoint}: {meta.get('kind', '?')} accuracy {acc:.2f}% on {name}/{args.split} ({len(ds)} images)")
+    where = f"{name}/{args.split} ({len(ds)} images)"
+    if snn is None:
+        print(f"{args.checkpoint}: ann accuracy {accuracy(net, ds, bf16=args.bf16):.2f}% on {where}")
+        return
+    spikes: dict = {}
+    accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16)
+            for r in range(args.repeats)]
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}) accuracy "
+          f"{statistics.mean(accs):.2f}% +- {std:.2f} over {len(accs)} encoder seeds on {where}")
+    rates = ", ".join(f"{i}:{net.spec.layers[i].kind} {float(v) / (snn.T * len(ds)):.3f}" for i, v in spikes.items())
+    print(f"mean spike rate per layer (spikes per neuron per step): {rates}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -90,8 +153,17 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the same one-line form as every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"spikeadv: error: {self.prog.removeprefix('spikeadv').strip() or 'usage'}: {message} "
+              f"(see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="spikeadv", description=__doc__)
+    top = _Parser(prog="spikeadv", description=__doc__)
     top.add_argument("--version", action="version", version=f"spikeadv {__version__}")
     top.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     sub = top.add_subparsers(dest="command", required=True)
@@ -107,13 +179,23 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--root", type=Path, help="data directory (default: $SPIKEADV_DATA or ~/.cache/spikeadv/data)")
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="kind", required=True)
-    p = t.add_parser("ann", help="train the ANN (paper section IV-B)")
+    for kind, text in (("ann", "the ANN (paper section IV-B)"), ("snn", "SNN-II: LIF, BPTT with a surrogate (III-B)")):
+        p = t.add_parser(kind, help=f"train {text}")
+        _preset_args(p)
+        p.add_argument("--seed", type=int, help="default: the preset's first seed")
+        p.add_argument("--out", type=Path, help="checkpoint path (default: runs/PRESET/KIND-seedN.safetensors)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+        p.add_argument("--root", type=Path, help="data directory")
+        p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="SNN-I: convert a trained ANN by threshold balancing (III-A)")
+    p.add_argument("ann", type=Path, help="ANN checkpoint")
     _preset_args(p)
-    p.add_argument("--seed", type=int, help="default: the preset's first seed")
-    p.add_argument("--out", type=Path, help="checkpoint path (default: runs/PRESET/ann-seedN.safetensors)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    p.add_argument("--seed", type=int, default=0, help="picks the balancing images and their spikes")
+    p.add_argument("--out", type=Path, help="default: the ANN's name with ann -> snn1")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--root", type=Path, help="data directory")
-    p.set_defaults(func=cmd_train_ann)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("eval", help="clean accuracy of a checkpoint")
     p.add_argument("checkpoint", type=Path)
@@ -121,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--subset", type=_positive, help="first N images only")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16)")
+    p.add_argument("--T", type=_positive, help="SNN timesteps (default: the checkpoint's)")
+    p.add_argument("--repeats", type=_positive, default=1, help="SNN: mean and std over R encoder seeds")
+    p.add_argument("--seed", type=int, default=0, help="SNN: first encoder seed")
     p.add_argument("--root", type=Path, help="data directory")
     p.set_defaults(func=cmd_eval)
 

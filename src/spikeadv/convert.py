@@ -92,6 +92,7 @@ def _relu_maxima(net: Network, images: Tensor, percentile: float) -> dict[int, T
             continue
         h = net._run(net.normalise(images), None, 1, {}, None, upto=i).clamp(min=0).flatten().float()
         out[i] = h.kthvalue(max(1, round(percentile / 100 * h.numel()))).values
+    return out
 
 
 def proxy_scales(net: Network) -> list[float]:

@@ -66,7 +66,7 @@ class Spiking:
     ``reset`` by ``subtract`` (default) or to ``zero``; the surrogate derivative and its sharpness
     ``alpha``; input ``encoding`` ``poisson`` (rate coding) or ``direct``; ``spike_after_pool``: a
     spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
-    ``chunk``: timesteps folded into one batch per call (0 = all T; bounds memory at large T).
+    ``chunk``: timesteps folded into one batch per call (0 = as many as keep t * B <= arch.MAX_FOLD).
     """
 
     neuron: str = "if"
@@ -104,14 +104,15 @@ def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiki
 
     Spikes are 0/1; the threshold scaling of SNN-I lives in the thresholds themselves.
     """
-    v = torch.zeros_like(current[0]) if v is None else v
+    dtype = torch.promote_types(current.dtype, torch.float32)  # bf16 currents, float32 membrane
+    v = torch.zeros_like(current[0], dtype=dtype) if v is None else v
     spikes = []
     for i_t in current:
-        v = snn.leak * v + i_t if snn.leak != 1 else v + i_t
+        v = snn.leak * v + i_t.to(dtype) if snn.leak != 1 else v + i_t.to(dtype)
         s = SpikeFn.apply((v - threshold) / threshold, snn.surrogate, snn.alpha)
         v = v - s * threshold if snn.reset == "subtract" else v * (1 - s)
         spikes.append(s)
-    return torch.stack(spikes), v
+    return torch.stack(spikes).to(current.dtype), v
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -24,10 +24,8 @@ from . import checkpoint
 from .arch import Network, fold_batchnorm
 from .data import Dataset, batches
 from .errors import SpikeAdvError
+from .neurons import Spiking
 from .presets import TrainConfig, as_dict
-
-Forward = Callable[[nn.Module, Tensor], Tensor]
-
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at a global optimizer step: the paper's step annealing or a one-cycle ramp."""
@@ -56,51 +54,62 @@ def prepare_input(x: Tensor, cfg: TrainConfig) -> Tensor:
 
 @torch.no_grad()
 def accuracy(
-    net: nn.Module,
+    net: Network,
     ds: Dataset,
     *,
+    snn: Spiking | None = None,
+    seed: int = 0,
+    spikes: dict[int, Tensor] | None = None,
     batch_size: int = 500,
     bf16: bool = False,
-    forward: Forward | None = None,
     device: torch.device | str = "cpu",
 ) -> float:
-    """Top-1 accuracy (percent) of ``forward(net, x)`` (default: the ANN) on a whole dataset."""
-    forward = forward or (lambda m, x: m(x))
+    """Top-1 accuracy (percent) on a whole dataset, of the ANN or (``snn``) of the same weights as an
+    SNN, its encoder seeded by ``seed``. ``spikes`` accumulates per-site spike counts (see Network)."""
     was_training = net.training
     net.eval()
+    gen = torch.Generator(device).manual_seed(seed)
     correct = torch.zeros((), dtype=torch.long)
     with autocast(bf16, device):
         for x, y in batches(ds, batch_size, shuffle=False, device=device):
-            correct += (forward(net, x).argmax(1) == y).sum().cpu()
+            logits = net(x) if snn is None else net(x, snn, gen, spikes)
+            correct += (logits.argmax(1) == y).sum().cpu()
     net.train(was_training)
     return 100.0 * correct.item() / len(ds)
 
 
-def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (paper) or AdamW; weight decay on weights only, not on norm parameters."""
     decay = [p for p in net.parameters() if p.dim() > 1]
     no_decay = [p for p in net.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def _momentum_state(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict[str, Tensor]:
+def _optimizer_state(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict[str, Tensor]:
+    """The optimizer's per-parameter tensors (momentum, Adam moments and step) as flat tensors."""
     return {
-        f"optim.{i}": opt.state[p]["momentum_buffer"]
+        f"optim.{i}.{key}": value
         for i, p in enumerate(params)
-        if opt.state.get(p, {}).get("momentum_buffer") is not None
+        for key, value in opt.state.get(p, {}).items()
+        if isinstance(value, Tensor)
     }
 
 
 def _restore(net: Network, opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
     net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(net.parameters()):
-        if f"optim.{i}" in tensors:
-            opt.state[p]["momentum_buffer"] = tensors[f"optim.{i}"].clone()
+        prefix = f"optim.{i}."
+        state = {k[len(prefix):]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+        if state:
+            opt.state[p] = state
 
 
 def _identity(meta: dict) -> dict:
     """The parts of a checkpoint's metadata that must agree for a resume to be valid."""
-    return json.loads(json.dumps({k: meta[k] for k in ("kind", "trained_network", "train", "seed", "data")}))
+    return json.loads(json.dumps({k: meta[k] for k in ("kind", "trained_network", "train", "spiking", "seed", "data")}))
 
 
 def train(
@@ -113,22 +122,24 @@ def train(
     out: Path,
     meta: dict,
     resume: bool = False,
-    forward: Forward | None = None,
+    snn: Spiking | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
 ) -> tuple[Network, dict]:
     """Train ``net`` and write it to ``out`` (atomically, once per epoch). Returns (final net, metadata).
 
-    ``meta`` is the caller's record (kind, preset, data digests...); training adds its config, seed,
-    versions and per-epoch metrics. The finished file holds the batch-norm-folded network.
+    The ANN (paper IV-B) or, with ``snn``, the same network as an SNN by backpropagation through time
+    with the surrogate derivative (SNN-II, paper III-B): one loop, two forwards. ``meta`` is the
+    caller's record (kind, preset, data digests...); training adds its config, seed, versions and
+    per-epoch metrics. The finished file holds the batch-norm-folded network.
     """
-    forward = forward or (lambda m, x: m(x))
     meta = {
         **meta,
         "format": checkpoint.FORMAT,
         "network": net.config(),
         "trained_network": net.config(),
         "train": as_dict(cfg),
+        "spiking": as_dict(snn) if snn else None,
         "seed": seed,
         "versions": checkpoint.versions(),
         "command": checkpoint.command_line(),
@@ -181,7 +192,8 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr
             with autocast(cfg.bf16, device):
-                logits = forward(net, prepare_input(x, cfg))
+                x = prepare_input(x, cfg)
+                logits = net(x) if snn is None else net(x, snn)  # encoder draws from the seeded global RNG
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,7 +212,7 @@ def train(
             "images_per_s": round(seen / seconds, 1),
         }
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            record["test_acc"] = round(accuracy(net, eval_ds, bf16=cfg.bf16, forward=forward, device=device), 3)
+            record["test_acc"] = round(accuracy(net, eval_ds, snn=snn, bf16=cfg.bf16, device=device), 3)
         meta["metrics"].append(record)
         meta["epochs_done"] = epoch + 1
         log(
@@ -214,5 +226,5 @@ def train(
             meta.update(complete=True, network=net.config(), batchnorm_folded=meta["trained_network"]["batchnorm"])
             checkpoint.save(out, checkpoint.model_state(net), meta)
         else:
-            checkpoint.save(out, {**checkpoint.model_state(net), **_momentum_state(opt, params)}, meta)
+            checkpoint.save(out, {**checkpoint.model_state(net), **_optimizer_state(opt, params)}, meta)
     return net.eval(), meta
