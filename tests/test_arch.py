@@ -82,6 +82,11 @@ def test_malformed_spec_names_the_offending_token(spec, token):
         parse_spec(spec)
 
 
+def test_max_pooling_token():
+    net = vgg("32x32-8c3-2m-10o")
+    assert isinstance(net.layers[1], nn.MaxPool2d) and net.layers[2].weight.shape == (10, 8 * 16 * 16)
+
+
 def test_named_specs_differ_only_in_kernel_size():
     a, b = parse_spec("vgg9"), parse_spec("vgg9-k3")
     assert [(l.kind, l.size) for l in a.layers] == [(l.kind, l.size) for l in b.layers]

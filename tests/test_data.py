@@ -163,3 +163,16 @@ def test_batches_resume_at_a_batch_and_cover_the_epoch():
     assert torch.equal(labels.sort().values, ds.labels.sort().values)
     plain = next(batches(ds, 10, shuffle=False))
     assert torch.equal(plain[0], ds.images[:10].float() / 255)
+
+
+def test_info_reports_preparation_and_verification(monkeypatch, tiny):
+    root, _, _, _, _, good = tiny
+    assert data.info("mnist", root)["prepared"] is False
+    monkeypatch.setitem(data.SOURCES, "mnist", [("c", good)])
+    prepare("mnist", root, log=lambda s: None)
+    report = data.info("mnist", root)
+    assert report["prepared"] and report["verified"] and report["source"] == "c"
+    assert report["sizes"] == {"train": 6, "test": 4}
+    (root / "mnist" / "test.safetensors").write_bytes(b"garbage")
+    report = data.info("mnist", root)
+    assert report["prepared"] is False and "test.safetensors" in report["problem"]

@@ -2,7 +2,8 @@
 
 A spec string such as ``32x32-64c5-64c5-2s-128c5-128c5-2s-256c5-256c5-256c5-2s-1024fc-10o`` reads:
 input size, then ``Nc k`` (conv, N maps, k x k kernel, stride 1, same padding), ``2s`` (2x2 average
-pooling), ``Nfc`` (fully connected), ``No`` (output layer with N classes).
+pooling; ``2m`` max pooling, which ANNs and SNN-II can use but conversion cannot), ``Nfc`` (fully
+connected), ``No`` (output layer with N classes).
 
 One :class:`Network` is one weight set. Per-channel normalisation is its fixed first layer, so whatever
 enters it (pixels, rates or spikes) is in [0, 1]. Every conv and hidden fc layer is followed by an
@@ -34,7 +35,8 @@ SPECS: dict[str, str] = {
 
 MAX_FOLD = 4096  # frames (timesteps x images) per layer call when Spiking.chunk = 0: bounds memory
 
-_TOKEN = re.compile(r"^(?:(?P<conv>\d+)c(?P<k>\d+)|(?P<pool>\d+)s|(?P<fc>\d+)fc|(?P<out>\d+)o)$")
+_TOKEN = re.compile(r"^(?:(?P<conv>\d+)c(?P<k>\d+)|(?P<pool>\d+)s|(?P<maxpool>\d+)m|(?P<fc>\d+)fc|(?P<out>\d+)o)$")
+POOLS = (nn.AvgPool2d, nn.MaxPool2d)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def parse_spec(text: str) -> Spec:
         if m is None or int(next(v for v in m.groupdict().values() if v is not None)) == 0:
             raise SpikeAdvError(
                 f"spec {text!r}: token {i + 1} {token!r} is not one of Nc<k> (conv), Ns (avg pool), "
-                f"Nfc (fully connected), No (output)"
+                f"Nm (max pool), Nfc (fully connected), No (output)"
             )
         if m["conv"]:
             if int(m["k"]) % 2 == 0:
@@ -84,6 +86,8 @@ def parse_spec(text: str) -> Spec:
             layers.append(Layer("conv", int(m["conv"]), int(m["k"])))
         elif m["pool"]:
             layers.append(Layer("pool", int(m["pool"])))
+        elif m["maxpool"]:
+            layers.append(Layer("maxpool", int(m["maxpool"])))
         elif m["fc"]:
             layers.append(Layer("fc", int(m["fc"])))
         else:
@@ -93,7 +97,7 @@ def parse_spec(text: str) -> Spec:
     seen_fc = False
     for layer in layers:
         seen_fc |= layer.kind in ("fc", "out")
-        if seen_fc and layer.kind in ("conv", "pool"):
+        if seen_fc and layer.kind in ("conv", "pool", "maxpool"):
             raise SpikeAdvError(f"spec {text!r}: {layer.kind} layer after a fully connected layer")
     return Spec(text, int(size[1]), int(size[2]), tuple(layers))
 
@@ -143,10 +147,10 @@ class Network(nn.Module):
                     self.norms[str(len(self.layers))] = nn.BatchNorm2d(out)
                 self.layers.append(nn.Conv2d(c, out, layer.k, padding=layer.k // 2, bias=bias and not batchnorm))
                 c = out
-            elif layer.kind == "pool":
+            elif layer.kind in ("pool", "maxpool"):
                 if h < layer.size or w < layer.size:
                     raise SpikeAdvError(f"spec {self.spec.text!r}: pooling {layer.size}s on a {h}x{w} map")
-                self.layers.append(nn.AvgPool2d(layer.size))
+                self.layers.append(nn.AvgPool2d(layer.size) if layer.kind == "pool" else nn.MaxPool2d(layer.size))
                 h, w = h // layer.size, w // layer.size
             else:
                 out = layer.size if layer.kind == "out" else _scaled(layer.size, width)
@@ -225,7 +229,7 @@ class Network(nn.Module):
                 h = self.norms[str(i)](h)
             if i == last or i == upto:
                 return h
-            pool = isinstance(layer, nn.AvgPool2d)
+            pool = isinstance(layer, POOLS)
             if snn is None:
                 if not pool:
                     h = F.relu(h)
@@ -300,7 +304,7 @@ def macs(net: Network) -> int:
     for layer in net.layers:
         if isinstance(layer, nn.Conv2d):
             total += math.prod(layer.weight.shape) * h * w
-        elif isinstance(layer, nn.AvgPool2d):
+        elif isinstance(layer, POOLS):
             h, w = h // layer.kernel_size, w // layer.kernel_size
         else:
             total += layer.weight.numel()

@@ -76,8 +76,9 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise SpikeAdvError(f"checkpoint {path} does not exist")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = f.read(9)
+    # safetensors: an 8-byte header length, then the JSON header; torch.save: a zip (PK) or a pickle (0x80)
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise SpikeAdvError(
             f"{path} is a pickle/torch.save file; spikeadv only reads safetensors checkpoints it wrote "
             "(it never unpickles files, which can run arbitrary code)"

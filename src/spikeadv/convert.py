@@ -53,6 +53,9 @@ def convert(
         raise SpikeAdvError("conversion (SNN-I) uses IF neurons: set neuron=if")
     if method not in METHODS:
         raise SpikeAdvError(f"unknown balancing method {method!r} (known: {', '.join(METHODS)})")
+    if any(isinstance(m, nn.MaxPool2d) for m in ann.layers):
+        raise SpikeAdvError("conversion needs average pooling: max pooling has no IF-neuron equivalent "
+                            "(max of spike trains over-counts rates); train the ANN with Ns pooling")
     if ann.batchnorm:
         raise SpikeAdvError("fold batch-norm into the weights first (saved ANN checkpoints already are)")
     if pool_threshold <= 0 or not 0 < percentile <= 100:
