@@ -66,7 +66,7 @@ def spikingjelly_model(net: Network, snn: Spiking) -> Callable[[torch.Tensor], t
         mods.append(layer.SeqToANNContainer(m))
         if i < len(net.layers) - 1:
             mods.append(neuron.LIFNode(tau=1 / (1 - LEAK), decay_input=False, v_threshold=1.0, v_reset=None,
-                                       surrogate_function=surrogate.Sigmoid(), step_mode="m", backend="torch"))
+                                       surrogate_function=surrogate.Sigmoid(), step_mode="m"))
     seq = nn.Sequential(*mods)
 
     def run(x: torch.Tensor) -> torch.Tensor:
