@@ -106,7 +106,7 @@ def test_snn2_learns_the_synthetic_set(tmp_path):
     assert snn.neuron == "lif" and snn.leak == get_preset("smoke").snn2.leak
     acc = accuracy(net, load("synthetic", "test"), snn=snn)
     assert acc >= 50, acc  # chance is 10%
-    assert meta["metrics"][-1]["test_acc"] == pytest.approx(acc)
+    assert meta["metrics"][-1]["test_acc"] == pytest.approx(acc, abs=5e-4)
 
 
 @pytest.mark.parametrize("args, match", [

@@ -46,7 +46,7 @@ def test_smoke_ann_learns_the_synthetic_set(trained):
     chance = 100 / net.classes
     assert acc >= 80 > 4 * chance, acc
     # the accuracy the training run recorded is the one eval measures on the same data
-    assert meta["metrics"][-1]["test_acc"] == pytest.approx(acc, abs=1e-6)
+    assert meta["metrics"][-1]["test_acc"] == pytest.approx(acc, abs=5e-4)
 
 
 def test_checkpoint_records_what_made_it(trained):
