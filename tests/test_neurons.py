@@ -50,6 +50,79 @@ def test_membrane_carries_across_chunks_of_time():
     assert torch.equal(whole, torch.cat([a, b]))
 
 
+def reference_spike_train(current, threshold, v, snn):
+    """The plain loop, autograd through every step: what the fused neuron loop must reproduce."""
+
+    class Spike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u):
+            ctx.save_for_backward(u)
+            return (u >= 0).to(u.dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (u,) = ctx.saved_tensors
+            return grad * surrogate_grad(u, snn.surrogate, snn.alpha)
+
+    dtype = torch.promote_types(current.dtype, torch.float32)
+    v = torch.zeros_like(current[0], dtype=dtype) if v is None else v
+    spikes = []
+    for i_t in current:
+        v = snn.leak * v + i_t.to(dtype) if snn.leak != 1 else v + i_t.to(dtype)
+        s = Spike.apply((v - threshold) / threshold)
+        v = v - s * threshold if snn.reset == "subtract" else v * (1 - s)
+        spikes.append(s)
+    return torch.stack(spikes).to(current.dtype), v
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("neuron, leak", [("if", 1.0), ("lif", 0.8)])
+@pytest.mark.parametrize("surrogate, alpha", [("fast-sigmoid", 4.0), ("lee", 1.0), ("atan", 2.0), ("triangle", 1.5)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_neuron_loop_matches_the_step_by_step_reference(reset, neuron, leak, surrogate, alpha, dtype):
+    # two chunks of time with the membrane carried over; a loss on the spikes of both chunks and on the
+    # final membrane, so gradients flow through reset, leak and the chunk boundary
+    snn = Spiking(neuron=neuron, leak=leak, reset=reset, surrogate=surrogate, alpha=alpha, T=11)
+    threshold = torch.tensor(0.7, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    current = (torch.rand(11, 3, 4, 5, generator=gen, dtype=dtype) * 1.2 - 0.1).requires_grad_()
+    weights = torch.randn(11, 3, 4, 5, generator=gen, dtype=dtype)
+    results = []
+    for fn in (spike_train, reference_spike_train):
+        current.grad = None
+        a, v = fn(current[:6], threshold, None, snn)
+        b, v = fn(current[6:], threshold, v, snn)
+        spikes = torch.cat([a, b])
+        ((spikes * weights).sum() + (v * v).sum()).backward()
+        results.append((spikes.detach(), v.detach(), current.grad.clone()))
+    (s1, v1, g1), (s2, v2, g2) = results
+    assert torch.equal(s1, s2)
+    assert 0 < s1.mean() < 1  # some spikes, some silence
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    assert torch.allclose(v1, v2, **tol)
+    assert torch.allclose(g1, g2, **tol) and g1.abs().sum() > 0
+    with torch.no_grad():  # the inference path: nothing saved, same spikes and membrane
+        a, v = spike_train(current[:6], threshold, None, snn)
+        b, v = spike_train(current[6:], threshold, v, snn)
+    assert torch.equal(torch.cat([a, b]), s1) and torch.allclose(v, v1, **tol)
+
+
+def test_fused_neuron_loop_keeps_bf16_currents_and_a_float32_membrane():
+    snn = Spiking(neuron="lif", leak=0.9, T=8)
+    current = (torch.rand(8, 2, 64) * 0.8).bfloat16().requires_grad_()
+    threshold = torch.tensor(0.6)
+    grads = []
+    for fn in (spike_train, reference_spike_train):
+        current.grad = None
+        spikes, v = fn(current, threshold, None, snn)
+        assert spikes.dtype == torch.bfloat16 and v.dtype == torch.float32
+        (spikes.float().sum() + v.sum()).backward()
+        grads.append((spikes, v, current.grad))
+    (s1, v1, g1), (s2, v2, g2) = grads
+    assert torch.equal(s1, s2) and torch.equal(v1, v2) and g1.dtype == torch.bfloat16
+    assert torch.allclose(g1.float(), g2.float(), rtol=1e-2, atol=1e-3)
+
+
 @pytest.mark.parametrize("name", SURROGATES)
 def test_surrogate_is_the_derivative_of_a_smooth_step(name):
     u = torch.linspace(-2, 2, 401, dtype=torch.float64, requires_grad=True)
@@ -143,14 +216,15 @@ def test_snn_input_gradient_in_eval_mode_is_finite_and_nonzero():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("surrogate", ["fast-sigmoid", "atan"])
-def test_bptt_gradient_matches_finite_differences_with_a_smooth_spike(monkeypatch, surrogate):
-    # With the Heaviside replaced by its smooth primitive, autograd through the whole time loop
-    # (membrane, reset, leak, folding) must equal central finite differences.
-    monkeypatch.setattr(neurons.SpikeFn, "apply", lambda u, name, a: PRIMITIVES[name](u, a) + 0.5)
+@pytest.mark.parametrize("surrogate, reset", [("fast-sigmoid", "subtract"), ("atan", "subtract"), ("fast-sigmoid", "zero")])
+def test_bptt_gradient_matches_finite_differences_with_a_smooth_spike(monkeypatch, surrogate, reset):
+    # With the Heaviside replaced by its smooth primitive, the fused backward through the whole time
+    # loop (membrane, reset, leak, chunks, folding) must equal central finite differences.
+    monkeypatch.setattr(neurons, "heaviside", lambda u, out: torch.add(PRIMITIVES[surrogate](u, 1.0), 0.5, out=out))
     net = small_net(bias=True).double().eval()
     net.thresholds.fill_(0.4)
-    snn = Spiking(neuron="lif", leak=0.8, T=4, encoding="direct", surrogate=surrogate, alpha=1.0)
+    snn = Spiking(neuron="lif", leak=0.8, T=4, encoding="direct", surrogate=surrogate, alpha=1.0, reset=reset,
+                  chunk=3)  # the membrane's gradient crosses a chunk boundary too
     x = torch.rand(2, 2, 16, 16, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: net(v, snn), (x,), eps=1e-6, atol=1e-6)
 

@@ -34,6 +34,11 @@ SPECS: dict[str, str] = {
 }
 
 MAX_FOLD = 4096  # frames (timesteps x images) per layer call when Spiking.chunk = 0: bounds memory
+# On CPU, also keep the largest float32 activation of one call under this many bytes: the C allocator
+# maps bigger blocks fresh from the OS at every allocation, and first touching their pages cost more
+# than the whole neuron update (README, Benchmarks). Chunking changes no result: the membrane carries
+# over and the Poisson encoder draws the same stream.
+CPU_FOLD_BYTES = 16 * 2**20
 
 _TOKEN = re.compile(r"^(?:(?P<conv>\d+)c(?P<k>\d+)|(?P<pool>\d+)s|(?P<maxpool>\d+)m|(?P<fc>\d+)fc|(?P<out>\d+)o)$")
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
@@ -210,12 +215,28 @@ class Network(nn.Module):
         """The SNN's output currents ``[t, B, ...]`` chunk by chunk of time (neuron state carried over);
         with ``upto`` the input currents of that layer's activation site instead of the output layer's."""
         state: dict = {}
-        step = snn.chunk or max(1, min(snn.T, MAX_FOLD // x.shape[0]))
+        fold = MAX_FOLD
+        if x.device.type == "cpu":
+            fold = min(fold, CPU_FOLD_BYTES // (4 * self._largest_activation()))
+        step = snn.chunk or max(1, min(snn.T, fold // x.shape[0]))
         for t0 in range(0, snn.T, step):
             t = min(step, snn.T - t0)
             frames = encode(x, t, snn.encoding, generator).flatten(0, 1)
             out = self._run(self.normalise(frames), snn, t, state, spikes, upto)
             yield out.view(t, x.shape[0], *out.shape[1:])
+
+    def _largest_activation(self) -> int:
+        """Elements of the largest input or activation of one frame (one image at one timestep)."""
+        (c, h, w), largest = self.input_shape, math.prod(self.input_shape)
+        for layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                c = layer.out_channels
+            elif isinstance(layer, POOLS):
+                h, w = h // layer.kernel_size, w // layer.kernel_size
+            else:
+                c, h, w = layer.out_features, 1, 1
+            largest = max(largest, c * h * w)
+        return largest
 
     def _run(
         self, h: Tensor, snn: Spiking | None, t: int, state: dict, spikes: dict | None, upto: int | None = None

@@ -23,8 +23,9 @@ from .errors import SpikeAdvError
 SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle")
 
 
-def surrogate_grad(u: Tensor, name: str, alpha: float) -> Tensor:
-    """dH/du at u = (v - V_th) / V_th, the membrane distance to threshold in units of threshold.
+def surrogate_grad(u: Tensor, name: str, alpha: float, out: Tensor | None = None) -> Tensor:
+    """dH/du at u = (v - V_th) / V_th, the membrane distance to threshold in units of threshold
+    (written into ``out`` if given, else into a new tensor).
 
     - ``lee``: the paper's eq. 10 (Lee et al. 2019), the derivative of the low-pass filtered spike train,
       approximated as a piecewise-linear bump around threshold, alpha * max(0, 1 - |u|).
@@ -32,15 +33,21 @@ def surrogate_grad(u: Tensor, name: str, alpha: float) -> Tensor:
     - ``atan``: (alpha / 2) / (1 + (pi alpha u / 2)^2) (Fang et al.).
     - ``triangle``: max(0, 1 - |u| / alpha) / alpha (Bellec et al., Esser et al.).
     """
+    if name not in SURROGATES:
+        raise SpikeAdvError(f"unknown surrogate {name!r} (known: {', '.join(SURROGATES)})")
+    out = torch.empty_like(u) if out is None else out  # in place from here on: no temporaries
     if name == "lee":
-        return alpha * (1 - u.abs()).clamp(min=0)
+        return torch.abs(u, out=out).neg_().add_(1).clamp_(min=0).mul_(alpha)
     if name == "fast-sigmoid":
-        return 1 / (1 + alpha * u.abs()) ** 2
+        return torch.abs(u, out=out).mul_(alpha).add_(1).square_().reciprocal_()
     if name == "atan":
-        return (alpha / 2) / (1 + (math.pi * alpha * u / 2) ** 2)
-    if name == "triangle":
-        return (1 - u.abs() / alpha).clamp(min=0) / alpha
-    raise SpikeAdvError(f"unknown surrogate {name!r} (known: {', '.join(SURROGATES)})")
+        return torch.mul(u, math.pi * alpha / 2, out=out).square_().add_(1).reciprocal_().mul_(alpha / 2)
+    return torch.abs(u, out=out).div_(-alpha).add_(1).clamp_(min=0).div_(alpha)  # triangle
+
+
+def heaviside(u: Tensor, out: Tensor) -> Tensor:
+    """The spike H(u) at u = (v - V_th) / V_th: 0/1 written into ``out`` (any float dtype)."""
+    return torch.ge(u, 0, out=out)
 
 
 class SpikeFn(torch.autograd.Function):
@@ -50,7 +57,7 @@ class SpikeFn(torch.autograd.Function):
     def forward(ctx, u: Tensor, name: str, alpha: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(u)
         ctx.name, ctx.alpha = name, alpha
-        return (u >= 0).to(u.dtype)
+        return heaviside(u, torch.empty_like(u))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -98,21 +105,82 @@ class Spiking:
             raise SpikeAdvError(f"unknown encoding {self.encoding!r} (known: poisson, direct)")
 
 
+def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The membrane recursion over t, in place on a copy of ``v``; spikes in the currents' dtype (bf16
+    currents are added to the float32 membrane exactly). With ``u`` given, u_t = (h_t - V_th) / V_th
+    is kept there for the backward pass and the spike is H(u_t); without, it is v >= V_th, the same
+    test for V_th > 0."""
+    spikes = torch.empty_like(current)
+    v = v.clone()
+    for t in range(current.shape[0]):
+        if snn.leak != 1:
+            v.mul_(snn.leak)
+        v.add_(current[t])
+        if u is None:
+            s = torch.ge(v, threshold, out=spikes[t])
+        else:
+            s = heaviside(torch.sub(v, threshold, out=u[t]).div_(threshold), spikes[t])
+        v.addcmul_(s, threshold if snn.reset == "subtract" else v, value=-1)  # v - s V_th or v (1 - s)
+    return spikes, v
+
+
+class _SpikeTrain(torch.autograd.Function):
+    """The whole neuron loop over T as one autograd node: forward runs the membrane recursion and keeps
+    only u_t = (h_t - V_th) / V_th per step (h_t: the membrane before reset); backward runs backprop
+    through time over t in reverse without an autograd graph. With s_t = H(u_t), H' the surrogate and
+    g_s, g_v the gradients of s_t and of v_t (from step t + 1, or the caller's for the last step):
+
+        subtract: v_t = h_t - s_t V_th  ->  dL/dh_t = g_v + H'(u_t) (g_s / V_th - g_v)
+        zero:     v_t = h_t (1 - s_t)   ->  dL/dh_t = g_v (1 - s_t) + H'(u_t) (g_s / V_th - (u_t + 1) g_v)
+
+    and dL/dI_t = dL/dh_t, dL/dv_{t-1} = leak dL/dh_t: the chain rule of the step-by-step loop, term by
+    term (reset and leak included). Nothing in it assumes s_t is 0/1, so with :func:`heaviside` swapped
+    for a smooth step whose derivative is the surrogate it is that smooth network's exact gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking):  # type: ignore[override]
+        u = torch.empty(current.shape, dtype=v.dtype, device=current.device)
+        spikes, v = _membrane_loop(current, v, threshold, snn, u)
+        ctx.save_for_backward(u, threshold)
+        ctx.snn, ctx.dtype = snn, current.dtype
+        return spikes, v
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor, grad_v: Tensor):  # type: ignore[override]
+        u, threshold = ctx.saved_tensors
+        snn: Spiking = ctx.snn
+        grad = torch.empty_like(u)  # dL/dI_t = dL/dh_t
+        sg, g_v = torch.empty_like(u[0]), grad_v.to(u.dtype)
+        leaked = torch.empty_like(sg) if snn.leak != 1 else None
+        for t in range(u.shape[0] - 1, -1, -1):
+            surrogate_grad(u[t], snn.surrogate, snn.alpha, out=sg)
+            g = grad[t].copy_(grad_spikes[t]).div_(threshold)
+            if snn.reset == "subtract":
+                g.sub_(g_v).mul_(sg).add_(g_v)
+            else:
+                s = heaviside(u[t], torch.empty_like(sg))
+                g.sub_((u[t] + 1) * g_v).mul_(sg).add_(g_v * (1 - s))
+            g_v = g if leaked is None else torch.mul(g, snn.leak, out=leaked)
+        grad_v0 = g_v.clone() if ctx.needs_input_grad[1] else None
+        return grad.to(ctx.dtype), grad_v0, None, None
+
+
 def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiking) -> tuple[Tensor, Tensor]:
     """Run one layer of IF/LIF neurons over time: currents ``[T, B, ...]`` -> (spikes ``[T, B, ...]``,
     final membrane potential). ``v`` carries the membrane over from an earlier chunk of time.
 
-    Spikes are 0/1; the threshold scaling of SNN-I lives in the thresholds themselves.
+    Spikes are 0/1 in the currents' dtype; the membrane is float32 at least (bf16 currents are added
+    to it exactly). The threshold scaling of SNN-I lives in the thresholds themselves. With gradients
+    enabled the whole loop is one autograd node (:class:`_SpikeTrain`); without, nothing is saved.
     """
     dtype = torch.promote_types(current.dtype, torch.float32)  # bf16 currents, float32 membrane
-    v = torch.zeros_like(current[0], dtype=dtype) if v is None else v
-    spikes = []
-    for i_t in current:
-        v = snn.leak * v + i_t.to(dtype) if snn.leak != 1 else v + i_t.to(dtype)
-        s = SpikeFn.apply((v - threshold) / threshold, snn.surrogate, snn.alpha)
-        v = v - s * threshold if snn.reset == "subtract" else v * (1 - s)
-        spikes.append(s)
-    return torch.stack(spikes).to(current.dtype), v
+    v = torch.zeros(current.shape[1:], dtype=dtype, device=current.device) if v is None else v
+    threshold = torch.as_tensor(threshold, dtype=dtype, device=current.device)
+    if torch.is_grad_enabled() and (current.requires_grad or v.requires_grad):
+        return _SpikeTrain.apply(current, v, threshold.detach(), snn)
+    with torch.no_grad():
+        return _membrane_loop(current, v, threshold, snn, None)
 
 
 class _StraightThrough(torch.autograd.Function):
