@@ -204,6 +204,12 @@ class Network(nn.Module):
             return self._run(self.normalise(x), None, 1, {}, None)
         return sum(out.sum(0) for out in self.timesteps(x, snn, generator, spikes)) / snn.T
 
+    def proxy(self, x: Tensor, snn: Spiking) -> Tensor:
+        """The rate model of this SNN (the SNNAdv proxy ANN, paper IV-E and Fig. 1): the same weights in
+        ANN mode with each spiking site's activation divided by its threshold, i.e. the weights scaled
+        by the threshold-scaling factors (SNN-I); thresholds of 1 leave the plain ANN (SNN-II)."""
+        return self._run(self.normalise(x), None, 1, {}, None, rates=snn)
+
     def timesteps(
         self,
         x: Tensor,
@@ -239,7 +245,8 @@ class Network(nn.Module):
         return largest
 
     def _run(
-        self, h: Tensor, snn: Spiking | None, t: int, state: dict, spikes: dict | None, upto: int | None = None
+        self, h: Tensor, snn: Spiking | None, t: int, state: dict, spikes: dict | None, upto: int | None = None,
+        rates: Spiking | None = None,
     ) -> Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -256,6 +263,8 @@ class Network(nn.Module):
                     h = F.relu(h)
                     if self.dropout and self.training:
                         h = F.dropout(h, self.dropout, training=True)
+                if rates is not None and (not pool or rates.spike_after_pool):
+                    h = h / self.thresholds[i]
                 continue
             if pool and not snn.spike_after_pool:
                 continue

@@ -38,37 +38,17 @@ def _datasets(preset: Preset, root: Path | None) -> tuple[data.Dataset, data.Dat
     return train_ds, test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
 
 
-def _record(kind: str, preset: Preset, train_ds: data.Dataset, test_ds: data.Dataset) -> dict:
-    return {"kind": kind, "preset": as_dict(preset),
-            "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest}}
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     """ANN (paper IV-B) or SNN-II (paper III-B): the same loop, the SNN run through time."""
-    from .arch import Network
-    from .train import train
+    from .train import fit
 
     preset = get_preset(args.preset, args.overrides)
     train_ds, test_ds = _datasets(preset, args.root)
     seed = preset.seeds[0] if args.seed is None else args.seed
     kind = "ann" if args.kind == "ann" else "snn2"
     out = args.out or Path("runs") / preset.name / f"{kind}-seed{seed}.safetensors"
-    info = train_ds.info
-    if kind == "ann":
-        cfg, snn = preset.ann, None
-        width, dropout, batchnorm = preset.width, preset.dropout, preset.batchnorm
-    else:
-        c = preset.snn2
-        cfg, snn = c.train, c.spiking()
-        width, dropout, batchnorm = c.width or preset.width, c.dropout, c.batchnorm
-    net = Network(preset.spec, info.shape[0], info.mean, info.std, width=width, dropout=dropout,
-                  batchnorm=batchnorm)
-    print(f"training {kind}: {preset.spec} width {width} ({net.parameter_count():,} weights)"
-          + (f", LIF T={snn.T} leak {snn.leak} {snn.surrogate} surrogate" if snn else "")
-          + f", {cfg.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
     start = time.perf_counter()
-    _, meta = train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=_record(kind, preset, train_ds, test_ds),
-                    resume=args.resume, snn=snn)
+    _, meta = fit(kind, preset, seed, out, train_ds, test_ds, resume=args.resume)
     final = meta["metrics"][-1]
     print(f"done: {out}: test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
           f"{meta['epochs_done']} epochs, {time.perf_counter() - start:.0f} s this call")
@@ -76,35 +56,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     """SNN-I from a trained ANN by threshold balancing (paper III-A, IV-C)."""
-    from .convert import convert, proxy_scales
+    from .convert import convert_file
 
     preset = get_preset(args.preset, args.overrides)
-    c = preset.snn1
-    ann, parent = checkpoint.load_model(args.ann)
-    if parent.get("kind") != "ann":
-        raise SpikeAdvError(f"{args.ann} is a {parent.get('kind')} checkpoint; convert needs an ANN")
     train_ds, test_ds = _datasets(preset, args.root)
-    if parent["data"]["train"] != train_ds.digest:
-        raise SpikeAdvError(f"{args.ann} was trained on other data than the preset's {preset.dataset}")
-    snn = c.spiking()
-    gen = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(train_ds), generator=gen)[:c.images]
-    images = data.to_float(train_ds.images[idx])
     out = args.out or args.ann.with_name(args.ann.name.replace("ann", "snn1", 1) if "ann" in args.ann.name
                                          else f"snn1-{args.ann.name}")
     if out.exists() and not args.force:
         raise SpikeAdvError(f"{out} exists; pass --force to replace it, or choose another --out")
     start = time.perf_counter()
-    net = convert(ann, images, snn, method=c.method, pool_threshold=c.pool_threshold,
-                  percentile=c.percentile, seed=args.seed)
-    meta = {
-        **_record("snn1", preset, train_ds, test_ds),
-        "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
-        "parent": {"path": str(args.ann), "sha256": checkpoint.file_digest(args.ann), "seed": parent["seed"]},
-        "seed": args.seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
-        "proxy_scales": proxy_scales(net), "versions": checkpoint.versions(), "command": checkpoint.command_line(),
-    }
-    checkpoint.save(out, checkpoint.model_state(net), meta)
+    net = convert_file(args.ann, preset, train_ds, test_ds, args.seed, out)
+    c = preset.snn1
     print(f"converted {args.ann} -> {out} ({c.method} balancing on {c.images} images, T={c.T}, "
           f"{time.perf_counter() - start:.0f} s); thresholds " + ", ".join(f"{t:.3g}" for t in net.thresholds.tolist()))
 

@@ -17,12 +17,17 @@ of SNN-I (paper IV-E) is then the same weights with each layer divided by its ow
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
+from . import checkpoint
 from .arch import Network
+from .data import Dataset, to_float
 from .errors import SpikeAdvError
 from .neurons import Spiking
+from .presets import Preset, as_dict
 
 METHODS = ("spike", "activation")
 
@@ -102,3 +107,29 @@ def proxy_scales(net: Network) -> list[float]:
     """The weight scale of each layer in the SNNAdv proxy ANN of a converted SNN (paper IV-E, Fig. 1):
     layer l's weights divided by its threshold (the output layer keeps scale 1)."""
     return [1.0 / float(t) for t in net.thresholds] + [1.0]
+
+
+def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dataset, seed: int, out: Path) -> Network:
+    """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed``), written to ``out``
+    with its thresholds, proxy scales, balancing images and the parent's SHA-256."""
+    from .train import record
+
+    c = preset.snn1
+    ann, parent = checkpoint.load_model(ann_path)
+    if parent.get("kind") != "ann":
+        raise SpikeAdvError(f"{ann_path} is a {parent.get('kind')} checkpoint; convert needs an ANN")
+    if parent["data"]["train"] != train_ds.digest:
+        raise SpikeAdvError(f"{ann_path} was trained on other data than the preset's {preset.dataset}")
+    snn = c.spiking()
+    idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed))[:c.images]
+    net = convert(ann, to_float(train_ds.images[idx]), snn, method=c.method, pool_threshold=c.pool_threshold,
+                  percentile=c.percentile, seed=seed)
+    meta = {
+        **record("snn1", preset, train_ds, test_ds),
+        "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
+        "parent": {"path": str(ann_path), "sha256": checkpoint.file_digest(ann_path), "seed": parent["seed"]},
+        "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
+        "proxy_scales": proxy_scales(net), "versions": checkpoint.versions(), "command": checkpoint.command_line(),
+    }
+    checkpoint.save(out, checkpoint.model_state(net), meta)
+    return net

@@ -104,6 +104,51 @@ class SNNConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """The attack grid (paper IV-D..F, Table III; DESIGN section 2 "Scenarios").
+
+    ``images``: the first N test images attacked; ``eps`` (1/255 units) of Figs. 2-3; ``fig4_eps`` and
+    ``fig4_steps`` the I-FGSM sweep of Fig. 4 on the SNN-II target; ``gradients``: the source gradients
+    for SNN sources, the first being the paper's (``snnadv``); every further one (e.g. ``bptt``) is
+    crafted for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
+    ``repeats``: SNN evaluations with different encoder seeds; ``snn1_T``: SNN-I time steps for crafting
+    and evaluation (None: the conversion's T); ``target``: ``random`` (paper) or ``least-likely``."""
+
+    images: int = 500
+    eps: tuple[int, ...] = (8, 16, 32)
+    fig4_eps: tuple[int, ...] = (8, 16, 32, 64)
+    fig4_steps: tuple[int, ...] = (2, 5, 7)
+    gradients: tuple[str, ...] = ("snnadv", "bptt")
+    extra_eps: tuple[int, ...] = (8, 16)
+    eot: int = 1
+    repeats: int = 2
+    snn1_T: int | None = None
+    target: str = "random"
+    batch_size: int = 250
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .attacks import check
+
+        for eps in (*self.eps, *self.fig4_eps, *self.extra_eps):
+            check("fgsm", eps, 1)
+        for steps in self.fig4_steps:
+            check("ifgsm", 8, steps)
+        if self.images < 1 or self.repeats < 1 or self.eot < 1 or self.batch_size < 1:
+            raise SpikeAdvError("study needs images, repeats, eot and batch_size >= 1")
+        if not self.gradients or self.gradients[0] != "snnadv":
+            raise SpikeAdvError("study.gradients must start with snnadv (the paper's SNN source)")
+        for g in self.gradients:
+            if g not in ("snnadv", "snnadv-clean", "bptt"):
+                raise SpikeAdvError(f"unknown SNN gradient source {g!r} (known: snnadv, snnadv-clean, bptt)")
+        if self.target not in ("random", "least-likely"):
+            raise SpikeAdvError(f"study.target must be random or least-likely, got {self.target!r}")
+        if self.snn1_T is not None and self.snn1_T < 1:
+            raise SpikeAdvError(f"study.snn1_T (timesteps) must be >= 1, got {self.snn1_T}")
+
+
+@dataclass(frozen=True)
 class Preset:
     """One run of the study. ``test_subset``: evaluate on the first N test images (None = all)."""
 
@@ -116,6 +161,7 @@ class Preset:
     ann: TrainConfig
     snn1: ConvertConfig
     snn2: SNNConfig
+    study: StudyConfig = StudyConfig()
     test_subset: int | None = None
     seeds: tuple[int, ...] = (0, 1)
     notes: str = ""

@@ -25,7 +25,7 @@ from .arch import Network, fold_batchnorm
 from .data import Dataset, batches
 from .errors import SpikeAdvError
 from .neurons import Spiking
-from .presets import TrainConfig, as_dict
+from .presets import Preset, TrainConfig, as_dict
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at a global optimizer step: the paper's step annealing or a one-cycle ramp."""
@@ -228,3 +228,32 @@ def train(
         else:
             checkpoint.save(out, {**checkpoint.model_state(net), **_optimizer_state(opt, params)}, meta)
     return net.eval(), meta
+
+
+def record(kind: str, preset: Preset, train_ds: Dataset, test_ds: Dataset) -> dict:
+    """The metadata every model checkpoint starts from: its kind, the whole preset and the data digests."""
+    return {"kind": kind, "preset": as_dict(preset),
+            "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest}}
+
+
+def fit(
+    kind: str, preset: Preset, seed: int, out: Path, train_ds: Dataset, test_ds: Dataset, *,
+    resume: bool = False, log: Callable[[str], None] = print,
+) -> tuple[Network, dict]:
+    """Train one model of the study, ``ann`` (paper IV-B) or ``snn2`` (LIF from scratch, paper III-B),
+    as the preset says, into ``out``."""
+    info = train_ds.info
+    if kind == "ann":
+        cfg, snn = preset.ann, None
+        width, dropout, batchnorm = preset.width, preset.dropout, preset.batchnorm
+    else:
+        c = preset.snn2
+        cfg, snn = c.train, c.spiking()
+        width, dropout, batchnorm = c.width or preset.width, c.dropout, c.batchnorm
+    net = Network(preset.spec, info.shape[0], info.mean, info.std, width=width, dropout=dropout,
+                  batchnorm=batchnorm)
+    log(f"training {kind}: {preset.spec} width {width} ({net.parameter_count():,} weights)"
+        + (f", LIF T={snn.T} leak {snn.leak} {snn.surrogate} surrogate" if snn else "")
+        + f", {cfg.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
+    return train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=record(kind, preset, train_ds, test_ds),
+                 resume=resume, snn=snn, log=log)
