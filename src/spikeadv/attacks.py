@@ -22,6 +22,7 @@ from .errors import SpikeAdvError
 from .sources import Source
 
 ATTACKS = ("fgsm", "rfgsm", "ifgsm", "tifgsm", "pgd")
+ITERATIVE = ("ifgsm", "tifgsm", "pgd")  # the attacks that take a number of steps
 
 
 def clip(x: Tensor, x0: Tensor, eps: float) -> Tensor:

@@ -6,6 +6,7 @@ Every artifact carries its config, seed, library versions and the digest of the 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -46,6 +47,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     which is removed on the next write or on error)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed earlier write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

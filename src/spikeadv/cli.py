@@ -103,6 +103,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"mean spike rate per layer (spikes per neuron per step): {rates}")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    """The whole study (paper Table III) and its report, reusing whatever the run directory holds."""
+    from .study import run
+
+    preset = get_preset(args.preset, args.overrides)
+    out = args.out or Path("runs") / preset.name
+    start = time.perf_counter()
+    written = run(preset, out, args.root)
+    report = next(p for p in written if p.name == "report.html")
+    print(f"done in {time.perf_counter() - start:.0f} s: results {out / 'results.jsonl'}, report {report}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Tables and figures from a run directory's saved results alone."""
+    from .report import write_report
+
+    written = write_report(args.run_dir, args.out)
+    print(f"wrote {len(written)} files to {written[0].parent}: " + ", ".join(p.name for p in written))
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     for name in [args.name] if args.name else list(PRESETS):
         print(json.dumps(as_dict(get_preset(name, args.overrides)), indent=2))
@@ -171,6 +191,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="data directory")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("run", help="the whole study: models, attacks, every scenario, the report")
+    _preset_args(p)
+    p.add_argument("--out", type=Path, help="run directory (default: runs/PRESET); a rerun reuses what it holds")
+    p.add_argument("--root", type=Path, help="data directory")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="Table I and Fig. 2-4 from a run directory's saved results")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("presets", help="show presets (with overrides applied)")
     p.add_argument("name", nargs="?", choices=list(PRESETS))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -188,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikeadv: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("spikeadv: interrupted; finished epochs are saved, rerun with --resume", file=sys.stderr)
+        print("spikeadv: interrupted; finished work is saved: rerun the same command (train: with --resume)",
+              file=sys.stderr)
         return 130
     return 0
 

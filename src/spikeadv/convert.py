@@ -17,6 +17,7 @@ of SNN-I (paper IV-E) is then the same weights with each layer divided by its ow
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -115,6 +116,7 @@ def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dat
     from .train import record
 
     c = preset.snn1
+    start = time.perf_counter()
     ann, parent = checkpoint.load_model(ann_path)
     if parent.get("kind") != "ann":
         raise SpikeAdvError(f"{ann_path} is a {parent.get('kind')} checkpoint; convert needs an ANN")
@@ -129,7 +131,7 @@ def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dat
         "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
         "parent": {"path": str(ann_path), "sha256": checkpoint.file_digest(ann_path), "seed": parent["seed"]},
         "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
-        "proxy_scales": proxy_scales(net), "versions": checkpoint.versions(), "command": checkpoint.command_line(),
+        "proxy_scales": proxy_scales(net), "seconds": round(time.perf_counter() - start, 2), "versions": checkpoint.versions(), "command": checkpoint.command_line(),
     }
     checkpoint.save(out, checkpoint.model_state(net), meta)
     return net

@@ -63,9 +63,11 @@ class ConvertConfig:
     spike_after_pool: bool = True
     percentile: float = 100.0
     chunk: int = 0
+    v_init: float = 0.0
+    encoding: str = "poisson"
 
     def __post_init__(self) -> None:
-        self.spiking()  # validates T, reset, chunk
+        self.spiking()  # validates T, reset, chunk, v_init, encoding
         if self.method not in ("spike", "activation"):
             raise SpikeAdvError(f"snn1.method must be spike or activation, got {self.method!r}")
         if self.images < 1 or self.pool_threshold <= 0 or not 0 < self.percentile <= 100:
@@ -74,7 +76,7 @@ class ConvertConfig:
     def spiking(self) -> Spiking:
         """IF neurons, as SNN-I runs."""
         return Spiking(neuron="if", T=self.T, reset=self.reset, spike_after_pool=self.spike_after_pool,
-                       chunk=self.chunk)
+                       chunk=self.chunk, v_init=self.v_init, encoding=self.encoding)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class SNNConfig:
 class StudyConfig:
     """The attack grid (paper IV-D..F, Table III; DESIGN section 2 "Scenarios").
 
-    ``images``: the first N test images attacked; ``eps`` (1/255 units) of Figs. 2-3; ``fig4_eps`` and
+    ``images``: the first N test images attacked; ``attacks``: the rows of Fig. 2 (any of fgsm, rfgsm,
+    ifgsm, tifgsm, pgd), the iterative ones with ``steps`` steps; ``eps`` (1/255 units) of Figs. 2-3; ``fig4_eps`` and
     ``fig4_steps`` the I-FGSM sweep of Fig. 4 on the SNN-II target; ``gradients``: the source gradients
     for SNN sources, the first being the paper's (``snnadv``); every further one (e.g. ``bptt``) is
     crafted for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
@@ -115,6 +118,8 @@ class StudyConfig:
     and evaluation (None: the conversion's T); ``target``: ``random`` (paper) or ``least-likely``."""
 
     images: int = 500
+    attacks: tuple[str, ...] = ("fgsm", "rfgsm", "ifgsm", "tifgsm")
+    steps: int = 2
     eps: tuple[int, ...] = (8, 16, 32)
     fig4_eps: tuple[int, ...] = (8, 16, 32, 64)
     fig4_steps: tuple[int, ...] = (2, 5, 7)
@@ -131,10 +136,14 @@ class StudyConfig:
     def __post_init__(self) -> None:
         from .attacks import check
 
+        for attack in self.attacks:
+            check(attack, 8, self.steps)
         for eps in (*self.eps, *self.fig4_eps, *self.extra_eps):
             check("fgsm", eps, 1)
         for steps in self.fig4_steps:
             check("ifgsm", 8, steps)
+        if not self.attacks or not self.eps:
+            raise SpikeAdvError("study.attacks and study.eps must name at least one attack and one eps")
         if self.images < 1 or self.repeats < 1 or self.eot < 1 or self.batch_size < 1:
             raise SpikeAdvError("study needs images, repeats, eot and batch_size >= 1")
         if not self.gradients or self.gradients[0] != "snnadv":
@@ -188,6 +197,7 @@ _FAST = Preset(
     snn2=SNNConfig(T=8, leak=0.9, surrogate="fast-sigmoid", alpha=4.0, batchnorm=True, dropout=0.0,
                    train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=1e-2,
                                      schedule="onecycle", warmup=0.1, bf16=True, channels_last=True)),
+    study=StudyConfig(images=2000, batch_size=500, repeats=3),
     notes="full-width VGG-9 with a one-cycle schedule and batch-norm folded into the saved weights",
 )
 
@@ -207,6 +217,8 @@ PRESETS: dict[str, Preset] = {
         # initial lr, optimizer and leak are not stated; these follow the authors' spike-BP code.
         snn2=SNNConfig(T=70, train=TrainConfig(epochs=125, batch_size=64, lr=0.0025, optimizer="adamw",
                                                weight_decay=5e-4, milestones=(70, 100))),
+        # section V: the whole CIFAR-10 test set; the paper gives no number of evaluation repeats
+        study=StudyConfig(images=10000, batch_size=100, repeats=2),
         notes="paper sections IV-B/C as written; momentum, weight decay, batch size and SNN-II lr are our choice",
     ),
     "fast": _FAST,
@@ -217,13 +229,15 @@ PRESETS: dict[str, Preset] = {
         spec="vgg9-k3",
         width=0.5,
         dropout=0.1,
-        ann=dataclasses.replace(_FAST.ann, epochs=12, warmup=0.2, label_smoothing=0.2, eval_every=4),
-        # max-current balancing needs T in the thousands (paper: 2000); at T <= 256 the 99.9th
-        # percentile of the ANN's activations (Rueckauer et al. 2017) keeps rates informative
-        snn1=ConvertConfig(T=128, images=256, method="activation", percentile=99.9),
+        ann=dataclasses.replace(_FAST.ann, epochs=6, warmup=0.2, label_smoothing=0.2, eval_every=3),
+        # The paper's SNN-I runs 2000 steps, where Poisson rates are all but the analog pixels. At the
+        # T this CPU affords, Poisson input costs the converted VGG most of its accuracy (T = 64: 30%
+        # vs the ANN's 84%); the analog pixels (direct encoding) at T = 16 with the membrane starting
+        # at half threshold (Bu et al. 2022) give 80.6%. Thresholds: 99.9th percentile activation.
+        snn1=ConvertConfig(T=16, images=256, method="activation", percentile=99.9, v_init=0.5, encoding="direct"),
         # averaged spikes pass through pooling (no spike after pooling): 65.2% vs 57.2% with it
         snn2=dataclasses.replace(_FAST.snn2, T=6, width=0.25, spike_after_pool=False, train=dataclasses.replace(
-            _FAST.snn2.train, epochs=8, warmup=0.15, eval_every=4)),
+            _FAST.snn2.train, epochs=6, warmup=0.15, eval_every=3)),
         test_subset=2000,
         notes="half-width VGG-9 (3x3), 12 one-cycle epochs under bf16 autocast; batch-norm folded at save",
     ),
@@ -235,10 +249,11 @@ PRESETS: dict[str, Preset] = {
         dropout=0.0,
         batchnorm=False,
         ann=TrainConfig(epochs=3, batch_size=64, lr=0.05, nesterov=True, schedule="onecycle", warmup=0.2),
-        snn1=ConvertConfig(T=64, images=256),
+        snn1=ConvertConfig(T=32, images=128, v_init=0.5),
         snn2=SNNConfig(T=6, leak=0.9, surrogate="fast-sigmoid", alpha=4.0, dropout=0.0,
                        train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=1e-2,
                                          schedule="onecycle", warmup=0.2)),
+        study=StudyConfig(images=64, batch_size=64),
         notes="tiny synthetic data and model: the test suite's end-to-end run",
     ),
 }

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .attacks import ITERATIVE
 from .checkpoint import atomic_write
 from .errors import SpikeAdvError
 
@@ -271,7 +272,7 @@ def lowest(values: Mapping[str, float | None]) -> set[str]:
 
 
 def _attack_name(attack: str, steps: int) -> str:
-    return f"{attack}-{steps}" if attack in ("ifgsm", "tifgsm", "pgd") else attack
+    return f"{attack}-{steps}" if attack in ITERATIVE else attack
 
 
 def _attack_key(attack_steps: tuple[str, int]) -> tuple[int, str, int]:

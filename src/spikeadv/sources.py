@@ -60,7 +60,8 @@ def ann(net: Network) -> Source:
 
 
 def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> Source:
-    """Paper Algorithm 2: the proxy ANN (``Network.proxy``) attacked from X_rate = sum_t X_t / T."""
+    """Paper Algorithm 2: the proxy ANN (``Network.proxy``) attacked from X_rate = sum_t X_t / T
+    (X_t the SNN's input frames: Poisson spikes, or the pixels themselves under direct encoding)."""
     if base not in ("rate", "clean"):
         raise SpikeAdvError(f"snnadv base must be rate or clean, got {base!r}")
     if base == "clean":
@@ -69,7 +70,7 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
 
     def rate(x: Tensor) -> Tensor:
         with torch.no_grad():
-            return encode(x, snn.T, "poisson", gen.manual_seed(seed)).mean(0)
+            return encode(x, snn.T, snn.encoding, gen.manual_seed(seed)).mean(0)
 
     return Source("snnadv", lambda x: net.proxy(x, snn), rate)
 

@@ -1,0 +1,179 @@
+"""The study end to end on the smoke preset: every artifact, reuse, kill -9 resume, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spikeadv import cli, study
+from spikeadv.presets import StudyConfig, get_preset
+from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
+
+SMOKE = get_preset("smoke")
+
+
+def spikeadv(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "spikeadv", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted smoke study (the tests below share it and must not change it)."""
+    out = tmp_path_factory.mktemp("study") / "run"
+    assert cli.main(["run", "--preset", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def expected_rows(cfg: StudyConfig) -> int:
+    per_target = {"ann": 1, "snn1": 1 if SMOKE.snn1.encoding == "direct" else cfg.repeats,
+                  "snn2": 1 if SMOKE.snn2.encoding == "direct" else cfg.repeats}
+    return sum(per_target[t] for job in study.grid(cfg) for t in job.targets)
+
+
+def test_grid_follows_table_iii():
+    cfg = StudyConfig()
+    jobs = study.grid(cfg)
+    keys = [(j.source, j.instance, j.gradient, j.attack, j.eps, j.steps) for j in jobs]
+    assert len(keys) == len(set(keys))
+    for j in jobs:
+        if j.instance == 0:  # whitebox: crafted from the target itself
+            assert j.targets == (j.source,) and j.scenario() == "whitebox"
+        else:
+            assert j.scenario() == f"bb-{j.source}"
+    fig2 = [(j.attack, j.steps) for j in jobs if j.gradient in ("ann", "snnadv") and j.eps in cfg.eps]
+    for attack, steps, _ in FIG2_ATTACKS:  # every Fig. 2 row, from all six models, on all targets
+        for kind in study.KINDS:
+            (bb,) = [j for j in jobs if (j.source, j.instance, j.attack, j.steps, j.eps) == (kind, 1, attack, steps, 8)]
+            assert bb.targets == study.KINDS
+        assert fig2.count((attack, steps)) == 6 * len(cfg.eps)
+    fig4 = {(j.source, j.instance, j.attack, j.steps, j.eps) for j in jobs if "snn2" in j.targets}
+    for source in (("snn2", 0), ("snn2", 1), ("ann", 1)):
+        for attack in ("ifgsm", "tifgsm"):
+            assert {(*source, attack, k, e) for k in cfg.fig4_steps for e in cfg.fig4_eps} <= fig4
+    bptt = [j for j in jobs if j.gradient == "bptt"]
+    assert {(j.source, j.attack, j.eps) for j in bptt} == {
+        (k, a, e) for k in ("snn1", "snn2") for a in ("fgsm", "ifgsm") for e in cfg.extra_eps}
+    assert all(j.instance == 0 for j in bptt)
+    # the first gradient source is the paper's; without further ones no BPTT job is made
+    assert not [j for j in study.grid(StudyConfig(gradients=("snnadv",))) if j.gradient != "snnadv" and j.source != "ann"]
+
+
+def test_smoke_run_writes_every_artifact(reference):
+    report = reference / "report"
+    for name in ("table1.md", "table1.csv", "results.csv", "report.md", "report.html",
+                 *(f"fig{i}.{ext}" for i in (2, 3, 4) for ext in ("png", "svg"))):
+        assert (report / name).stat().st_size > 0, name
+    meta = json.loads((reference / "run.json").read_text())
+    assert meta["complete"] and meta["version"] and meta["preset"]["name"] == "smoke"
+    assert sorted((m["kind"], m["instance"]) for m in meta["models"]) == sorted(
+        (k, i) for k in study.KINDS for i in (0, 1))
+    for m in meta["models"]:
+        assert (reference / m["path"]).is_file() and len(m["sha256"]) == 64
+        assert 0 <= m["clean_acc"] <= 100 and m["repeats"] == (1 if m["kind"] == "ann" else SMOKE.study.repeats)
+        assert m["T"] == {"ann": None, "snn1": SMOKE.snn1.T, "snn2": SMOKE.snn2.T}[m["kind"]]
+    assert {"train ANN", "train SNN-II", "convert SNN-I", "clean eval", "craft", "evaluate"} <= set(meta["stages"])
+    rows = [json.loads(line) for line in (reference / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == expected_rows(SMOKE.study)
+    md = (report / "report.md").read_text()
+    assert "Every figure cell has a result." in md
+    for heading in ("Table I", "Fig. 2 numbers", "Perturbation audit", "Sanity checks", "conclusions"):
+        assert heading in md
+
+
+def test_smoke_results_are_consistent(reference):
+    """Metrics obey their definitions, and ANN-only properties of any correct grid hold."""
+    run = load_run(reference)
+    for r in run.rows:
+        assert r["loss"] == pytest.approx(r["clean_acc"] - r["adv_acc"], abs=1e-3)
+        assert (r["target_hit_rate"] is None) == (r["attack"] != "tifgsm")
+        assert 0 <= r["success_rate"] <= 100
+        if r["gradient"] != "snnadv":  # every other source stays in the eps-ball of the clean image
+            assert r["linf"] <= r["eps"] + 1e-3
+    # the faithful SNNAdv starts from the rate image: its true L-inf exceeds eps (DESIGN, gradient sources)
+    assert max(r["linf"] - r["eps"] for r in run.rows if r["gradient"] == "snnadv") > 1
+    checks = sanity_checks(run)
+    assert checks and all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+def test_second_run_reuses_everything(reference, monkeypatch, tmp_path):
+    before = (reference / "results.jsonl").read_bytes()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a rerun must not train, convert, craft or evaluate")
+
+    for target in ("spikeadv.train.train", "spikeadv.convert.convert", "spikeadv.study.craft",
+                   "spikeadv.study.predict"):
+        monkeypatch.setattr(target, forbidden)
+    assert cli.main(["run", "--preset", "smoke", "--out", str(reference)]) == 0
+    assert (reference / "results.jsonl").read_bytes() == before
+    # the report regenerates from the saved results alone
+    assert cli.main(["report", str(reference), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "table1.md").read_text() == (reference / "report" / "table1.md").read_text()
+
+
+def test_kill_during_crafting_then_resume_gives_the_same_results(reference, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(reference / "models", out / "models")  # models are tested elsewhere: start at crafting
+    proc = subprocess.Popen([sys.executable, "-m", "spikeadv", "run", "--preset", "smoke", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = out / "cells"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and len(list(cells.glob("*.json")) if cells.exists() else []) < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(cells.glob("*.json")))
+    assert 20 <= done < len(study.grid(SMOKE.study)), "killed too late to test resuming"
+    assert not (out / "results.jsonl").exists()
+    resumed = spikeadv("run", "--preset", "smoke", "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} reused" in resumed.stdout + resumed.stderr
+    assert (out / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
+    assert not list(out.rglob("*.tmp"))
+
+
+def snapshot(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "study.attacks=fgsm,cw"], "unknown attack 'cw'"),
+    (["--set", "study.eps=8,300"], "must be in [0, 255]"),
+    (["--set", "study.eps=-1"], "must be in [0, 255]"),
+    (["--set", "study.fig4_steps=2,0"], "steps must be >= 1"),
+    (["--set", "study.steps=0"], "steps must be >= 1"),
+    (["--set", "study.repeats=1"], "another config: preset.study.repeats (2 -> 1)"),
+])
+def test_bad_input_is_one_clear_line_and_changes_nothing(reference, args, message):
+    before = snapshot(reference)
+    result = spikeadv("run", "--preset", "smoke", "--out", reference, *args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(reference) == before
+
+
+def test_run_directory_of_another_version_is_refused(reference, tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    meta = json.loads((reference / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "version": "0.0.1"}))
+    before = snapshot(out)
+    result = spikeadv("run", "--preset", "smoke", "--out", out)
+    assert result.returncode != 0 and "version (\"0.0.1\" ->" in result.stderr
+    assert "Traceback" not in result.stderr and snapshot(out) == before
+
+
+def test_report_of_a_directory_without_results_is_a_clear_error(tmp_path):
+    result = spikeadv("report", tmp_path)
+    assert result.returncode != 0 and "run.json does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
