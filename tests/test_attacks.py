@@ -5,6 +5,7 @@ attack equations computed by hand on a linear classifier whose cross-entropy gra
 form, and properties every attack and source must have (eps-ball, pixel range, reproducibility).
 """
 
+import dataclasses
 import functools
 import math
 
@@ -374,6 +375,16 @@ def test_snnadv_faithful_base_is_the_poisson_rate_and_adds_to_eps(snn1):
     assert_in_ball(clean, x, eps)
     with pytest.raises(SpikeAdvError, match="base"):
         sources.snnadv(net, snn, base="noisy")
+
+
+def test_snnadv_base_of_a_direct_encoded_snn_is_the_image(snn1):
+    # direct encoding feeds the pixels at every step: X_rate = x, and the attack stays within eps of x
+    _, net, snn = snn1
+    direct = dataclasses.replace(snn, encoding="direct")
+    src = sources.snnadv(net, direct, seed=3)
+    x, y = images(8, seed=8), labels(8)
+    assert torch.equal(src.base(x), x)
+    assert_in_ball(fgsm(src, x, y, 8 / 255), x, 8 / 255)
 
 
 def test_bptt_gradient_is_finite_nonzero_and_seeded(snn1):

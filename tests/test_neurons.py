@@ -23,6 +23,18 @@ def test_if_spike_count_is_the_analytic_rate(wx, vth, T):
     assert spikes.sum().item() == math.floor(T * wx / vth)
 
 
+@pytest.mark.parametrize("c", [0.0625, 0.25, 0.3125, 0.5, 0.6875, 0.9375])
+@pytest.mark.parametrize("T", [1, 4, 16, 100])
+def test_half_threshold_membrane_init_rounds_the_rate(c, T):
+    # IF, reset by subtraction, v_0 = V_th / 2: after T steps v = V_th / 2 + T c - n V_th with
+    # 0 <= v < V_th, so n = floor(T c / V_th + 1/2): the rate is rounded, not floored (Bu et al. 2022)
+    current = torch.full((T, 1), c)
+    half, _ = spike_train(current, torch.tensor(1.0), None, Spiking(T=T, v_init=0.5))
+    zero, _ = spike_train(current, torch.tensor(1.0), None, Spiking(T=T))
+    assert half.sum().item() == math.floor(T * c + 0.5)
+    assert zero.sum().item() == math.floor(T * c)
+
+
 def test_reset_to_zero_loses_the_residue():
     current = torch.full((10, 1), 0.75)
     sub, _ = spike_train(current, torch.tensor(1.0), None, Spiking(T=10))
@@ -105,6 +117,22 @@ def test_fused_neuron_loop_matches_the_step_by_step_reference(reset, neuron, lea
         a, v = spike_train(current[:6], threshold, None, snn)
         b, v = spike_train(current[6:], threshold, v, snn)
     assert torch.equal(torch.cat([a, b]), s1) and torch.allclose(v, v1, **tol)
+
+
+def test_channels_last_currents_give_the_same_spikes_grads_and_keep_their_layout():
+    # conv layers under channels_last hand the neurons [T, B, C, H, W] currents with channels-last
+    # strides; state and saved tensors follow that layout (mixing layouts only costs time)
+    snn = Spiking(neuron="lif", leak=0.9, T=5)
+    base = torch.rand(5 * 2, 3, 4, 4) * 0.6
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        current = base.contiguous(memory_format=layout).view(5, 2, 3, 4, 4).requires_grad_()
+        spikes, v = spike_train(current, torch.tensor(0.5), None, snn)
+        (spikes * torch.arange(1.0, 6.0).view(5, 1, 1, 1, 1)).sum().backward()
+        results.append((spikes, v, current.grad))
+        assert v.is_contiguous(memory_format=layout)
+    (s1, v1, g1), (s2, v2, g2) = results
+    assert torch.equal(s1, s2) and torch.equal(v1, v2) and torch.equal(g1, g2) and g1.abs().sum() > 0
 
 
 def test_fused_neuron_loop_keeps_bf16_currents_and_a_float32_membrane():
@@ -233,6 +261,7 @@ def test_bptt_gradient_matches_finite_differences_with_a_smooth_spike(monkeypatc
     (dict(T=0), "T"), (dict(neuron="lif", leak=0.0), "leak"), (dict(neuron="lif", leak=1.5), "leak"),
     (dict(leak=0.9), "IF neurons have no leak"), (dict(reset="soft"), "reset"),
     (dict(surrogate="relu"), "surrogate"), (dict(encoding="latency"), "encoding"),
+    (dict(v_init=1.0), "v_init"), (dict(v_init=-0.5), "v_init"),
 ])
 def test_bad_spiking_settings(bad, match):
     with pytest.raises(SpikeAdvError, match=match):

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from spikeadv import cli, study
+from spikeadv.arch import Network
+from spikeadv.neurons import Spiking
 from spikeadv.presets import StudyConfig, get_preset
 from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
 
@@ -63,6 +65,15 @@ def test_grid_follows_table_iii():
     assert all(j.instance == 0 for j in bptt)
     # the first gradient source is the paper's; without further ones no BPTT job is made
     assert not [j for j in study.grid(StudyConfig(gradients=("snnadv",))) if j.gradient != "snnadv" and j.source != "ann"]
+
+
+def test_only_poisson_coded_snns_are_evaluated_repeatedly():
+    cfg = StudyConfig(repeats=3)
+    net = Network(SMOKE.spec, 3, (0.5,) * 3, (0.25,) * 3)
+    model = lambda snn: study.Model("x", 0, net, snn, Path("x"), "0" * 64)  # noqa: E731
+    assert study.repeats(model(None), cfg) == 1
+    assert study.repeats(model(Spiking(encoding="direct")), cfg) == 1
+    assert study.repeats(model(Spiking(encoding="poisson")), cfg) == 3
 
 
 def test_smoke_run_writes_every_artifact(reference):

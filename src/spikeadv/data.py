@@ -357,6 +357,12 @@ def prepare(name: str, root: Path | None = None, log: Callable[[str], None] = pr
     raise SpikeAdvError(f"could not prepare {name}; tried " + "; ".join(tried))
 
 
+def ensure(name: str, root: Path | None = None, log: Callable[[str], None] = print) -> None:
+    """Prepare a dataset that has never been prepared (a prepared copy is verified by :func:`load`)."""
+    if name != "synthetic" and not (Path(root or data_root()) / _info(name).name / "manifest.json").is_file():
+        prepare(name, root, log)
+
+
 def load(name: str, split: str = "train", root: Path | None = None) -> Dataset:
     """A verified split as uint8 tensors in memory (``synthetic`` is generated, nothing is read)."""
     info = _info(name)

@@ -225,7 +225,7 @@ def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: Stu
     out, aims = [], []
     for b, part in _batches(len(x), study.batch_size):
         seed = seed_of(study.seed, str(job), b)
-        source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot)
+        source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot if model.snn else 1)
         gen = torch.Generator().manual_seed(seed)
         xb, yb, eps = x[part], y[part], job.eps / 255
         with autocast(study.bf16):
@@ -353,6 +353,7 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
     call = time.perf_counter()
     meta = open_run(out, preset)
     study = preset.study
+    data.ensure(preset.dataset, root, log)
     train_ds = data.load(preset.dataset, "train", root)
     test_ds = data.load(preset.dataset, "test", root)
     test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
