@@ -66,6 +66,8 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
         raise SpikeAdvError(f"snnadv base must be rate or clean, got {base!r}")
     if base == "clean":
         return Source("snnadv-clean", lambda x: net.proxy(x, snn))
+    if snn.encoding == "direct":  # every input frame is the image itself: X_rate = x exactly
+        return Source("snnadv", lambda x: net.proxy(x, snn))
     gen = torch.Generator().manual_seed(seed)
 
     def rate(x: Tensor) -> Tensor:
