@@ -70,7 +70,7 @@ def test_grid_follows_table_iii():
 def test_only_poisson_coded_snns_are_evaluated_repeatedly():
     cfg = StudyConfig(repeats=3)
     net = Network(SMOKE.spec, 3, (0.5,) * 3, (0.25,) * 3)
-    model = lambda snn: study.Model("x", 0, net, snn, Path("x"), "0" * 64)  # noqa: E731
+    model = lambda snn: study.Model("x", 0, net, snn, Path("x"), "0" * 64, {})  # noqa: E731
     assert study.repeats(model(None), cfg) == 1
     assert study.repeats(model(Spiking(encoding="direct")), cfg) == 1
     assert study.repeats(model(Spiking(encoding="poisson")), cfg) == 3

@@ -68,6 +68,7 @@ class Model:
     snn: Spiking | None
     path: Path
     sha256: str
+    meta: dict
 
     @property
     def name(self) -> str:
@@ -115,7 +116,7 @@ def models(
             snn = checkpoint.spiking(meta, T=study.snn1_T if kind == "snn1" else None)
             seconds[f"{kind}{instance}"] = meta["seconds"] if kind == "snn1" else sum(
                 m["seconds"] for m in meta["metrics"])
-            out[(kind, instance)] = Model(kind, instance, net, snn, path, checkpoint.file_digest(path))
+            out[(kind, instance)] = Model(kind, instance, net, snn, path, checkpoint.file_digest(path), meta)
     return out, seconds
 
 
@@ -376,13 +377,12 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
         clean[(kind, instance)], s = clean_predictions(model, x, y, study, out / "clean")
         stages.add("clean eval", s)
         accs = [100.0 * (p == y).float().mean().item() for p in clean[(kind, instance)]]
-        _, mmeta = checkpoint.load(model.path)
-        test_acc = [m["test_acc"] for m in mmeta.get("metrics", []) if "test_acc" in m]
+        test_acc = [m["test_acc"] for m in model.meta.get("metrics", []) if "test_acc" in m]
         record["models"].append({
             "kind": kind, "instance": instance, "clean_acc": round(statistics.fmean(accs), 3),
             "clean_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0, "repeats": len(accs),
             "T": model.snn.T if model.snn else None, "images": len(y), "path": str(model.path.relative_to(out)),
-            "sha256": model.sha256, "seed": mmeta.get("seed"), "checkpoint_test_acc": test_acc[-1] if test_acc else None,
+            "sha256": model.sha256, "seed": model.meta.get("seed"), "checkpoint_test_acc": test_acc[-1] if test_acc else None,
             "build_seconds": round(seconds[model.name], 1),
         })
     log("clean accuracy: " + ", ".join(f"{m['kind']}{m['instance']} {m['clean_acc']:.1f}%" for m in record["models"])
@@ -391,14 +391,14 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
     targets = {k: built[(k, 0)] for k in KINDS}
     goal = random_targets(y, built[("ann", 0)].net.classes, study)
     fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "repeats")}
-    jobs, results, reused = grid(study), [], 0
+    jobs, results, reused, labels = grid(study), [], 0, digest(y.tolist())
     start = time.perf_counter()
     bar = tqdm(jobs, desc="attacks", unit="set", dynamic_ncols=True, mininterval=1.0)
     for job in bar:
         bar.set_postfix_str(str(job), refresh=False)
         recipe = {"job": asdict(job), "source": built[(job.source, job.instance)].sha256,
                   "targets": [targets[t].sha256 for t in job.targets], "study": fixed, "images": len(y),
-                  "labels": digest(y.tolist()), "version": __version__}
+                  "labels": labels, "version": __version__}
         recipe = json.loads(json.dumps(recipe))  # as it reads back from disk (tuples become lists)
         path = out / "cells" / f"{digest(recipe)}.json"
         saved = _json(path)
