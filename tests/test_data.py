@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from spikeadv import data
-from spikeadv.data import (DATASETS, DatasetInfo, augment, batches, decode_cifar_binary, decode_idx,
+from spikeadv.data import (DATASETS, Augmentation, DatasetInfo, augment, batches, decode_cifar_binary, decode_idx,
                            decode_sprite, load, prepare, synthetic)
 from spikeadv.errors import SpikeAdvError
 
@@ -300,8 +300,9 @@ def test_data_root_follows_the_environment(monkeypatch, tmp_path):
 
 def test_batches_resume_at_a_batch_and_cover_the_epoch():
     ds = synthetic("test", n=100)
-    full = list(batches(ds, 16, shuffle=True, generator=torch.Generator().manual_seed(5), augment=True))
-    late = list(batches(ds, 16, shuffle=True, generator=torch.Generator().manual_seed(5), augment=True, start=3))
+    aug = Augmentation(flip=True)
+    full = list(batches(ds, 16, shuffle=True, generator=torch.Generator().manual_seed(5), augmentation=aug))
+    late = list(batches(ds, 16, shuffle=True, generator=torch.Generator().manual_seed(5), augmentation=aug, start=3))
     assert len(full) == 7 and len(late) == 4
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[3:], late))
     labels = torch.cat([y for _, y in full])

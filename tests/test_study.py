@@ -36,7 +36,7 @@ def reference(tmp_path_factory):
 def expected_rows(cfg: StudyConfig) -> int:
     per_target = {"ann": 1, "snn1": 1 if SMOKE.snn1.encoding == "direct" else cfg.repeats,
                   "snn2": 1 if SMOKE.snn2.encoding == "direct" else cfg.repeats}
-    return sum(per_target[t] for job in study.grid(cfg) for t in job.targets)
+    return sum(per_target[t] for job in study.grid(cfg, study.bounded_kinds(SMOKE)) for t in job.targets)
 
 
 def test_grid_follows_table_iii():
@@ -52,7 +52,8 @@ def test_grid_follows_table_iii():
     fig2 = [(j.attack, j.steps) for j in jobs if j.gradient in ("ann", "snnadv") and j.eps in cfg.eps]
     for attack, steps, _ in FIG2_ATTACKS:  # every Fig. 2 row, from all six models, on all targets
         for kind in study.KINDS:
-            (bb,) = [j for j in jobs if (j.source, j.instance, j.attack, j.steps, j.eps) == (kind, 1, attack, steps, 8)]
+            (bb,) = [j for j in jobs if (j.source, j.instance, j.attack, j.steps, j.eps) == (kind, 1, attack, steps, 8)
+                     and j.gradient in ("ann", "snnadv")]
             assert bb.targets == study.KINDS
         assert fig2.count((attack, steps)) == 6 * len(cfg.eps)
     fig4 = {(j.source, j.instance, j.attack, j.steps, j.eps) for j in jobs if "snn2" in j.targets}
@@ -63,6 +64,13 @@ def test_grid_follows_table_iii():
     assert {(j.source, j.attack, j.eps) for j in bptt} == {
         (k, a, e) for k in ("snn1", "snn2") for a in ("fgsm", "ifgsm") for e in cfg.extra_eps}
     assert all(j.instance == 0 for j in bptt)
+    # every SNN-sourced job again with the eps-bounded SNNAdv, except where the faithful one is bounded
+    faithful = {(j.source, j.instance, j.attack, j.eps, j.steps, j.targets) for j in jobs if j.gradient == "snnadv"}
+    clean = {(j.source, j.instance, j.attack, j.eps, j.steps, j.targets) for j in jobs if j.gradient == "snnadv-clean"}
+    assert clean == faithful and {k[0] for k in clean} == {"snn1", "snn2"}
+    direct = study.grid(cfg, frozenset({"snn1"}))
+    assert {j.source for j in direct if j.gradient == "snnadv-clean"} == {"snn2"}
+    assert len(direct) == len(jobs) - len([k for k in clean if k[0] == "snn1"])
     # the first gradient source is the paper's; without further ones no BPTT job is made
     assert not [j for j in study.grid(StudyConfig(gradients=("snnadv",))) if j.gradient != "snnadv" and j.source != "ann"]
 

@@ -39,7 +39,8 @@ FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is: image shape (C, H, W), classes, normalisation and official digests per split."""
+    """What a dataset is: image shape (C, H, W), classes, normalisation, official digests per split and
+    whether a horizontal flip keeps an image's class (objects: yes; handwritten digits, clothing: no)."""
 
     name: str
     shape: tuple[int, int, int]
@@ -48,6 +49,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     digests: dict[str, tuple[str, str]] = field(default_factory=dict)  # split -> (images, labels) sha256
+    flip: bool = False
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -59,6 +61,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "test": ("177777c33ba79825320efa646ad04a94bdc3c80e4ebe3bd21724f8cdfd4b9d56",
                      "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5"),
         },
+        flip=True,
     ),
     "mnist": DatasetInfo(
         "mnist", (1, 28, 28), 10, tuple(str(i) for i in range(10)), (0.1307,), (0.3081,),
@@ -79,7 +82,7 @@ DATASETS: dict[str, DatasetInfo] = {
         },
     ),
     "synthetic": DatasetInfo("synthetic", (3, 32, 32), 10, tuple(f"class {i}" for i in range(10)),
-                             (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+                             (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), flip=True),
 }
 
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images [N,C,H,W] uint8, labels [N] uint8)
@@ -452,6 +455,21 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation: a random horizontal flip (where the dataset allows it) and a random crop
+    of the image zero-padded by ``pad`` pixels."""
+
+    flip: bool
+    pad: int = 4
+
+
+def augmentation(info: DatasetInfo, enabled: bool = True, flip: bool | None = None) -> Augmentation | None:
+    """The augmentation a training run of ``info`` uses: none when disabled; the flip follows the
+    dataset's convention (:attr:`DatasetInfo.flip`) unless ``flip`` asks otherwise."""
+    return Augmentation(flip=info.flip if flip is None else flip) if enabled else None
+
+
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> Tensor:
     """Random horizontal flip, then a random crop of the zero-padded image, for a whole float batch
     [B, C, H, W] at once (one gather with per-sample offsets). ``generator`` is a CPU generator."""
@@ -469,11 +487,8 @@ def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = Tr
     return x
 
 
-_augment = augment  # inside batches() the name is a flag
-
-
 def batches(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-            augment: bool = False, drop_last: bool = False, device: torch.device | str = "cpu",
+            augmentation: Augmentation | None = None, drop_last: bool = False, device: torch.device | str = "cpu",
             start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
     """(pixels float [B, C, H, W] in [0, 1], int64 labels) per batch. The order and one augmentation
     seed per batch are drawn up front from ``generator``, so skipping ``start`` batches yields exactly
@@ -487,6 +502,6 @@ def batches(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Gen
     for i in range(start, count):
         idx = order[i * batch_size:(i + 1) * batch_size]
         x = to_float(ds.images[idx].to(device, non_blocking=True))
-        if augment:
-            x = _augment(x, aug_gen.manual_seed(seeds[i]))
+        if augmentation is not None:
+            x = augment(x, aug_gen.manual_seed(seeds[i]), augmentation.pad, augmentation.flip)
         yield x, ds.labels[idx].to(device, non_blocking=True)

@@ -18,7 +18,8 @@ from .neurons import Spiking
 @dataclass(frozen=True)
 class TrainConfig:
     """How one network is trained. ``schedule``: ``multistep`` (lr x gamma at each milestone epoch) or
-    ``onecycle`` (linear warm-up over ``warmup`` of all steps, then linear decay to zero)."""
+    ``onecycle`` (linear warm-up over ``warmup`` of all steps, then linear decay to zero). ``augment``:
+    random crops, and horizontal flips where ``flip`` (default: where the dataset allows them)."""
 
     epochs: int
     batch_size: int
@@ -33,6 +34,7 @@ class TrainConfig:
     warmup: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = True
+    flip: bool | None = None  # None: the dataset's convention (data.DatasetInfo.flip)
     bf16: bool = False
     channels_last: bool = False
     eval_every: int = 1
@@ -112,8 +114,9 @@ class StudyConfig:
     ``images``: the first N test images attacked; ``attacks``: the rows of Fig. 2 (any of fgsm, rfgsm,
     ifgsm, tifgsm, pgd), the iterative ones with ``steps`` steps; ``eps`` (1/255 units) of Figs. 2-3; ``fig4_eps`` and
     ``fig4_steps`` the I-FGSM sweep of Fig. 4 on the SNN-II target; ``gradients``: the source gradients
-    for SNN sources, the first being the paper's (``snnadv``); every further one (e.g. ``bptt``) is
-    crafted for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
+    for SNN sources, the first being the paper's (``snnadv``); ``snnadv-clean``, its eps-bounded
+    variant, is crafted for the whole grid beside it and feeds the report's verdicts; every further one
+    (e.g. ``bptt``) is crafted for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
     ``repeats``: SNN evaluations with different encoder seeds; ``snn1_T``: SNN-I time steps for crafting
     and evaluation (None: the conversion's T); ``target``: ``random`` (paper) or ``least-likely``."""
 
@@ -123,7 +126,7 @@ class StudyConfig:
     eps: tuple[int, ...] = (8, 16, 32)
     fig4_eps: tuple[int, ...] = (8, 16, 32, 64)
     fig4_steps: tuple[int, ...] = (2, 5, 7)
-    gradients: tuple[str, ...] = ("snnadv", "bptt")
+    gradients: tuple[str, ...] = ("snnadv", "snnadv-clean", "bptt")
     extra_eps: tuple[int, ...] = (8, 16)
     eot: int = 1
     repeats: int = 2

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import __version__, attacks, checkpoint, data, sources
+from . import __version__, attacks, checkpoint, data, outcomes, sources
 from .arch import Network
 from .errors import SpikeAdvError
 from .neurons import Spiking
@@ -149,34 +149,49 @@ def main_gradients(study: StudyConfig) -> dict[str, str]:
     return {k: "ann" if k == "ann" else study.gradients[0] for k in KINDS}
 
 
-def grid(study: StudyConfig) -> list[Job]:
+def bounded_kinds(preset: Preset) -> frozenset[str]:
+    """SNN kinds whose faithful SNNAdv is already eps-bounded: under direct (analog) encoding the rate
+    image X_rate is the image itself, so ``snnadv`` and ``snnadv-clean`` craft the same inputs."""
+    return frozenset(k for k, c in (("snn1", preset.snn1), ("snn2", preset.snn2)) if c.encoding == "direct")
+
+
+def grid(study: StudyConfig, bounded: frozenset[str] = frozenset()) -> list[Job]:
     """Every crafting job of the study (paper Table III and Figs. 2-4):
 
     - Fig. 2/3: each of ``attacks`` (paper: FGSM, R-FGSM, I-FGSM and targeted I-FGSM with 2 steps) at
-      each eps, from every kind's
-      instance 0 (whitebox, on itself) and instance 1 (blackbox, on all three targets);
+      each eps, from every kind's instance 0 (whitebox, on itself) and instance 1 (blackbox, on all
+      three targets);
     - Fig. 4: (targeted) I-FGSM with each of ``fig4_steps`` at each of ``fig4_eps`` on the SNN-II
       target, whitebox and crafted by SNN-II and ANN instance 1;
-    - every further gradient source (``gradients[1:]``, e.g. BPTT): FGSM and 2-step I-FGSM at
-      ``extra_eps``, whitebox on each SNN."""
+    - with ``snnadv-clean`` among ``gradients``: all of the above from SNN sources once more with the
+      eps-bounded SNNAdv (the faithful one perturbs the rate image, DESIGN "Gradient sources"), except
+      for the ``bounded`` kinds, whose faithful SNNAdv is eps-bounded already;
+    - every further gradient source (e.g. BPTT): FGSM and 2-step I-FGSM at ``extra_eps``, whitebox on
+      each SNN."""
     wanted: dict[tuple, set[str]] = {}
 
     def add(source: str, instance: int, gradient: str, attack: str, steps: int, eps: int, targets) -> None:
         wanted.setdefault((source, instance, gradient, attack, eps, steps), set()).update(targets)
 
     main = main_gradients(study)
+    variants = {k: (main[k], "snnadv-clean") if k != "ann" and k not in bounded and "snnadv-clean" in study.gradients
+                else (main[k],) for k in KINDS}
     for kind in KINDS:
-        for instance, targets in ((0, (kind,)), (1, KINDS)):
-            for attack in study.attacks:
-                for eps in study.eps:
-                    add(kind, instance, main[kind], attack, study.steps if attack in attacks.ITERATIVE else 1, eps,
-                        targets)
+        for gradient in variants[kind]:
+            for instance, targets in ((0, (kind,)), (1, KINDS)):
+                for attack in study.attacks:
+                    for eps in study.eps:
+                        add(kind, instance, gradient, attack, study.steps if attack in attacks.ITERATIVE else 1,
+                            eps, targets)
     for kind, instance in (("snn2", 0), ("snn2", 1), ("ann", 1)):
-        for attack in ("ifgsm", "tifgsm"):
-            for steps in study.fig4_steps:
-                for eps in study.fig4_eps:
-                    add(kind, instance, main[kind], attack, steps, eps, ("snn2",))
+        for gradient in variants[kind]:
+            for attack in ("ifgsm", "tifgsm"):
+                for steps in study.fig4_steps:
+                    for eps in study.fig4_eps:
+                        add(kind, instance, gradient, attack, steps, eps, ("snn2",))
     for gradient in study.gradients[1:]:
+        if gradient == "snnadv-clean":  # crafted for the whole grid above, where it differs from snnadv
+            continue
         for kind in ("snn1", "snn2"):
             for attack, steps in EXTRA_ATTACKS:
                 for eps in study.extra_eps:
@@ -253,7 +268,9 @@ def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor
          clean: list[Tensor], study: StudyConfig) -> list[dict]:
     """The result rows of one adversarial set on one target, one per evaluation repeat (DESIGN
     "Metrics"): accuracies in percent, loss = clean - adversarial accuracy (pp), success rate over the
-    initially correct images, target hit rate (targeted attacks), mean true L-inf (1/255) and L2."""
+    initially correct images, target hit rate (targeted attacks), mean true L-inf (1/255) and L2; and
+    per image (:mod:`outcomes`) whether the target was right and, for targeted attacks, its predicted
+    class and whether that was the target."""
     delta = (adv - x).flatten(1)
     linf = round(delta.abs().amax(1).mean().item() * 255, 4)
     l2 = round(delta.norm(dim=1).mean().item(), 5)
@@ -271,7 +288,9 @@ def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor
             "adv_acc": round(adv_acc, 4), "loss": round(clean_acc - adv_acc, 4),
             "success_rate": round(100.0 * fooled / max(1, correct.sum().item()), 4),
             "target_hit_rate": None if aim is None else round(100.0 * (pred == aim).float().mean().item(), 4),
-            "linf": linf, "l2": l2,
+            "linf": linf, "l2": l2, "correct": outcomes.pack((pred == y).numpy()),
+            **({} if aim is None else {"pred": outcomes.pack_classes(pred.numpy()),
+                                       "hit": outcomes.pack((pred == aim).numpy())}),
         })
     return out
 
@@ -360,7 +379,11 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
     test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
     if study.images > len(test_ds):
         raise SpikeAdvError(f"study.images = {study.images} exceeds the {len(test_ds)} test images of the preset")
-    record = {**identity(preset), "gradients": main_gradients(study), "versions": checkpoint.versions(),
+    x = data.to_float(test_ds.images[:study.images])
+    y = test_ds.labels[:study.images].long()
+    bounded = bounded_kinds(preset)
+    record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded),
+              "labels": digest(y.tolist()), "versions": checkpoint.versions(),
               "command": checkpoint.command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
     checkpoint.write_json(out / "run.json", record)  # first: a later call checks its config against this
@@ -369,8 +392,6 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
     built, seconds = models(preset, out / "models", train_ds, test_ds, log)
     for name, s in seconds.items():
         stages.add(STAGE[name[:-1]], s)
-    x = data.to_float(test_ds.images[:study.images])
-    y = test_ds.labels[:study.images].long()
     clean: dict[tuple[str, int], list[Tensor]] = {}
     record["models"] = []
     for (kind, instance), model in built.items():
@@ -384,6 +405,9 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
             "T": model.snn.T if model.snn else None, "images": len(y), "path": str(model.path.relative_to(out)),
             "sha256": model.sha256, "seed": model.meta.get("seed"), "checkpoint_test_acc": test_acc[-1] if test_acc else None,
             "build_seconds": round(seconds[model.name], 1),
+            "encoding": model.snn.encoding if model.snn else None,
+            "augmentation": built[("ann" if kind == "snn1" else kind, instance)].meta.get("augmentation"),
+            "clean_correct": [outcomes.pack((p == y).numpy()) for p in clean[(kind, instance)]],
         })
     log("clean accuracy: " + ", ".join(f"{m['kind']}{m['instance']} {m['clean_acc']:.1f}%" for m in record["models"])
         + f" on {len(y)} test images")
@@ -391,7 +415,7 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
     targets = {k: built[(k, 0)] for k in KINDS}
     goal = random_targets(y, built[("ann", 0)].net.classes, study)
     fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "repeats")}
-    jobs, results, reused, labels = grid(study), [], 0, digest(y.tolist())
+    jobs, results, reused, labels = grid(study, bounded), [], 0, record["labels"]
     start = time.perf_counter()
     bar = tqdm(jobs, desc="attacks", unit="set", dynamic_ncols=True, mininterval=1.0)
     for job in bar:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .arch import Network, fold_batchnorm
-from .data import Dataset, batches
+from .data import Dataset, augmentation, batches
 from .errors import SpikeAdvError
 from .neurons import Spiking
 from .presets import Preset, TrainConfig, as_dict
@@ -109,7 +109,7 @@ def _restore(net: Network, opt: torch.optim.Optimizer, tensors: dict[str, Tensor
 
 def _identity(meta: dict) -> dict:
     """The parts of a checkpoint's metadata that must agree for a resume to be valid."""
-    return json.loads(json.dumps({k: meta[k] for k in ("kind", "trained_network", "train", "spiking", "seed", "data")}))
+    return json.loads(json.dumps({k: meta[k] for k in ("kind", "trained_network", "train", "spiking", "augmentation", "seed", "data")}))
 
 
 def train(
@@ -133,6 +133,7 @@ def train(
     caller's record (kind, preset, data digests...); training adds its config, seed, versions and
     per-epoch metrics. The finished file holds the batch-norm-folded network.
     """
+    aug = augmentation(train_ds.info, cfg.augment, cfg.flip)
     meta = {
         **meta,
         "format": checkpoint.FORMAT,
@@ -140,6 +141,7 @@ def train(
         "trained_network": net.config(),
         "train": as_dict(cfg),
         "spiking": as_dict(snn) if snn else None,
+        "augmentation": as_dict(aug) if aug else None,
         "seed": seed,
         "versions": checkpoint.versions(),
         "command": checkpoint.command_line(),
@@ -182,7 +184,7 @@ def train(
         loss_sum = torch.zeros(())
         correct = torch.zeros((), dtype=torch.long)
         bar = tqdm(
-            batches(train_ds, cfg.batch_size, shuffle=True, generator=gen, augment=cfg.augment,
+            batches(train_ds, cfg.batch_size, shuffle=True, generator=gen, augmentation=aug,
                     drop_last=True, device=device),
             total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img", unit_scale=cfg.batch_size,
             leave=False, dynamic_ncols=True, mininterval=1.0,
