@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from spikeadv import cli, study
+from spikeadv import cli, outcomes, study
 from spikeadv.arch import Network
+from spikeadv.data import load
 from spikeadv.neurons import Spiking
 from spikeadv.presets import StudyConfig, get_preset
 from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
@@ -121,6 +123,28 @@ def test_smoke_results_are_consistent(reference):
     assert checks and all(c.passed for c in checks), [c for c in checks if not c.passed]
 
 
+def test_rows_carry_per_image_outcomes_that_recompute_their_accuracies(reference):
+    """Each row's packed outcomes give its adversarial accuracy; run.json's clean outcomes give each
+    model's clean accuracy; a targeted row's predictions give its hit rate and agree with its outcomes."""
+    meta = json.loads((reference / "run.json").read_text())
+    images = SMOKE.study.images
+    y = load("synthetic", "test").labels[:images].numpy()
+    for m in meta["models"]:
+        accs = [100 * outcomes.unpack(c, images).mean() for c in m["clean_correct"]]
+        assert len(accs) == m["repeats"] and sum(accs) / len(accs) == pytest.approx(m["clean_acc"], abs=1e-3)
+    rows = [json.loads(line) for line in (reference / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        correct = outcomes.unpack(r["correct"], r["n"])
+        assert 100 * correct.mean() == pytest.approx(r["adv_acc"], abs=1e-3)
+        if r["attack"] == "tifgsm":
+            pred, hit = outcomes.unpack_classes(r["pred"], r["n"]), outcomes.unpack(r["hit"], r["n"])
+            assert np.array_equal(pred == y, correct) and 100 * hit.mean() == pytest.approx(r["target_hit_rate"])
+            assert not (hit & correct).any()  # a random target is never the true class
+        else:
+            assert "pred" not in r and "hit" not in r
+    assert load_run(reference).paired
+
+
 def test_second_run_reuses_everything(reference, monkeypatch, tmp_path):
     before = (reference / "results.jsonl").read_bytes()
 
@@ -151,7 +175,7 @@ def test_kill_during_crafting_then_resume_gives_the_same_results(reference, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(list(cells.glob("*.json")))
-    assert 20 <= done < len(study.grid(SMOKE.study)), "killed too late to test resuming"
+    assert 20 <= done < len(study.grid(SMOKE.study, study.bounded_kinds(SMOKE))), "killed too late to test resuming"
     assert not (out / "results.jsonl").exists()
     resumed = spikeadv("run", "--preset", "smoke", "--out", out)
     assert resumed.returncode == 0, resumed.stderr

@@ -116,3 +116,36 @@ def test_batchnorm_is_folded_into_the_saved_network(tmp_path):
     assert not saved.batchnorm and saved.bias and saved_meta["batchnorm_folded"]
     x = synthetic("test", n=32).images.float() / 255
     assert torch.allclose(saved(x), trained_net(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dataset, flips", [("mnist", False), ("fashion-mnist", False), ("cifar10", True)])
+def test_augmentation_follows_the_dataset(tmp_path, monkeypatch, dataset, flips):
+    """Handwritten digits and clothing are not mirrored in training (a mirrored 2 is no 2); CIFAR-10 is.
+    What was used is recorded in the checkpoint."""
+    import dataclasses
+
+    from spikeadv import data
+
+    drawn = []
+
+    def spy(x, generator, pad=4, flip=True):
+        drawn.append(flip)
+        return real(x, generator, pad, flip)
+
+    real = data.augment
+    monkeypatch.setattr(data, "augment", spy)
+    info = data.DATASETS[dataset]
+    ds = synthetic("train", n=64, shape=info.shape)
+    ds = dataclasses.replace(ds, info=dataclasses.replace(ds.info, flip=info.flip, name=info.name))
+    preset = get_preset("smoke", ["ann.epochs=1", "ann.batch_size=32"])
+    net = Network("28x28-4c3-2s-10o" if info.shape[0] == 1 else preset.spec, info.shape[0], ds.info.mean,
+                  ds.info.std)
+    _, meta = train(net, ds, ds, preset.ann, seed=0, out=tmp_path / "m.safetensors", meta={"kind": "ann"})
+    assert drawn == [flips, flips]
+    assert meta["augmentation"] == {"flip": flips, "pad": 4}
+    assert checkpoint.load(tmp_path / "m.safetensors")[1]["augmentation"] == {"flip": flips, "pad": 4}
+    # asked for explicitly, the flip is used whatever the dataset
+    drawn.clear()
+    cfg = dataclasses.replace(preset.ann, flip=True)
+    train(net, ds, ds, cfg, seed=0, out=tmp_path / "f.safetensors", meta={"kind": "ann"})
+    assert drawn == [True, True]

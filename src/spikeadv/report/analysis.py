@@ -1,0 +1,309 @@
+"""What a run says: the perturbation audit, the cells a verdict may rest on, the sanity checks and the
+paper's conclusions, each judged by paired comparisons over the attacked images (:mod:`.paired`).
+
+Which cells a verdict uses. The paper's own gradient for SNN sources, faithful SNNAdv, perturbs the
+Poisson rate image, so its inputs can lie far outside the eps-ball (the audit flags those groups);
+a verdict under "the paper's gradient" uses each source's main gradient where the audit finds it
+eps-bounded and its eps-bounded variant (``snnadv-clean``) where not, and never a flagged cell.
+Verdicts (b) and (c) are judged a second time under the strongest gradient the run evaluated.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .load import (ITERATIVE, KINDS, LABEL, LINF_SLACK, SCENARIO_TITLE, SCENARIOS, SNNS, Cell, Key, Run,
+                   attack_key, attack_name, fmt_eps, source_kind)
+from .paired import CONTRADICTED, Paired, compare
+
+BOUNDED = "snnadv-clean"  # the eps-bounded SNNAdv (perturbation applied to x, DESIGN "Gradient sources")
+UNPAIRED = "paired statistics unavailable"
+Candidates = Mapping[str, Sequence[str]]  # source kind -> gradients to try, in order
+
+# ---------------------------------------------------------------- perturbation audit
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """Mean true perturbation of one (source kind, gradient, eps) over all its attacks and targets."""
+
+    source_kind: str
+    gradient: str
+    eps: int
+    linf: float
+    linf_max: float
+    l2: float
+    rows: int
+
+    @property
+    def flagged(self) -> bool:
+        return self.linf > self.eps + LINF_SLACK
+
+
+def perturbation_audit(run: Run) -> list[AuditRow]:
+    """DESIGN "Gradient sources": the true L-inf of x_adv - x next to eps, per source gradient."""
+    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in run.rows:
+        groups[(r["source_kind"], r["gradient"], int(r["eps"]))].append(r)
+    return [
+        AuditRow(kind, gradient, eps, statistics.fmean(r["linf"] for r in rs), max(r["linf"] for r in rs),
+                 statistics.fmean(r["l2"] for r in rs), len(rs))
+        for (kind, gradient, eps), rs in sorted(groups.items(), key=lambda g: (KINDS.index(g[0][0]), g[0][1:]))
+    ]
+
+
+def flagged(run: Run) -> set[tuple[str, str, int]]:
+    """The (source kind, gradient, eps) groups the audit flags as not eps-bounded."""
+    return {(a.source_kind, a.gradient, a.eps) for a in perturbation_audit(run) if a.flagged}
+
+
+# ---------------------------------------------------------------- which cells a verdict uses
+
+
+def paper_candidates(run: Run) -> dict[str, tuple[str, ...]]:
+    """The paper's gradient per source kind, then its eps-bounded variant."""
+    return {k: (g,) if g == BOUNDED or k == "ann" else (g, BOUNDED) for k, g in run.meta["gradients"].items()}
+
+
+def verdict_key(run: Run, bad: set, candidates: Candidates, target: str, scenario: str, attack: str, eps: int,
+                steps: int) -> Key | None:
+    """The cell a verdict uses here: the first candidate gradient of the source kind that the run has
+    and the audit does not flag; None when there is none."""
+    kind = source_kind(target, scenario)
+    for gradient in candidates.get(kind, ()):
+        key = (target, scenario, gradient, attack, eps, steps)
+        if key in run.cells and (kind, gradient, eps) not in bad:
+            return key
+    return None
+
+
+def shown(run: Run, bad: set, target: str, scenario: str, attack: str, eps: int,
+          steps: int) -> tuple[Cell | None, Cell | None]:
+    """What a figure or table shows at one place: the cell verdicts use (paper's gradient, eps-bounded)
+    and, where the main gradient's inputs are not eps-bounded, that faithful cell beside it."""
+    key = verdict_key(run, bad, paper_candidates(run), target, scenario, attack, eps, steps)
+    main = run.main_gradient(target, scenario)
+    faithful = run.cell(target, scenario, attack, eps, steps) if (
+        source_kind(target, scenario), main, eps) in bad else None
+    return (None if key is None else run.cells[key]), faithful
+
+
+def strongest(run: Run, bad: set) -> dict[str, str]:
+    """Per SNN kind, the gradient with the highest mean whitebox loss on that kind over the (attack,
+    eps, steps) all its unflagged gradients share (BPTT in the default grid); the ANN's is exact."""
+    out = {"ann": "ann"}
+    for kind in SNNS:
+        by_gradient: dict[str, dict[tuple, float]] = defaultdict(dict)
+        for (target, scenario, gradient, attack, eps, steps), cell in run.cells.items():
+            if target == kind and scenario == "whitebox" and (kind, gradient, eps) not in bad:
+                by_gradient[gradient][(attack, eps, steps)] = cell.loss
+        if not by_gradient:
+            continue
+        shared = set.intersection(*(set(v) for v in by_gradient.values()))
+        if shared:
+            out[kind] = max(sorted(by_gradient), key=lambda g: statistics.fmean(by_gradient[g][c] for c in shared))
+    return out
+
+
+def table3(run: Run) -> list[tuple[str, int, int]]:
+    """(attack, eps, steps) of the paper's Table III grid as the run's preset set it (Fig. 2 and 3),
+    never the Fig. 4 step sweep or extra gradient cells."""
+    study = run.meta["preset"].get("study", {})
+    attacks = study.get("attacks", ["fgsm", "rfgsm", "ifgsm", "tifgsm"])
+    steps = int(study.get("steps", 2))
+    return [(a, int(e), steps if a in ITERATIVE else 1) for a in attacks for e in study.get("eps", [8, 16, 32])]
+
+
+# ---------------------------------------------------------------- judgements
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One paired comparison behind a verdict: the ``low`` side is claimed to lose less than ``high``
+    over the cell pairs listed (same attack and eps on both sides), pooled per image."""
+
+    what: str
+    gradient: str
+    pairs: tuple[tuple[Key, Key], ...]
+    stats: Paired | None
+
+    @property
+    def verdict(self) -> str:
+        return "no data" if not self.pairs else UNPAIRED if self.stats is None else self.stats.verdict
+
+    def cells(self) -> str:
+        """The cells it rests on, compactly: each side's (target, scenario, gradient) and the grid."""
+        def side(i: int) -> str:
+            return " + ".join(sorted({f"{LABEL[p[i][0]]} under {SCENARIO_TITLE[p[i][1]]} `{p[i][2]}`"
+                                      for p in self.pairs}))
+        attacks = sorted({(k[3], k[5]) for k, _ in self.pairs}, key=attack_key)
+        eps = sorted({k[4] for k, _ in self.pairs})
+        return (f"{side(0)} vs {side(1)}, {', '.join(attack_name(*a) for a in attacks)} at eps "
+                f"{', '.join(map(str, eps))}/255 ({len(self.pairs)} cell pairs)")
+
+
+def judge(run: Run, what: str, gradient: str, pairs: list[tuple[Key, Key]]) -> Judgement:
+    """Pool the cell pairs per image and compare (McNemar as well for one pair of 0/1 outcomes on one target)."""
+    stats = None
+    if pairs and run.paired:
+        stats = judge_cells([(run.cells[a], run.cells[b]) for a, b in pairs],
+                            one_target=all(a[0] == b[0] for a, b in pairs))
+    return Judgement(what, gradient, tuple(pairs), stats)
+
+
+def judge_cells(pairs: Sequence[tuple[Cell, Cell]], one_target: bool = True) -> Paired:
+    """Cell pairs (low, high) pooled per image; McNemar's test too for one pair of 0/1 outcomes on one target."""
+    binary = one_target and len(pairs) == 1 and all(c.repeats == 1 for pair in pairs for c in pair)
+    return compare([(a.per_image, b.per_image) for a, b in pairs], binary=binary)
+
+
+def _pairs(run: Run, bad: set, candidates: Candidates, low: tuple[str, str], high: tuple[str, str],
+           grid: list[tuple[str, int, int]]) -> list[tuple[Key, Key]]:
+    """Cell pairs at two (target, scenario) places for every (attack, eps, steps) of ``grid`` both have."""
+    out = []
+    for attack, eps, steps in grid:
+        a = verdict_key(run, bad, candidates, *low, attack, eps, steps)
+        b = verdict_key(run, bad, candidates, *high, attack, eps, steps)
+        if a is not None and b is not None:
+            out.append((a, b))
+    return out
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    """One of the paper's conclusions: its judgements (each a paired comparison) and the comparisons
+    left out, with why."""
+
+    key: str
+    claim: str
+    judgements: tuple[Judgement, ...]
+    excluded: tuple[str, ...] = ()
+
+    @property
+    def verdict(self) -> str:
+        """The judgements' verdict when they agree; else how many say what."""
+        found = [j.verdict for j in self.judgements if j.pairs]
+        if not found:
+            return "no data"
+        counts = Counter(found)
+        if len(counts) == 1:
+            return found[0]
+        return "mixed: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda c: -c[1]))
+
+
+def same_function(run: Run) -> dict[str, str]:
+    """Blackbox sources whose crafted inputs are the ANN-crafted ones in disguise, with why: SNN-I on
+    direct input computes its parent ANN's function, and SNNAdv's proxy is that ANN rescaled."""
+    if run.meta["preset"].get("snn1", {}).get("encoding") != "direct":
+        return {}
+    return {"bb-snn1": "SNN-I runs on direct (analog) input, so it computes the function of the ANN it was "
+                       "converted from and SNNAdv crafts from that ANN, rescaled: SNN-I-crafted inputs are "
+                       "ANN-crafted inputs at another softmax temperature, and comparing them with ANN-crafted "
+                       "ones would compare a model with itself"}
+
+
+def conclusions(run: Run) -> list[Conclusion]:
+    """The paper's conclusions (V-A, V-B, VI), each judged per model and scenario on the Table III cells
+    (eps-bounded, paper's gradient); (b) and (c) once more under the strongest gradient."""
+    bad, grid = flagged(run), table3(run)
+    paper, best = paper_candidates(run), strongest(run, bad)
+    strong = {k: (g,) for k, g in best.items()}
+    strong_name = "strongest (" + ", ".join(f"{LABEL[k]} `{g}`" for k, g in best.items() if k != "ann") + ")"
+
+    def j(what: str, low: tuple[str, str], high: tuple[str, str], candidates: Candidates = paper,
+          name: str = "paper's, eps-bounded") -> Judgement:
+        return judge(run, what, name, _pairs(run, bad, candidates, low, high, grid))
+
+    blackbox = SCENARIOS[1:]
+    a = [j(f"{LABEL[s]} vs ANN, {SCENARIO_TITLE[sc]}", (s, sc), ("ann", sc)) for s in SNNS for sc in blackbox]
+    b = [j(f"ANN vs {LABEL[s]}, {SCENARIO_TITLE['whitebox']}", ("ann", "whitebox"), (s, "whitebox"), c, name)
+         for c, name in ((paper, "paper's, eps-bounded"), (strong, strong_name)) for s in SNNS]
+    c = [j(f"SNN-II vs SNN-I, {SCENARIO_TITLE[sc]}", ("snn2", sc), ("snn1", sc)) for sc in SCENARIOS]
+    c.append(j(f"SNN-II vs SNN-I, {SCENARIO_TITLE['whitebox']}", ("snn2", "whitebox"), ("snn1", "whitebox"), strong, strong_name))
+    skip = same_function(run)
+    d = [j(f"{SCENARIO_TITLE[sc]} vs ANN-crafted, on {LABEL[t]}", (t, "bb-ann"), (t, sc))
+         for t in KINDS for sc in ("bb-snn1", "bb-snn2") if sc not in skip]
+    return [
+        Conclusion("a", "SNNs are more robust than the ANN under blackbox attacks (paper V-A)", tuple(a)),
+        Conclusion("b", "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A)", tuple(b)),
+        Conclusion("c", "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B)", tuple(c)),
+        Conclusion("d", "SNN-crafted attacks are stronger than ANN-crafted ones (paper V-A, V-C)", tuple(d),
+                   tuple(f"{SCENARIO_TITLE[sc]} left out: {why}" for sc, why in skip.items())),
+    ]
+
+
+# ---------------------------------------------------------------- sanity checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """One sanity check: ``passed`` is None when the run lacks the cells (or outcomes) it needs."""
+
+    name: str
+    passed: bool | None
+    detail: str
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "N/A"}[self.passed]
+
+
+def _ann_series(run: Run, scenario: str) -> dict[tuple[str, int], dict[int, Cell]]:
+    """ANN-target cells under the main gradient: (attack, steps) -> {eps: cell}, in the paper's attack order."""
+    series: dict[tuple[str, int], dict[int, Cell]] = defaultdict(dict)
+    for (target, scen, _, attack, eps, steps), cell in run.main_cells().items():
+        if target == "ann" and scen == scenario:
+            series[(attack, steps)][eps] = cell
+    return {k: series[k] for k in sorted(series, key=attack_key)}
+
+
+def _ordered(run: Run, pairs: list[tuple[str, Cell, Cell]]) -> tuple[bool | None, str]:
+    """Check ``weaker.loss <= stronger.loss`` for each (label, weaker, stronger): it fails only where the
+    paired comparison shows the stronger attack losing less beyond noise; every dip is named."""
+    if not pairs:
+        return None, ""
+    if not run.paired:
+        return None, f" — {UNPAIRED} (the run predates per-image outcomes)"
+    dips = [(label, judge_cells([(w, s)])) for label, w, s in pairs if s.loss < w.loss - 1e-9]
+    detail = "; ".join(
+        f"{label}: {-p.diff:.1f} pp the other way, paired {p.interval()}"
+        + (f", McNemar p = {p.mcnemar[2]:.3g}" if p.mcnemar else "")
+        + (" — beyond noise" if p.verdict == CONTRADICTED else " — within noise") for label, p in dips)
+    return all(p.verdict != CONTRADICTED for _, p in dips), f" — {detail}" if detail else ""
+
+
+def sanity_checks(run: Run) -> list[Check]:
+    """Properties any correct study has, on the deterministic ANN target (main gradient). An ordering
+    holds unless a paired comparison over the attacked images shows it broken beyond noise."""
+    wb = _ann_series(run, "whitebox")
+    bb = _ann_series(run, "bb-ann")
+    checks = []
+
+    fgsm, ifgsm = wb.get(("fgsm", 1), {}), wb.get(("ifgsm", 2), {})
+    common = sorted(set(fgsm) & set(ifgsm))
+    passed, why = _ordered(run, [(fmt_eps(e), fgsm[e], ifgsm[e]) for e in common])
+    checks.append(Check(
+        "I-FGSM (2-step) at least as strong as FGSM, ANN whitebox, every eps", passed,
+        ("; ".join(f"{e}/255: I-FGSM {ifgsm[e].loss:.1f} vs FGSM {fgsm[e].loss:.1f}" for e in common)
+         or "no common eps") + why,
+    ))
+    for (attack, steps), cells in wb.items():
+        eps = sorted(cells)
+        passed, why = _ordered(run, [(fmt_eps(b), cells[a], cells[b]) for a, b in zip(eps, eps[1:])])
+        checks.append(Check(
+            f"ANN whitebox loss grows with eps ({attack_name(attack, steps)})", passed,
+            ", ".join(f"{e}/255: {cells[e].loss:.1f}" for e in eps) + why,
+        ))
+    for (attack, steps), cells in wb.items():
+        other = bb.get((attack, steps), {})
+        common = sorted(set(cells) & set(other))
+        passed, why = _ordered(run, [(fmt_eps(e), other[e], cells[e]) for e in common])
+        checks.append(Check(
+            f"ANN whitebox loss >= ANN-crafted blackbox loss ({attack_name(attack, steps)})", passed,
+            ("; ".join(f"{e}/255: WB {cells[e].loss:.1f} vs BB {other[e].loss:.1f}" for e in common)
+             or "no blackbox cells") + why,
+        ))
+    return checks

@@ -1,0 +1,260 @@
+"""Loading a run directory: ``run.json`` and ``results.jsonl`` validated, cells averaged over repeats,
+and each cell's per-image outcomes (:mod:`spikeadv.outcomes`) decoded for paired comparisons.
+
+Also the names every part of the report shares: kinds, scenarios, attacks, the paper's values.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..attacks import ITERATIVE
+from ..errors import SpikeAdvError
+from ..outcomes import unpack
+
+KINDS = ("ann", "snn1", "snn2")
+SNNS = ("snn1", "snn2")
+LABEL = {"ann": "ANN", "snn1": "SNN-I", "snn2": "SNN-II"}
+SCENARIOS = ("whitebox", "bb-snn1", "bb-snn2", "bb-ann")
+SCENARIO_TITLE = {
+    "whitebox": "Whitebox",
+    "bb-snn1": "SNN-I-crafted blackbox",
+    "bb-snn2": "SNN-II-crafted blackbox",
+    "bb-ann": "ANN-crafted blackbox",
+}
+SCENARIO_SHORT = {"whitebox": "WB", "bb-snn1": "BB1", "bb-snn2": "BB2", "bb-ann": "BB3"}  # paper Fig. 3
+# Rows of Fig. 2 and panels of Fig. 3: (attack, steps, title).
+FIG2_ATTACKS = (
+    ("fgsm", 1, "FGSM"),
+    ("rfgsm", 1, "R-FGSM"),
+    ("ifgsm", 2, "I-FGSM (2-step)"),
+    ("tifgsm", 2, "Targeted I-FGSM (2-step)"),
+)
+ATTACK_ORDER = ("fgsm", "rfgsm", "ifgsm", "tifgsm", "pgd")
+FIG2_EPS = (8, 16, 32)
+FIG3_EPS = 16
+FIG4_EPS = (8, 16, 32, 64)
+FIG4_STEPS = {2: "#000000", 5: "#1f5fbf", 7: "#d62728"}  # paper Fig. 4: black, blue, red
+FIG4_STYLE = {"whitebox": "-", "bb-snn2": "--", "bb-ann": ":"}
+PAPER_CLEAN = {"ann": 89.5, "snn1": 85.6, "snn2": 87.1}  # paper Table I
+PAPER_FGSM_WB8 = {"ann": 27.8, "snn1": 43.5, "snn2": 35.5}  # paper V-A, FGSM whitebox at 8/255
+COLUMNS = (
+    "target", "source_kind", "source_instance", "scenario", "gradient", "attack", "eps", "steps",
+    "repeat", "n", "clean_acc", "adv_acc", "loss", "success_rate", "target_hit_rate", "linf", "l2",
+)
+NUMERIC = ("eps", "steps", "repeat", "n", "clean_acc", "adv_acc", "loss", "success_rate", "linf", "l2")
+LINF_SLACK = 0.5  # audit: flag a mean true L-inf above eps + this (1/255 units)
+
+Key = tuple[str, str, str, str, int, int]  # target, scenario, gradient, attack, eps, steps
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (target, scenario, gradient, attack, eps, steps) cell, averaged over its repeats.
+    ``per_image``: each image's loss (clean correct - adversarial correct, in {-1, 0, 1}) averaged over
+    the repeats; its mean x 100 is ``loss``. None for runs saved before per-image outcomes."""
+
+    loss: float
+    loss_std: float
+    clean_acc: float
+    adv_acc: float
+    success_rate: float
+    linf: float
+    l2: float
+    repeats: int
+    n: int
+    per_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory's saved results: the metadata of ``run.json`` and the rows of ``results.jsonl``."""
+
+    path: Path
+    meta: dict
+    rows: list[dict]
+    cells: dict[Key, Cell]
+
+    @property
+    def paired(self) -> bool:
+        """Whether every cell has per-image outcomes (runs before them have only accuracies)."""
+        return all(c.per_image is not None for c in self.cells.values())
+
+    def main_gradient(self, target: str, scenario: str) -> str:
+        """The paper's gradient source for the model that crafted this scenario's inputs."""
+        return self.meta["gradients"][source_kind(target, scenario)]
+
+    def cell(self, target: str, scenario: str, attack: str, eps: int, steps: int,
+             gradient: str | None = None) -> Cell | None:
+        """A cell under ``gradient`` (default: the main one), or None when the run lacks it."""
+        gradient = gradient or self.main_gradient(target, scenario)
+        return self.cells.get((target, scenario, gradient, attack, eps, steps))
+
+    def loss(self, target: str, scenario: str, attack: str, eps: int, steps: int) -> float | None:
+        cell = self.cell(target, scenario, attack, eps, steps)
+        return None if cell is None else cell.loss
+
+    def main_cells(self) -> dict[Key, Cell]:
+        """The cells crafted with the main gradient of their source kind."""
+        return {k: c for k, c in self.cells.items() if k[2] == self.main_gradient(k[0], k[1])}
+
+
+def source_kind(target: str, scenario: str) -> str:
+    """Paper Table III: whitebox inputs come from the target itself, ``bb-K`` inputs from kind K."""
+    return target if scenario == "whitebox" else scenario[len("bb-"):]
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise SpikeAdvError(f"{path} does not exist; is this a spikeadv run directory?")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpikeAdvError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SpikeAdvError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    missing = [k for k in ("preset", "models", "gradients") if k not in meta]
+    if missing:
+        raise SpikeAdvError(f"{path} lacks {', '.join(missing)}")
+    gradients = meta["gradients"]
+    if not isinstance(gradients, dict) or any(not isinstance(gradients.get(k), str) for k in KINDS):
+        raise SpikeAdvError(f"{path}: 'gradients' must name a gradient source for each of {', '.join(KINDS)}")
+    stages = meta.get("stages", {})
+    if not isinstance(stages, dict) or not all(isinstance(v, (int, float)) for v in stages.values()):
+        raise SpikeAdvError(f"{path}: 'stages' must map stage names to seconds")
+    if not isinstance(meta["preset"], dict):
+        raise SpikeAdvError(f"{path}: 'preset' must be a JSON object")
+    if not isinstance(meta["models"], list) or not all(isinstance(m, dict) and "kind" in m for m in meta["models"]):
+        raise SpikeAdvError(f"{path}: 'models' must be a list of objects with a 'kind'")
+
+
+def _check_row(path: Path, line: int, row: object) -> dict:
+    where = f"{path} line {line}"
+    if not isinstance(row, dict):
+        raise SpikeAdvError(f"{where} is not a JSON object")
+    missing = [c for c in COLUMNS if c not in row]
+    if missing:
+        raise SpikeAdvError(f"{where} lacks {', '.join(missing)}")
+    if row["target"] not in KINDS or row["source_kind"] not in KINDS:
+        raise SpikeAdvError(f"{where}: target/source_kind must be one of {', '.join(KINDS)}")
+    if row["scenario"] not in SCENARIOS:
+        raise SpikeAdvError(f"{where}: unknown scenario {row['scenario']!r} (one of {', '.join(SCENARIOS)})")
+    bad = [c for c in NUMERIC if isinstance(row[c], bool) or not isinstance(row[c], (int, float))]
+    if bad:
+        raise SpikeAdvError(f"{where}: {', '.join(bad)} must be numbers")
+    return row
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SpikeAdvError(f"{path} does not exist; run the study (spikeadv run) before the report")
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpikeAdvError(f"{path} cannot be read ({e})") from None
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpikeAdvError(f"{path} line {number} is not valid JSON ({e.msg}); is the file truncated?") from None
+        rows.append(_check_row(path, number, row))
+    if not rows:
+        raise SpikeAdvError(f"{path} holds no results")
+    return rows
+
+
+def aggregate(rows: Sequence[Mapping], per_image: Sequence[np.ndarray] | None = None) -> dict[Key, Cell]:
+    """Average the repeats of each cell (DESIGN "Metrics": mean and sample std over R repeats); with
+    ``per_image`` (one loss vector per row, :func:`per_image_losses`) each cell's mean per image too."""
+    groups: dict[Key, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[(r["target"], r["scenario"], r["gradient"], r["attack"], int(r["eps"]), int(r["steps"]))].append(i)
+
+    def mean(idx: list[int], key: str) -> float:
+        return statistics.fmean(float(rows[i][key]) for i in idx)
+
+    return {
+        key: Cell(
+            loss=mean(idx, "loss"),
+            loss_std=statistics.stdev(float(rows[i]["loss"]) for i in idx) if len(idx) > 1 else 0.0,
+            clean_acc=mean(idx, "clean_acc"),
+            adv_acc=mean(idx, "adv_acc"),
+            success_rate=mean(idx, "success_rate"),
+            linf=mean(idx, "linf"),
+            l2=mean(idx, "l2"),
+            repeats=len(idx),
+            n=int(min(rows[i]["n"] for i in idx)),
+            per_image=None if per_image is None else np.mean([per_image[i] for i in idx], axis=0),
+        )
+        for key, idx in sorted(groups.items())
+    }
+
+
+def per_image_losses(path: Path, meta: dict, rows: Sequence[Mapping]) -> list[np.ndarray] | None:
+    """Each row's loss per image: its target's clean outcome in the same repeat (``run.json``, instance
+    0) minus the row's adversarial outcome, in {-1, 0, 1}. None when the run predates per-image
+    outcomes (no ``correct`` in its rows or no ``clean_correct`` in its models)."""
+    clean_of = {m["kind"]: m for m in meta["models"] if m.get("instance") == 0}
+    if not rows or any("correct" not in r for r in rows) or any(
+            "clean_correct" not in m for m in clean_of.values()):
+        return None
+    out = []
+    for line, r in enumerate(rows, 1):
+        try:
+            clean = clean_of[r["target"]]["clean_correct"][int(r["repeat"])]
+            n = int(r["n"])
+            out.append(unpack(clean, n).astype(np.int8) - unpack(r["correct"], n).astype(np.int8))
+        except (KeyError, IndexError, TypeError, ValueError, binascii.Error) as e:
+            raise SpikeAdvError(f"{path / 'results.jsonl'} row {line}: per-image outcomes do not decode against "
+                                f"run.json's clean outcomes ({type(e).__name__}: {e})") from None
+    return out
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read and validate a run directory; any problem is a SpikeAdvError naming the file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SpikeAdvError(f"run directory {run_dir} does not exist")
+    meta_path = run_dir / "run.json"
+    meta = _read_json(meta_path)
+    _check_meta(meta_path, meta)
+    rows = _read_rows(run_dir / "results.jsonl")
+    return Run(path=run_dir, meta=meta, rows=rows, cells=aggregate(rows, per_image_losses(run_dir, meta, rows)))
+
+
+def lowest(values: Mapping[str, float | None]) -> set[str]:
+    """The keys holding the smallest loss (ties all marked; missing values ignored): paper Fig. 2's red boxes."""
+    present = {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
+    if not present:
+        return set()
+    best = min(present.values())
+    return {k for k, v in present.items() if v <= best + 1e-9}
+
+
+def attack_name(attack: str, steps: int) -> str:
+    return f"{attack}-{steps}" if attack in ITERATIVE else attack
+
+
+def attack_key(attack_steps: tuple[str, int]) -> tuple[int, str, int]:
+    attack, steps = attack_steps
+    return (ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER), attack, steps)
+
+
+def fmt_eps(eps: int) -> str:
+    return f"{eps}/255"

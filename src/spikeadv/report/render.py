@@ -1,0 +1,230 @@
+"""The report rendered: a list of blocks written once as Markdown and once as self-contained HTML,
+with the tables as CSV beside them. ``write_report`` regenerates all of it from a run directory."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+from .analysis import UNPAIRED, conclusions, perturbation_audit, sanity_checks
+from .figures import STYLE, figure2, figure3, figure4, publish, save_figure
+from .load import COLUMNS, FIG3_EPS, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, Run, fmt_eps, load_run
+from .paired import CONFIDENCE, RESAMPLES
+from .tables import (COMPARISON_COLUMNS, audit_table, comparison_rows, fig2_table, gradient_table, paper_table,
+                     table1, to_csv)
+
+# A report is a list of blocks, each rendered once as Markdown and once as HTML:
+# ("h", level, text) | ("p", text) | ("items", [text]) | ("table", (headers, rows)) | ("figure", name, caption)
+Block = tuple
+
+
+def _inline(text: str) -> str:
+    """HTML for the little Markdown the report uses: **bold** and `code`."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+class _Markdown:
+    """Blocks as Markdown; figures point at the PNG/SVG files beside the report."""
+
+    def h(self, level: int, text: str) -> str:
+        return f"{'#' * level} {text}"
+
+    def p(self, text: str) -> str:
+        return text
+
+    def items(self, items: list[str]) -> str:
+        return "\n".join(f"- {item}" for item in items)
+
+    def table(self, table: tuple[list[str], list[list[str]]]) -> str:
+        headers, rows = table
+        if not rows:
+            return "(none)"
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+    def figure(self, name: str, caption: str) -> str:
+        return f"![{caption}]({name}.png)\n\n*{caption}* ([SVG]({name}.svg))"
+
+
+class _Html:
+    """Blocks as HTML; figures embedded as base64 PNG so the page needs no other file."""
+
+    def __init__(self, images: Mapping[str, bytes]):
+        self.images = images
+
+    def h(self, level: int, text: str) -> str:
+        return f"<h{level}>{_inline(text)}</h{level}>"
+
+    def p(self, text: str) -> str:
+        return f"<p>{_inline(text)}</p>"
+
+    def items(self, items: list[str]) -> str:
+        return "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>"
+
+    def table(self, table: tuple[list[str], list[list[str]]]) -> str:
+        headers, rows = table
+        if not rows:
+            return "<p>(none)</p>"
+        head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{_inline(v)}</td>" for v in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def figure(self, name: str, caption: str) -> str:
+        data = base64.b64encode(self.images[name]).decode("ascii")
+        return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_inline(caption)}</figcaption></figure>")
+
+
+def _render(blocks: list[Block], renderer: _Markdown | _Html) -> list[str]:
+    return [getattr(renderer, kind)(*args) for kind, *args in blocks]
+
+
+def _md(blocks: list[Block]) -> str:
+    return "\n\n".join(_render(blocks, _Markdown())) + "\n"
+
+
+def _html(blocks: list[Block], images: Mapping[str, bytes], title: str) -> str:
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(_render(blocks, _Html(images)))
+            + "\n</body></html>\n")
+
+
+def _facts(run: Run) -> list[str]:
+    meta, preset = run.meta, run.meta["preset"]
+    sizes = sorted({int(r["n"]) for r in run.rows})
+    facts = [
+        f"Preset: `{preset.get('name', '?')}`; dataset: `{preset.get('dataset', '?')}`; "
+        f"test subset: {preset.get('test_subset', 'full test set')}; images per cell: "
+        + (str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"),
+        f"spikeadv version: {meta.get('version', '?')}",
+        "Main gradient per source kind: " + ", ".join(f"{LABEL[k]} `{meta['gradients'][k]}`" for k in KINDS),
+        f"Results: {len(run.rows)} rows in {len(run.cells)} cells; per-image outcomes: "
+        + ("yes (paired statistics)" if run.paired else f"no ({UNPAIRED})"),
+    ]
+    augment = {f"{LABEL.get(m['kind'], m['kind'])}": m["augmentation"] for m in meta["models"]
+               if m.get("instance") == 0 and "augmentation" in m}
+    if augment:
+        facts.append("Training augmentation: " + ", ".join(
+            f"{k} " + ("none" if a is None else f"random crop (pad {a.get('pad')})"
+                       + (" + horizontal flip" if a.get("flip") else ", no flip")) for k, a in augment.items()))
+    versions = meta.get("versions")
+    if isinstance(versions, dict):
+        facts.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    stages = meta.get("stages") or {}
+    if stages:
+        total = sum(float(s) for s in stages.values())
+        facts.append("Stage wall times: " + ", ".join(f"{k} {float(s):.1f} s" for k, s in stages.items())
+                     + f" (total {total:.1f} s)")
+    return facts
+
+
+def conclusion_items(run: Run) -> list[str]:
+    """Each conclusion's verdict, then each of its judgements with its interval and the cells it rests on."""
+    items = []
+    for c in conclusions(run):
+        items.append(f"({c.key}) {c.claim}: **{c.verdict}**")
+        for j in c.judgements:
+            p = j.stats
+            stats = "" if p is None else (f"loss {p.low:.1f} vs {p.high:.1f} pp, difference {p.interval()} "
+                                          f"over {p.n} images; ")
+            items.append(f"({c.key}) {j.what} [{j.gradient}]: {stats}**{j.verdict}** — cells: "
+                         + (j.cells() if j.pairs else "none in this run"))
+        items += [f"({c.key}) {why}" for why in c.excluded]
+    return items
+
+
+def _blocks(run: Run, notes: list[str]) -> list[Block]:
+    checks, audit = sanity_checks(run), perturbation_audit(run)
+    flagged = [a for a in audit if a.flagged]
+    paired = ("Each verdict is a paired comparison over the attacked images: per image, the difference of "
+              "the two sides' losses (averaged over encoder repeats and over the cell pairs it pools), with a "
+              f"{CONFIDENCE:.0%} percentile bootstrap interval ({RESAMPLES} resamples of the images). "
+              "**supported**: the interval lies above zero; **not supported**: below zero; otherwise **not "
+              "distinguishable at this sample size** (ties and differences inside the interval are evidence "
+              "neither way). Cells come from the Table III grid (Fig. 2 attacks and eps), crafted with the "
+              "paper's gradient where its inputs are eps-bounded and with eps-bounded SNNAdv (`snnadv-clean`) "
+              "where the audit flags the faithful one; (b) and (c) are judged again under the strongest "
+              "gradient the run evaluated.")
+    if not run.paired:
+        paired = (f"**{UNPAIRED}**: this run's results predate per-image outcomes, so no verdict or sanity "
+                  "check can be judged; the tables and figures above are complete. Rerun the study to judge them.")
+    return [
+        ("h", 1, f"spikeadv report: {run.meta['preset'].get('name', run.path.name)}"),
+        ("p", "Reproduction of Sharmin et al., \"A Comprehensive Analysis on Adversarial Robustness of Spiking "
+              "Neural Networks\". Loss = clean accuracy - adversarial accuracy, in percentage points (pp)."),
+        ("h", 2, "Run"),
+        ("items", _facts(run)),
+        ("h", 2, "Table I: clean accuracy"),
+        ("table", table1(run)),
+        ("h", 2, "Figures"),
+        ("figure", "fig2", "Fig. 2: accuracy loss per attack (rows) and scenario (columns), eps-bounded inputs; "
+                           "red edge = lowest loss; hatched outline = the paper's faithful SNNAdv where its inputs "
+                           "are not eps-bounded"),
+        ("figure", "fig3", f"Fig. 3: SNN-I vs SNN-II loss at eps {fmt_eps(FIG3_EPS)} (hatched: faithful SNNAdv)"),
+        ("figure", "fig4", "Fig. 4: SNN-II loss under I-FGSM, eps-bounded inputs; solid = whitebox, dashed = "
+                           "SNN-II-crafted, dotted = ANN-crafted blackbox"),
+        ("items", notes or ["Every figure cell has a result."]),
+        ("h", 2, "Paper vs this run: FGSM whitebox loss at 8/255"),
+        ("table", paper_table(run)),
+        ("h", 2, "Fig. 2 numbers (loss, pp; lowest per row in bold; faithful SNNAdv rows marked)"),
+        ("table", fig2_table(run)),
+        ("h", 2, "Other gradient sources vs the main one"),
+        ("table", gradient_table(run)),
+        ("h", 2, "Perturbation audit"),
+        ("p", "Mean true L-inf of x_adv - x (1/255 units) next to eps. SNNAdv in faithful mode perturbs the "
+              "rate-coded image X_rate, so the rate noise adds to eps; rows with mean L-inf > eps + "
+              f"{LINF_SLACK} are flagged ({len(flagged)} here)."),
+        ("table", audit_table(audit)),
+        ("h", 2, "Sanity checks"),
+        ("p", "On the ANN target, main gradient. An ordering fails only where a paired comparison of the two "
+              f"cells over the same images ({CONFIDENCE:.0%} bootstrap interval, McNemar's exact test beside it) "
+              "shows it broken beyond noise; any cell that goes the other way is named."),
+        ("items", [f"**{c.verdict}** {c.name}: {c.detail}" for c in checks]),
+        ("h", 2, "The paper's conclusions in this run"),
+        ("p", paired),
+        ("items", conclusion_items(run)),
+        ("h", 3, "Every paired comparison (also in comparisons.csv, with each cell pair spelled out)"),
+        ("table", (COMPARISON_COLUMNS, comparison_rows(conclusions(run)))),
+    ]
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return publish(path, lambda tmp: tmp.write_text(text))
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Regenerate the whole report of a run directory (default into ``run_dir/report``); returns its files."""
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_text(out / "table1.md", _md([("table", table1(run))])),
+        _write_text(out / "table1.csv", to_csv(
+            ["kind", "instance", "clean_acc", "clean_std", "repeats", "T", "paper_clean_acc"],
+            ([m["kind"], m.get("instance"), m.get("clean_acc"), m.get("clean_std"), m.get("repeats"), m.get("T"),
+              PAPER_CLEAN.get(m["kind"])] for m in run.meta["models"]))),
+        _write_text(out / "results.csv", to_csv(COLUMNS, ([r[c] for c in COLUMNS] for r in run.rows))),
+        _write_text(out / "comparisons.csv", to_csv(COMPARISON_COLUMNS, comparison_rows(conclusions(run), False))),
+    ]
+    notes, images = [], {}
+    for name, build in (("fig2", figure2), ("fig3", figure3), ("fig4", figure4)):
+        with matplotlib.rc_context(STYLE):
+            fig, fig_notes = build(run)
+        paths = save_figure(fig, out / name)
+        images[name] = paths[0].read_bytes()
+        notes += fig_notes
+        written += paths
+    blocks = _blocks(run, notes)
+    written.append(_write_text(out / "report.md", _md(blocks)))
+    written.append(_write_text(out / "report.html", _html(blocks, images, blocks[0][2])))
+    return written
