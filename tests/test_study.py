@@ -151,8 +151,8 @@ def test_second_run_reuses_everything(reference, monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("a rerun must not train, convert, craft or evaluate")
 
-    for target in ("spikeadv.train.train", "spikeadv.convert.convert", "spikeadv.study.craft",
-                   "spikeadv.study.predict"):
+    for target in ("spikeadv.train.train", "spikeadv.convert.convert", "spikeadv.study.tasks.craft",
+                   "spikeadv.study.tasks.predict"):
         monkeypatch.setattr(target, forbidden)
     assert cli.main(["run", "--preset", "smoke", "--out", str(reference)]) == 0
     assert (reference / "results.jsonl").read_bytes() == before

@@ -1,0 +1,29 @@
+"""The study: the paper's whole experiment grid (section V, Table III; DESIGN section 2 "Scenarios").
+
+Six models (ann, snn1, snn2 x instances 0 and 1), attacks crafted from every one of them, and every
+target evaluated whitebox and under the three blackbox scenarios:
+
+- whitebox: target K (instance 0) attacked by inputs crafted from itself;
+- ``bb-K``: every target attacked by inputs crafted from K's instance 1.
+
+A run directory holds everything, each artifact named by the hash of the recipe that makes it, so a
+rerun reuses what exists and an interrupted run resumes where it stopped::
+
+    run.json                 the config, the models, stage wall times (written atomically)
+    models/<kind><i>-<key>   checkpoints (training resumes epoch-wise)
+    clean/<kind>-<key>.json  clean predictions of each target per encoder seed
+    cells/<key>.json         one crafting job: its recipe and a result row per target and repeat
+    results.jsonl            the tidy table (report.COLUMNS), gathered from cells/
+    report/                  Table I, Fig. 2-4, Markdown and HTML (report.py)
+
+An adversarial set is not stored: its recipe (source checkpoint hash, gradient, attack, eps, steps,
+seeds) in the cell file regenerates it exactly.
+"""
+
+from .plan import EXTRA_ATTACKS, KINDS, Job, bounded_kinds, digest, grid, main_gradients, seed_of
+from .runner import identity, open_run, run
+from .tasks import Model, clean_predictions, craft, models, predict, random_targets, repeats, rows
+
+__all__ = ["EXTRA_ATTACKS", "KINDS", "Job", "Model", "bounded_kinds", "clean_predictions", "craft", "digest", "grid",
+           "identity", "main_gradients", "models", "open_run", "predict", "random_targets", "repeats", "rows", "run",
+           "seed_of"]

@@ -1,0 +1,201 @@
+"""The study's tasks: the six models built or reused, clean predictions, one adversarial set crafted
+and its result rows (with per-image outcomes) on each target."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import __version__, attacks, checkpoint, data, outcomes, sources
+from ..arch import Network
+from ..neurons import Spiking
+from ..presets import Preset, StudyConfig, as_dict
+from ..train import autocast
+from .plan import Job, digest, seed_of
+
+@dataclass
+class Model:
+    """One trained model of the study, loaded, with how it runs (``snn`` None for the ANN)."""
+
+    kind: str
+    instance: int
+    net: Network
+    snn: Spiking | None
+    path: Path
+    sha256: str
+    meta: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.instance}"
+
+
+def _recipe(kind: str, preset: Preset, seed: int, train_ds: data.Dataset, test_ds: data.Dataset) -> dict:
+    """What determines a trained model's weights (and the data its checkpoint records)."""
+    net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.width, "dropout": preset.dropout,
+           "batchnorm": preset.batchnorm, "train": as_dict(preset.ann)}
+    if kind == "snn2":
+        net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.snn2.width or preset.width,
+               "snn2": as_dict(preset.snn2)}
+    return {"kind": kind, **net, "seed": seed, "data": [train_ds.digest, test_ds.digest]}
+
+
+def models(
+    preset: Preset, folder: Path, train_ds: data.Dataset, test_ds: data.Dataset, log: Callable[[str], None] = print,
+) -> tuple[dict[tuple[str, int], Model], dict[str, float]]:
+    """Train (or reuse) ann and snn2 and convert snn1 from ann, one instance per preset seed.
+    Returns the models and the seconds each took to build (from the checkpoints, so reused models
+    report the time they took when they were made)."""
+    from ..convert import convert_file
+    from ..train import fit
+
+    out: dict[tuple[str, int], Model] = {}
+    seconds: dict[str, float] = {}
+    study = preset.study
+    for instance, seed in enumerate(preset.seeds):
+        for kind in ("ann", "snn2", "snn1"):
+            if kind == "snn1":
+                parent = out[("ann", instance)]
+                key = digest({"kind": "snn1", "convert": as_dict(preset.snn1), "parent": parent.sha256, "seed": seed})
+            else:
+                key = digest(_recipe(kind, preset, seed, train_ds, test_ds))
+            path = folder / f"{kind}{instance}-{key}.safetensors"
+            meta = checkpoint.load(path)[1] if path.exists() else {}
+            if kind == "snn1" and not meta:
+                convert_file(parent.path, preset, train_ds, test_ds, seed, path)
+            elif kind != "snn1" and not meta.get("complete"):
+                fit(kind, preset, seed, path, train_ds, test_ds, resume=True, log=log)
+            else:
+                log(f"reusing {path.name}")
+            net, meta = checkpoint.load_model(path)
+            snn = checkpoint.spiking(meta, T=study.snn1_T if kind == "snn1" else None)
+            seconds[f"{kind}{instance}"] = meta["seconds"] if kind == "snn1" else sum(
+                m["seconds"] for m in meta["metrics"])
+            out[(kind, instance)] = Model(kind, instance, net, snn, path, checkpoint.file_digest(path), meta)
+    return out, seconds
+
+
+
+def _batches(n: int, size: int) -> Iterator[tuple[int, slice]]:
+    yield from enumerate(slice(i, min(i + size, n)) for i in range(0, n, size))
+
+
+@torch.no_grad()
+def predict(model: Model, x: Tensor, study: StudyConfig, repeat: int) -> Tensor:
+    """Predicted classes of ``x``; an SNN's encoder is seeded by (study seed, repeat, batch), so the clean
+    and adversarial evaluations of one repeat see the same random draws (paired comparisons)."""
+    out = []
+    with autocast(study.bf16):
+        for b, part in _batches(len(x), study.batch_size):
+            if model.snn is None:
+                logits = model.net(x[part])
+            else:
+                gen = torch.Generator().manual_seed(seed_of(study.seed, "eval", repeat, b))
+                logits = model.net(x[part], model.snn, gen)
+            out.append(logits.argmax(1))
+    return torch.cat(out)
+
+
+def repeats(model: Model, study: StudyConfig) -> int:
+    """Evaluations per target: ``study.repeats`` encoder seeds for Poisson-coded SNNs, one for the
+    deterministic ones (the ANN, direct-encoded SNNs)."""
+    return study.repeats if model.snn is not None and model.snn.encoding == "poisson" else 1
+
+
+def random_targets(y: Tensor, classes: int, study: StudyConfig) -> Tensor:
+    """The paper's random targets (II-C): one class != y per image, the same for every source model."""
+    return attacks.targets(y, classes, "random", torch.Generator().manual_seed(seed_of(study.seed, "targets")))
+
+
+def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: StudyConfig) -> tuple[Tensor, Tensor | None]:
+    """The adversarial set of one job, batch by batch, and its targets (targeted attack only: ``goal``,
+    the random targets, or the source's least-likely classes). Every random draw (SNN encoder, R-FGSM
+    noise, PGD start) is seeded by the job's recipe and the batch index."""
+    out, aims = [], []
+    for b, part in _batches(len(x), study.batch_size):
+        seed = seed_of(study.seed, str(job), b)
+        source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot if model.snn else 1)
+        gen = torch.Generator().manual_seed(seed)
+        xb, yb, eps = x[part], y[part], job.eps / 255
+        with autocast(study.bf16):
+            if job.attack == "fgsm":
+                adv = attacks.fgsm(source, xb, yb, eps)
+            elif job.attack == "rfgsm":
+                adv = attacks.rfgsm(source, xb, yb, eps, gen)
+            elif job.attack == "pgd":
+                adv = attacks.pgd(source, xb, yb, eps, job.steps, generator=gen)
+            elif job.attack == "ifgsm":
+                adv = attacks.ifgsm(source, xb, yb, eps, job.steps)
+            else:
+                aim = goal[part]
+                if study.target == "least-likely":
+                    with torch.no_grad():
+                        aim = attacks.targets(yb, model.net.classes, study.target, gen, source.logits(xb))
+                adv = attacks.ifgsm(source, xb, yb, eps, job.steps, target=aim)
+                aims.append(aim)
+        out.append(adv.float())
+    return torch.cat(out), torch.cat(aims) if aims else None
+
+
+def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor | None,
+         clean: list[Tensor], study: StudyConfig) -> list[dict]:
+    """The result rows of one adversarial set on one target, one per evaluation repeat (DESIGN
+    "Metrics"): accuracies in percent, loss = clean - adversarial accuracy (pp), success rate over the
+    initially correct images, target hit rate (targeted attacks), mean true L-inf (1/255) and L2; and
+    per image (:mod:`outcomes`) whether the target was right and, for targeted attacks, its predicted
+    class and whether that was the target."""
+    delta = (adv - x).flatten(1)
+    linf = round(delta.abs().amax(1).mean().item() * 255, 4)
+    l2 = round(delta.norm(dim=1).mean().item(), 5)
+    out = []
+    for r in range(repeats(target, study)):
+        pred = predict(target, adv, study, r)
+        correct = clean[r] == y
+        clean_acc = 100.0 * correct.float().mean().item()
+        adv_acc = 100.0 * (pred == y).float().mean().item()
+        fooled = (correct & (pred != y)).sum().item()
+        out.append({
+            "target": target.kind, "source_kind": job.source, "source_instance": job.instance,
+            "scenario": job.scenario(), "gradient": job.gradient, "attack": job.attack, "eps": job.eps,
+            "steps": job.steps, "repeat": r, "n": len(y), "clean_acc": round(clean_acc, 4),
+            "adv_acc": round(adv_acc, 4), "loss": round(clean_acc - adv_acc, 4),
+            "success_rate": round(100.0 * fooled / max(1, correct.sum().item()), 4),
+            "target_hit_rate": None if aim is None else round(100.0 * (pred == aim).float().mean().item(), 4),
+            "linf": linf, "l2": l2, "correct": outcomes.pack((pred == y).numpy()),
+            **({} if aim is None else {"pred": outcomes.pack_classes(pred.numpy()),
+                                       "hit": outcomes.pack((pred == aim).numpy())}),
+        })
+    return out
+
+
+
+def saved_json(path: Path) -> dict | None:
+    """A finished artifact (JSON), or None when it is missing or unreadable (then it is recomputed)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+
+def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, folder: Path) -> tuple[list[Tensor], float]:
+    """Clean predictions of a target per repeat (cached by model hash and evaluation recipe)."""
+    recipe = {"model": target.sha256, "T": target.snn.T if target.snn else None, "images": len(x),
+              "labels": digest(y.tolist()), "repeats": repeats(target, study), "seed": study.seed,
+              "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
+    path = folder / f"{target.name}-{digest(recipe)}.json"
+    saved = saved_json(path)
+    if saved is None or saved.get("recipe") != recipe:
+        start = time.perf_counter()
+        preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
+        saved = {"recipe": recipe, "preds": preds, "seconds": round(time.perf_counter() - start, 2)}
+        checkpoint.write_json(path, saved)
+    return [torch.tensor(p) for p in saved["preds"]], saved["seconds"]
+
+
