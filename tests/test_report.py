@@ -353,8 +353,13 @@ def test_committed_cpu_report_regenerates_from_its_results(tmp_path):
     """The README's Table I and Fig. 2 come from results/cpu: rebuilding the report from its run.json and
     results.jsonl alone gives the committed tables and Markdown, and the README shows that Table I."""
     report.write_report(RESULTS, tmp_path)
-    for name in ("table1.md", "table1.csv", "results.csv", "report.md"):
+    for name in ("table1.md", "table1.csv", "results.csv", "comparisons.csv", "report.md"):
         assert (tmp_path / name).read_text() == (RESULTS / "report" / name).read_text(), name
     readme = (RESULTS.parents[1] / "README.md").read_text()
     assert (RESULTS / "report" / "table1.md").read_text().strip() in readme
     assert "results/cpu/report/fig2.png" in readme
+    # every verdict of the report, with its interval and cells, is in the README as the report words it
+    md = (RESULTS / "report" / "report.md").read_text()
+    verdicts = [line for line in md[md.index("## The paper's conclusions"):].splitlines() if line.startswith("- (")]
+    assert verdicts and all(line in readme for line in verdicts)
+    assert report.load_run(RESULTS).paired
