@@ -4,6 +4,8 @@ import base64
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +258,11 @@ def test_run_without_per_image_outcomes_reports_and_says_so(tmp_path):
     md = (run_dir / "report" / "report.md").read_text()
     assert "per-image outcomes: no (paired statistics unavailable)" in md
     assert "FGSM | Whitebox | 8/255 | **10.0** | 20.0 ± 0.7 | 30.0 ± 0.7" in md  # the tables are complete
+    # the command line too: exit 0, no traceback
+    done = subprocess.run([sys.executable, "-m", "spikeadv", "report", str(run_dir), "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert "paired statistics unavailable" in (tmp_path / "cli" / "report.md").read_text()
 
 
 def test_outcomes_that_do_not_decode_are_a_clear_error(tmp_path):
