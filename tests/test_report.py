@@ -265,11 +265,12 @@ def test_run_without_per_image_outcomes_reports_and_says_so(tmp_path):
     assert "paired statistics unavailable" in (tmp_path / "cli" / "report.md").read_text()
 
 
-def test_outcomes_that_do_not_decode_are_a_clear_error(tmp_path):
+@pytest.mark.parametrize("damage", [lambda c: c[:-4], lambda c: 5, lambda c: "not base64!"])
+def test_outcomes_that_do_not_decode_are_a_clear_error(tmp_path, damage):
     run_dir = make_run(tmp_path / "run")
     lines = (run_dir / "results.jsonl").read_text().splitlines()
     broken = json.loads(lines[3])
-    broken["correct"] = broken["correct"][:-4]
+    broken["correct"] = damage(broken["correct"])
     (run_dir / "results.jsonl").write_text("\n".join([*lines[:3], json.dumps(broken), *lines[4:]]) + "\n")
     with pytest.raises(SpikeAdvError, match=r"results.jsonl row 4: per-image outcomes do not decode"):
         report.load_run(run_dir)

@@ -108,10 +108,16 @@ def strongest(run: Run, bad: set) -> dict[str, str]:
     return out
 
 
+def preset_part(run: Run, name: str) -> dict:
+    """One record of the run's preset, or {} where run.json lacks it (older or hand-made runs)."""
+    part = run.meta["preset"].get(name)
+    return part if isinstance(part, dict) else {}
+
+
 def table3(run: Run) -> list[tuple[str, int, int]]:
     """(attack, eps, steps) of the paper's Table III grid as the run's preset set it (Fig. 2 and 3),
     never the Fig. 4 step sweep or extra gradient cells."""
-    study = run.meta["preset"].get("study", {})
+    study = preset_part(run, "study")
     attacks = study.get("attacks", ["fgsm", "rfgsm", "ifgsm", "tifgsm"])
     steps = int(study.get("steps", 2))
     return [(a, int(e), steps if a in ITERATIVE else 1) for a in attacks for e in study.get("eps", [8, 16, 32])]
@@ -197,7 +203,7 @@ class Conclusion:
 def same_function(run: Run) -> dict[str, str]:
     """Blackbox sources whose crafted inputs are the ANN-crafted ones in disguise, with why: SNN-I on
     direct input computes its parent ANN's function, and SNNAdv's proxy is that ANN rescaled."""
-    if run.meta["preset"].get("snn1", {}).get("encoding") != "direct":
+    if preset_part(run, "snn1").get("encoding") != "direct":
         return {}
     return {"bb-snn1": "SNN-I runs on direct (analog) input, so it computes the function of the ANN it was "
                        "converted from and SNNAdv crafts from that ANN, rescaled: SNN-I-crafted inputs are "

@@ -13,6 +13,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ class Run:
     rows: list[dict]
     cells: dict[Key, Cell]
 
-    @property
+    @cached_property
     def paired(self) -> bool:
         """Whether every cell has per-image outcomes (runs before them have only accuracies)."""
         return all(c.per_image is not None for c in self.cells.values())
@@ -220,7 +221,7 @@ def per_image_losses(path: Path, meta: dict, rows: Sequence[Mapping]) -> list[np
             clean = clean_of[r["target"]]["clean_correct"][int(r["repeat"])]
             n = int(r["n"])
             out.append(unpack(clean, n).astype(np.int8) - unpack(r["correct"], n).astype(np.int8))
-        except (KeyError, IndexError, TypeError, ValueError, binascii.Error) as e:
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, binascii.Error) as e:
             raise SpikeAdvError(f"{path / 'results.jsonl'} row {line}: per-image outcomes do not decode against "
                                 f"run.json's clean outcomes ({type(e).__name__}: {e})") from None
     return out

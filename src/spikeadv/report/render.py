@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib
 
-from .analysis import UNPAIRED, conclusions, perturbation_audit, sanity_checks
+from .analysis import UNPAIRED, Conclusion, conclusions, perturbation_audit, sanity_checks
 from .figures import STYLE, figure2, figure3, figure4, publish, save_figure
 from .load import COLUMNS, FIG3_EPS, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, Run, fmt_eps, load_run
 from .paired import CONFIDENCE, RESAMPLES
@@ -128,10 +128,10 @@ def _facts(run: Run) -> list[str]:
     return facts
 
 
-def conclusion_items(run: Run) -> list[str]:
+def conclusion_items(found: list[Conclusion]) -> list[str]:
     """Each conclusion's verdict, then each of its judgements with its interval and the cells it rests on."""
     items = []
-    for c in conclusions(run):
+    for c in found:
         items.append(f"({c.key}) {c.claim}: **{c.verdict}**")
         for j in c.judgements:
             p = j.stats
@@ -143,7 +143,7 @@ def conclusion_items(run: Run) -> list[str]:
     return items
 
 
-def _blocks(run: Run, notes: list[str]) -> list[Block]:
+def _blocks(run: Run, found: list[Conclusion], notes: list[str]) -> list[Block]:
     checks, audit = sanity_checks(run), perturbation_audit(run)
     flagged = [a for a in audit if a.flagged]
     paired = ("Each verdict is a paired comparison over the attacked images: per image, the difference of "
@@ -192,9 +192,9 @@ def _blocks(run: Run, notes: list[str]) -> list[Block]:
         ("items", [f"**{c.verdict}** {c.name}: {c.detail}" for c in checks]),
         ("h", 2, "The paper's conclusions in this run"),
         ("p", paired),
-        ("items", conclusion_items(run)),
+        ("items", conclusion_items(found)),
         ("h", 3, "Every paired comparison (also in comparisons.csv, with each cell pair spelled out)"),
-        ("table", (COMPARISON_COLUMNS, comparison_rows(conclusions(run)))),
+        ("table", (COMPARISON_COLUMNS, comparison_rows(found))),
     ]
 
 
@@ -205,6 +205,7 @@ def _write_text(path: Path, text: str) -> Path:
 def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Regenerate the whole report of a run directory (default into ``run_dir/report``); returns its files."""
     run = load_run(run_dir)
+    found = conclusions(run)  # bootstrap intervals: computed once, rendered three times
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -214,7 +215,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
             ([m["kind"], m.get("instance"), m.get("clean_acc"), m.get("clean_std"), m.get("repeats"), m.get("T"),
               PAPER_CLEAN.get(m["kind"])] for m in run.meta["models"]))),
         _write_text(out / "results.csv", to_csv(COLUMNS, ([r[c] for c in COLUMNS] for r in run.rows))),
-        _write_text(out / "comparisons.csv", to_csv(COMPARISON_COLUMNS, comparison_rows(conclusions(run), False))),
+        _write_text(out / "comparisons.csv", to_csv(COMPARISON_COLUMNS, comparison_rows(found, False))),
     ]
     notes, images = [], {}
     for name, build in (("fig2", figure2), ("fig3", figure3), ("fig4", figure4)):
@@ -224,7 +225,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         images[name] = paths[0].read_bytes()
         notes += fig_notes
         written += paths
-    blocks = _blocks(run, notes)
+    blocks = _blocks(run, found, notes)
     written.append(_write_text(out / "report.md", _md(blocks)))
     written.append(_write_text(out / "report.html", _html(blocks, images, blocks[0][2])))
     return written

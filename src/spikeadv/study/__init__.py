@@ -14,7 +14,7 @@ rerun reuses what exists and an interrupted run resumes where it stopped::
     clean/<kind>-<key>.json  clean predictions of each target per encoder seed
     cells/<key>.json         one crafting job: its recipe and a result row per target and repeat
     results.jsonl            the tidy table (report.COLUMNS), gathered from cells/
-    report/                  Table I, Fig. 2-4, Markdown and HTML (report.py)
+    report/                  Table I, Fig. 2-4, Markdown and HTML (spikeadv.report)
 
 An adversarial set is not stored: its recipe (source checkpoint hash, gradient, attack, eps, steps,
 seeds) in the cell file regenerates it exactly.

@@ -24,7 +24,6 @@ def seed_of(*parts: object) -> int:
     return int(digest(parts), 16) >> 1
 
 
-
 @dataclass(frozen=True)
 class Job:
     """One adversarial set: crafted from ``source`` instance ``instance`` with ``gradient`` and evaluated

@@ -107,7 +107,7 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
             "build_seconds": round(seconds[model.name], 1),
             "encoding": model.snn.encoding if model.snn else None,
             "augmentation": built[("ann" if kind == "snn1" else kind, instance)].meta.get("augmentation"),
-            "clean_correct": [outcomes.pack((p == y).numpy()) for p in clean[(kind, instance)]],
+            "clean_correct": [outcomes.pack((p == y).cpu().numpy()) for p in clean[(kind, instance)]],
         })
     log("clean accuracy: " + ", ".join(f"{m['kind']}{m['instance']} {m['clean_acc']:.1f}%" for m in record["models"])
         + f" on {len(y)} test images")

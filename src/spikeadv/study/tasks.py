@@ -167,9 +167,9 @@ def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor
             "adv_acc": round(adv_acc, 4), "loss": round(clean_acc - adv_acc, 4),
             "success_rate": round(100.0 * fooled / max(1, correct.sum().item()), 4),
             "target_hit_rate": None if aim is None else round(100.0 * (pred == aim).float().mean().item(), 4),
-            "linf": linf, "l2": l2, "correct": outcomes.pack((pred == y).numpy()),
-            **({} if aim is None else {"pred": outcomes.pack_classes(pred.numpy()),
-                                       "hit": outcomes.pack((pred == aim).numpy())}),
+            "linf": linf, "l2": l2, "correct": outcomes.pack((pred == y).cpu().numpy()),
+            **({} if aim is None else {"pred": outcomes.pack_classes(pred.cpu().numpy()),
+                                       "hit": outcomes.pack((pred == aim).cpu().numpy())}),
         })
     return out
 
