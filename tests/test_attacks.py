@@ -436,3 +436,32 @@ def test_make_refuses_sources_that_do_not_fit_the_model(snn1):
     assert sources.make("ann", ann, None).name == "ann"
     assert sources.make("snnadv", net, snn).name == "snnadv"
     assert sources.make("snnadv-clean", net, snn).name == "snnadv-clean"
+
+
+# --- 5. Guard rails (their messages, for every attack: tests/test_api.py) ------------------------------
+
+def test_every_eps_of_the_study_passes_in_pixel_units_and_not_in_1_255_units():
+    x, y = images(2), labels(2)
+    for eps in range(256):
+        attacks.validate(x, y, eps / 255, steps=7)  # what study.tasks.craft passes: job.eps / 255
+        check("ifgsm", eps, 7)  # the 1/255-unit check of presets
+    with pytest.raises(SpikeAdvError, match="8 looks like 1/255 units: pass 8/255"):
+        attacks.validate(x, y, 8, steps=7)
+
+
+def test_float_rounding_at_the_pixel_edges_is_accepted_and_clipped():
+    src, _ = linear()
+    x, y = small_images(), labels(16)
+    x[:, :, 0, 4:] = -1e-7
+    x[:, :, 1, :4] = 1 + 1e-7
+    for name, adv in every_attack(src, x, y, 8 / 255).items():
+        assert adv.min() >= 0 and adv.max() <= 1, name
+    with pytest.raises(SpikeAdvError, match=r"outside \[0, 1\]"):
+        fgsm(src, x + 1e-3, y, 8 / 255)
+
+
+def test_an_empty_batch_comes_back_empty():
+    src, _ = linear()
+    x, y = small_images()[:0], labels(16)[:0]
+    for name, adv in every_attack(src, x, y, 8 / 255).items():
+        assert adv.shape == x.shape, name

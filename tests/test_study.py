@@ -27,14 +27,6 @@ def spikeadv(*args, **kwargs):
                           timeout=600, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted smoke study (the tests below share it and must not change it)."""
-    out = tmp_path_factory.mktemp("study") / "run"
-    assert cli.main(["run", "--preset", "smoke", "--out", str(out)]) == 0
-    return out
-
-
 def expected_rows(cfg: StudyConfig) -> int:
     per_target = {"ann": 1, "snn1": 1 if SMOKE.snn1.encoding == "direct" else cfg.repeats,
                   "snn2": 1 if SMOKE.snn2.encoding == "direct" else cfg.repeats}
@@ -194,7 +186,7 @@ def snapshot(root: Path) -> dict:
     (["--set", "study.eps=-1"], "must be in [0, 255]"),
     (["--set", "study.fig4_steps=2,0"], "steps must be >= 1"),
     (["--set", "study.steps=0"], "steps must be >= 1"),
-    (["--set", "study.repeats=1"], "another config: preset.study.repeats (2 -> 1)"),
+    (["--set", "ann.epochs=1"], "another config: preset.ann.epochs (3 -> 1)"),
 ])
 def test_bad_input_is_one_clear_line_and_changes_nothing(reference, args, message):
     before = snapshot(reference)

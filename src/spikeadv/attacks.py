@@ -8,12 +8,19 @@ is the rate image X_rate) and stays within eps of it. One loop, :func:`iterate`,
     x_{n+1} = Clip_{x0,eps}{ x_n + a * sign(grad J(x_n, y)) }        non-targeted
     x_{n+1} = Clip_{x0,eps}{ x_n - a * sign(grad J(x_n, y_target)) } targeted
 
+Every attack first checks its request (:func:`validate`): eps and a step size in pixel units in
+[0, 1], steps an int >= 1, x a float batch of finite pixels in [0, 1], one integer label per image; a
+bad one is refused with a :class:`SpikeAdvError` that says how to fix it (eps = 8 is 1/255 units).
+
 Usage::
 
     x_adv = ifgsm(sources.ann(net), x, y, eps=16 / 255, steps=5)
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -23,6 +30,63 @@ from .sources import Source
 
 ATTACKS = ("fgsm", "rfgsm", "ifgsm", "tifgsm", "pgd")
 ITERATIVE = ("ifgsm", "tifgsm", "pgd")  # the attacks that take a number of steps
+PIXEL_TOL = 1e-6  # float rounding tolerated at the edges of [0, 1]
+
+
+def _amount(name: str, value: float) -> None:
+    """eps or a step size: a finite number of pixel units in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpikeAdvError(f"{name} must be a number in [0, 1] (pixel units, e.g. 8/255), got {value!r}")
+    if not math.isfinite(value):
+        raise SpikeAdvError(f"{name}={value} is not finite; it must be in [0, 1] (pixel units, e.g. 8/255)")
+    if value < 0:
+        raise SpikeAdvError(f"{name}={value:g} is negative; it must be in [0, 1] (pixel units, e.g. 8/255)")
+    if value > 1:
+        hint = f"; {value:g} looks like 1/255 units: pass {value:g}/255" if value <= 255 else ""
+        raise SpikeAdvError(f"{name}={value:g} is in pixel units (images in [0, 1]) and must be in [0, 1]{hint}")
+
+
+def _labels(name: str, labels: Tensor, n: int) -> None:
+    """One integer class per image."""
+    if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point() or labels.is_complex():
+        got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise SpikeAdvError(f"{name} must hold one integer class per image (an integer tensor of shape ({n},)), "
+                            f"got {got}")
+
+
+def check_images(x: Tensor) -> None:
+    """Refuse anything but a float batch [N, C, H, W] of finite pixels in [0, 1] (one pass over x)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise SpikeAdvError(f"x must be a float tensor of images [N, C, H, W] in [0, 1], got {got} "
+                            "(uint8 images: spikeadv.data.to_float(x))")
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = torch.stack([lo, hi]).float().tolist()  # one device sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = (~torch.isfinite(x)).sum().item()
+        raise SpikeAdvError(f"x has {bad} non-finite pixels (NaN or inf); pass finite pixels in [0, 1]")
+    if lo < -PIXEL_TOL or hi > 1 + PIXEL_TOL:
+        raise SpikeAdvError(f"x has pixels in [{lo:g}, {hi:g}], outside [0, 1]; pass raw pixels in [0, 1]: "
+                            "divide 0-255 values by 255, and do not normalise them (the network does)")
+
+
+def validate(
+    x: Tensor, y: Tensor, eps: float, steps: int = 1, a: float | None = None, target: Tensor | None = None
+) -> None:
+    """Check an attack request (pixel units) and refuse a bad one with one readable message: eps and
+    the step size ``a`` in [0, 1], ``steps`` an int >= 1, x as :func:`check_images` wants, one integer label
+    (and target) per image."""
+    _amount("eps", eps)
+    if a is not None:
+        _amount("a", a)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise SpikeAdvError(f"steps must be an int >= 1 (the number of gradient steps), got {steps!r}")
+    check_images(x)
+    _labels("y", y, len(x))
+    if target is not None:
+        _labels("target", target, len(x))
 
 
 def clip(x: Tensor, x0: Tensor, eps: float) -> Tensor:
@@ -44,6 +108,7 @@ def iterate(
 
 def fgsm(source: Source, x: Tensor, y: Tensor, eps: float) -> Tensor:
     """FGSM (paper eq. 1, Goodfellow et al.): x_adv = x + eps * sign(grad_x J(x, y))."""
+    validate(x, y, eps)
     x0 = source.base(x)
     return iterate(source, x0, x0, y, eps, eps, 1, targeted=False)
 
@@ -51,7 +116,11 @@ def fgsm(source: Source, x: Tensor, y: Tensor, eps: float) -> Tensor:
 def rfgsm(source: Source, x: Tensor, y: Tensor, eps: float, generator: torch.Generator, a: float | None = None) -> Tensor:
     """R-FGSM (paper eqs. 2-3, Tramer et al.): x' = x + a * sign(N(0, I)) with a = eps / 2, then
     x_adv = x' + (eps - a) * sign(grad_x J(x', y))."""
+    validate(x, y, eps, a=a)
     a = eps / 2 if a is None else a
+    if a > eps:
+        raise SpikeAdvError(f"R-FGSM's random step a={a:g} exceeds eps={eps:g}; pass a <= eps "
+                            "(default eps / 2)")
     x0 = source.base(x)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     start = clip(x0 + a * noise.sign(), x0, eps)
@@ -62,6 +131,7 @@ def ifgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, target: 
     """I-FGSM (paper eqs. 4-5, Kurakin et al.): k = ``steps`` steps of a = eps / k,
     x_{n+1} = Clip_{x,eps}{x_n + a sign(grad J(x_n, y))}; with ``target`` the targeted variant
     (eq. 6), x_{n+1} = Clip_{x,eps}{x_n - a sign(grad J(x_n, y_target))}."""
+    validate(x, y, eps, steps, target=target)
     x0 = source.base(x)
     labels, targeted = (y, False) if target is None else (target, True)
     return iterate(source, x0, x0, labels, eps, eps / steps, steps, targeted)
@@ -73,6 +143,7 @@ def pgd(
 ) -> Tensor:
     """PGD (Madry et al.): I-FGSM with step a (default 2.5 eps / k) from a uniform random start in the
     eps-ball (no ``generator``: no random start, the first step from x)."""
+    validate(x, y, eps, steps, a=a)
     a = 2.5 * eps / steps if a is None else a
     x0 = source.base(x)
     start = x0

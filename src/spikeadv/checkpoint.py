@@ -41,23 +41,56 @@ def versions() -> dict[str, str]:
     }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # files are written with the user's umask, as open() would
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale(tmp: Path) -> bool:
+    """A temporary file of a writer that no longer runs (named ``.NAME.PID.RANDOM.tmp``)."""
+    pid = tmp.name.rsplit(".", 3)[-3]
+    return pid.isdigit() and not _alive(int(pid))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``:
-    readers see the old file or the new one, never half of one (a kill -9 leaves at most a temp file,
-    which is removed on the next write or on error)."""
+    readers see the old file or the new one, never half of one. A temporary file belongs to its
+    writer (its name holds the writer's pid); one left by a killed writer is removed by the next.
+    A path that cannot be written is one line naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed earlier write
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
-        write(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if _stale(old):
+                old.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~UMASK)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise SpikeAdvError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -65,16 +98,54 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
+def _json_digest(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def write_record(path: Path, data: dict) -> None:
+    """A cached JSON artifact with the SHA-256 of its content, checked by :func:`read_record`."""
+    write_json(path, {**data, "sha256": _json_digest(data)})
+
+
+def read_record(path: Path) -> tuple[dict | None, str]:
+    """A record written by :func:`write_record`, or (None, why it cannot be used): missing, unreadable,
+    not a JSON object, or its content no longer matching its digest (edited or corrupted)."""
+    if not path.exists():
+        return None, "missing"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"unreadable ({e})"
+    if not isinstance(data, dict) or "sha256" not in data:
+        return None, "not a record written by spikeadv (no integrity digest)"
+    digest = data.pop("sha256")
+    if digest != _json_digest(data):
+        return None, "its content does not match its digest (edited or corrupted)"
+    return data, ""
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
+    h = hashlib.sha256(meta.encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write tensors + JSON metadata (inside the safetensors header) atomically."""
+    """Write tensors + JSON metadata (inside the safetensors header) atomically, with the SHA-256 of
+    both, which :func:`load` checks."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
+    text = json.dumps(meta, sort_keys=True)
+    header = {"format": FORMAT, "meta": text, "sha256": _tensors_digest(tensors, text)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint written by :func:`save`. Anything else (a missing file, a pickle, a truncated
-    or foreign file) is refused with one line that names the file; nothing is ever unpickled."""
+    or foreign file, one whose content no longer matches its digest) is refused with one line that
+    names the file; nothing is ever unpickled."""
     path = Path(path)
     if not path.is_file():
         raise SpikeAdvError(f"checkpoint {path} does not exist")
@@ -96,7 +167,16 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise SpikeAdvError(f"{path} is not a readable safetensors checkpoint ({e}); is it truncated?") from None
     if header.get("format") != FORMAT:
         raise SpikeAdvError(f"{path} is a safetensors file but not a spikeadv checkpoint (no {FORMAT} header)")
-    return tensors, json.loads(header["meta"])
+    if "sha256" in header and header["sha256"] != _tensors_digest(tensors, header["meta"]):
+        raise SpikeAdvError(f"{path} failed its integrity check: its weights or metadata no longer match the "
+                            "digest written with them (the file was corrupted or edited)")
+    try:
+        meta = json.loads(header["meta"])
+    except (KeyError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise SpikeAdvError(f"{path} holds no readable metadata; it is not a checkpoint spikeadv wrote")
+    return tensors, meta
 
 
 def model_state(net: Network) -> dict[str, torch.Tensor]:
@@ -124,6 +204,13 @@ def spiking(meta: dict, **overrides) -> Spiking | None:
     if not meta.get("spiking"):
         return None
     return Spiking(**{**meta["spiking"], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def model_digest(net: Network, meta: dict) -> str:
+    """What determines a model's behaviour: its weights, network and how it runs as an SNN; not its
+    timing or command-line metadata, so a retrained identical model keeps its digest."""
+    how = json.dumps({k: meta.get(k) for k in ("network", "spiking")}, sort_keys=True)
+    return _tensors_digest({k: v.detach().cpu() for k, v in net.state_dict().items()}, how)
 
 
 def file_digest(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""The ``spikeadv`` command: each stage of the study is a subcommand. Commands only, no logic."""
+"""The ``spikeadv`` command line: each subcommand parses, calls the package and prints one line per
+error (DESIGN section 5: commands only, no logic)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ import torch
 
 from . import __version__, checkpoint, data
 from .errors import SpikeAdvError
-from .presets import PRESETS, Preset, as_dict, get_preset
+from .presets import PRESETS, Preset, as_dict, get_preset, recorded
+
+DESCRIPTION = """Adversarial robustness of spiking neural networks (Sharmin et al.): train an ANN, a
+converted SNN (SNN-I) and a spike-trained SNN (SNN-II), attack each whitebox and blackbox, report
+the paper's Table I and Figs. 2-4. Start with `spikeadv run --preset smoke` (a minute, synthetic
+data) or `spikeadv run` (the whole study on CIFAR-10, about 80 minutes on a 2-core CPU)."""
 
 
-def _preset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default: cpu)")
+def _preset_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    p.add_argument("--preset", default=default, help=f"one of {', '.join(PRESETS)} "
+                   + ("(default: cpu)" if default else "(default: the one recorded in the checkpoint)"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset field, e.g. --set ann.epochs=3 (repeatable)")
+                   help="override a preset field, e.g. --set ann.epochs=3 (repeatable; see `spikeadv presets`)")
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -58,7 +65,13 @@ def cmd_convert(args: argparse.Namespace) -> None:
     """SNN-I from a trained ANN by threshold balancing (paper III-A, IV-C)."""
     from .convert import convert_file
 
-    preset = get_preset(args.preset, args.overrides)
+    if args.preset:
+        preset = get_preset(args.preset, args.overrides)
+    else:
+        meta = checkpoint.load(args.ann)[1]
+        if not isinstance(meta.get("preset"), dict):
+            raise SpikeAdvError(f"{args.ann} records no preset; pass --preset")
+        preset = recorded(meta["preset"], args.overrides)
     train_ds, test_ds = _datasets(preset, args.root)
     out = args.out or args.ann.with_name(args.ann.name.replace("ann", "snn1", 1) if "ann" in args.ann.name
                                          else f"snn1-{args.ann.name}")
@@ -144,18 +157,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _global_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """Options every command takes, before or after the subcommand."""
+    p.add_argument("--threads", type=_positive, default=None if top else argparse.SUPPRESS,
+                   help="CPU threads for torch (default: torch's choice)")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="spikeadv", description=__doc__)
+    top = _Parser(prog="spikeadv", description=DESCRIPTION)
     top.add_argument("--version", action="version", version=f"spikeadv {__version__}")
-    top.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
-    sub = top.add_subparsers(dest="command", required=True)
+    _global_args(top, top=True)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(dest="data_command", required=True)
     p = d.add_parser("prepare", help="download, decode and verify a dataset")
     p.add_argument("name", help=", ".join(n for n in data.DATASETS if n != "synthetic"))
     p.set_defaults(func=cmd_data_prepare)
     p = d.add_parser("info", help="where a dataset is and whether it verifies")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="one dataset (default: all)")
     p.set_defaults(func=cmd_data_info)
     for p in d.choices.values():
         p.add_argument("--root", type=Path, help="data directory (default: $SPIKEADV_DATA or ~/.cache/spikeadv/data)")
@@ -172,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="SNN-I: convert a trained ANN by threshold balancing (III-A)")
     p.add_argument("ann", type=Path, help="ANN checkpoint")
-    _preset_args(p)
+    _preset_args(p, default=None)
     p.add_argument("--seed", type=int, default=0, help="picks the balancing images and their spikes")
     p.add_argument("--out", type=Path, help="default: the ANN's name with ann -> snn1")
     p.add_argument("--force", action="store_true", help="replace an existing output")
@@ -180,9 +199,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("eval", help="clean accuracy of a checkpoint")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="a model checkpoint (.safetensors) written by spikeadv")
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
     p.add_argument("--subset", type=_positive, help="first N images only")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16)")
     p.add_argument("--T", type=_positive, help="SNN timesteps (default: the checkpoint's)")
@@ -198,15 +217,26 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="Table I and Fig. 2-4 from a run directory's saved results")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run directory written by `spikeadv run`")
     p.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="show presets (with overrides applied)")
-    p.add_argument("name", nargs="?", choices=list(PRESETS))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("name", nargs="?", choices=list(PRESETS), help="one preset (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="show the preset with this override applied (repeatable)")
     p.set_defaults(func=cmd_presets)
+    for p in _leaves(top):
+        _global_args(p)
     return top
+
+
+def _leaves(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser that runs a command (so global options work after the subcommand too)."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [p]
+    return [leaf for a in subs for child in dict.fromkeys(a.choices.values()) for leaf in _leaves(child)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except SpikeAdvError as e:
         print(f"spikeadv: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be read or written
+        where = f": {e.filename}" if e.filename else ""
+        print(f"spikeadv: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spikeadv: interrupted; finished work is saved: rerun the same command (train: with --resume)",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from . import checkpoint
 from .arch import Network
@@ -73,7 +74,9 @@ def convert(
     if method == "activation":
         activations = _relu_maxima(net, images, percentile)
     below = torch.tensor(1.0)  # product of the thresholds of earlier layers
-    for i, layer in enumerate(net.layers[:-1]):
+    sites = tqdm(list(enumerate(net.layers[:-1])), desc=f"balancing ({method})", unit="layer", leave=False,
+                 dynamic_ncols=True)
+    for i, layer in sites:
         pool = isinstance(layer, nn.AvgPool2d)
         _scale_biases(net, i, below)
         if pool:  # a neuron after pooling (or none, threshold unused): rates scale by 1 / threshold
@@ -110,7 +113,8 @@ def proxy_scales(net: Network) -> list[float]:
     return [1.0 / float(t) for t in net.thresholds] + [1.0]
 
 
-def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dataset, seed: int, out: Path) -> Network:
+def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dataset, seed: int, out: Path,
+                 recipe: dict | None = None) -> Network:
     """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed``), written to ``out``
     with its thresholds, proxy scales, balancing images and the parent's SHA-256."""
     from .train import record
@@ -127,7 +131,7 @@ def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dat
     net = convert(ann, to_float(train_ds.images[idx]), snn, method=c.method, pool_threshold=c.pool_threshold,
                   percentile=c.percentile, seed=seed)
     meta = {
-        **record("snn1", preset, train_ds, test_ds),
+        **record("snn1", preset, train_ds, test_ds, recipe),
         "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
         "parent": {"path": str(ann_path), "sha256": checkpoint.file_digest(ann_path), "seed": parent["seed"]},
         "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),

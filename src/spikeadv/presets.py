@@ -8,11 +8,23 @@ Any field can be overridden from the command line: ``--set ann.epochs=3 --set wi
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 
+from .arch import parse_spec
+from .data import DATASETS
 from .errors import SpikeAdvError
 from .neurons import Spiking
+
+
+def _finite(record: typing.Any) -> None:
+    """Every number of a record finite (a NaN passes every ``<``/``>`` check and poisons training)."""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SpikeAdvError(f"{f.name} must be a finite number, got {v}")
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,11 @@ class TrainConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
+        _finite(self)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise SpikeAdvError("epochs, batch_size and eval_every must be >= 1")
+        if self.gamma <= 0 or any(m < 1 for m in self.milestones):
+            raise SpikeAdvError("need gamma > 0 and milestones (epoch numbers) >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise SpikeAdvError("need lr > 0, weight_decay >= 0 and momentum in [0, 1)")
         if self.optimizer not in ("sgd", "adamw"):
@@ -69,6 +84,7 @@ class ConvertConfig:
     encoding: str = "poisson"
 
     def __post_init__(self) -> None:
+        _finite(self)
         self.spiking()  # validates T, reset, chunk, v_init, encoding
         if self.method not in ("spike", "activation"):
             raise SpikeAdvError(f"snn1.method must be spike or activation, got {self.method!r}")
@@ -97,6 +113,7 @@ class SNNConfig:
     width: float | None = None  # None: the preset's width
 
     def __post_init__(self) -> None:
+        _finite(self)
         self.spiking()  # validates T, leak, surrogate, alpha, encoding
         if not 0 <= self.dropout < 1 or (self.width is not None and self.width <= 0):
             raise SpikeAdvError("snn2 needs dropout in [0, 1) and width > 0")
@@ -137,6 +154,7 @@ class StudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _finite(self)
         from .attacks import check
 
         for attack in self.attacks:
@@ -147,8 +165,8 @@ class StudyConfig:
             check("ifgsm", 8, steps)
         if not self.attacks or not self.eps:
             raise SpikeAdvError("study.attacks and study.eps must name at least one attack and one eps")
-        if self.images < 1 or self.repeats < 1 or self.eot < 1 or self.batch_size < 1:
-            raise SpikeAdvError("study needs images, repeats, eot and batch_size >= 1")
+        if self.images < 1 or self.repeats < 1 or self.eot < 1 or self.batch_size < 1 or self.seed < 0:
+            raise SpikeAdvError("study needs images, repeats, eot and batch_size >= 1 and seed >= 0")
         if not self.gradients or self.gradients[0] != "snnadv":
             raise SpikeAdvError("study.gradients must start with snnadv (the paper's SNN source)")
         for g in self.gradients:
@@ -179,10 +197,24 @@ class Preset:
     notes: str = ""
 
     def __post_init__(self) -> None:
+        _finite(self)
         if self.width <= 0 or not 0 <= self.dropout < 1:
             raise SpikeAdvError(f"need width > 0 and dropout in [0, 1), got {self.width} and {self.dropout}")
         if self.test_subset is not None and self.test_subset < 1:
             raise SpikeAdvError(f"test_subset must be >= 1 or none, got {self.test_subset}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise SpikeAdvError(f"seeds must be distinct numbers >= 0, e.g. 0,1; got {list(self.seeds)}")
+
+    def check_shapes(self) -> None:
+        """The spec fits the dataset (checked once all overrides are applied, before any training)."""
+        if self.dataset not in DATASETS:
+            raise SpikeAdvError(f"unknown dataset {self.dataset!r} (known: {', '.join(DATASETS)})")
+        spec, info = parse_spec(self.spec), DATASETS[self.dataset]
+        if (spec.height, spec.width, spec.classes) != (*info.shape[1:], info.classes):
+            raise SpikeAdvError(
+                f"spec {self.spec} takes {spec.height}x{spec.width} images in {spec.classes} classes, but "
+                f"{self.dataset} has {info.shape[1]}x{info.shape[2]} images in {info.classes} classes; pass a spec "
+                f"for it, e.g. --set spec={info.shape[1]}x{info.shape[2]}-{spec.text.split('-', 1)[1]}")
 
 
 _FAST = Preset(
@@ -283,9 +315,12 @@ def _coerce(value: str, kind: typing.Any, key: str) -> typing.Any:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return value.lower() in ("true", "1", "yes")
-        return kind(value)
+        number = kind(value)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError
+        return number
     except ValueError:
-        raise SpikeAdvError(f"--set {key}={value}: expected a {getattr(kind, '__name__', kind)}") from None
+        raise SpikeAdvError(f"--set {key}={value}: expected a {'finite number' if kind is float else getattr(kind, '__name__', kind)}") from None
 
 
 def override(preset: Preset, assignments: list[str]) -> Preset:
@@ -295,6 +330,7 @@ def override(preset: Preset, assignments: list[str]) -> Preset:
         if not sep:
             raise SpikeAdvError(f"--set {item!r}: expected key=value, e.g. --set ann.epochs=3")
         preset = _replace(preset, key.strip().split("."), value.strip(), key)
+    preset.check_shapes()
     return preset
 
 
@@ -317,6 +353,30 @@ def get_preset(name: str, assignments: list[str] | None = None) -> Preset:
     if name not in PRESETS:
         raise SpikeAdvError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     return override(PRESETS[name], assignments or [])
+
+
+def from_dict(kind: type, data: dict) -> typing.Any:
+    """A record (a preset or a part of one) from :func:`as_dict`'s JSON, validated as it is built."""
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for f in dataclasses.fields(kind):
+        if f.name in data:
+            value, hint = data[f.name], hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                value = from_dict(hint, value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[f.name] = value
+    return kind(**values)
+
+
+def recorded(preset: dict, assignments: list[str] | None = None) -> Preset:
+    """The preset a checkpoint records (its ``preset`` metadata), with ``--set`` overrides applied."""
+    try:
+        base = from_dict(Preset, preset)
+    except (TypeError, AttributeError) as e:
+        raise SpikeAdvError(f"the checkpoint's recorded preset cannot be read ({e}); pass --preset") from None
+    return override(base, assignments or [])
 
 
 def as_dict(record: typing.Any) -> dict:

@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -86,8 +87,8 @@ def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
 
 def eot(source: Source, n: int) -> Source:
     """Expectation over transformation: the mean gradient over ``n`` calls (fresh encoder draws)."""
-    if n < 1:
-        raise SpikeAdvError(f"eot needs n >= 1 draws, got {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise SpikeAdvError(f"eot needs an int n >= 1 of encoder draws, got {n!r}")
     return dataclasses.replace(source, name=f"eot{n}-{source.name}", draws=n)
 
 
@@ -96,7 +97,7 @@ GRADIENTS = ("ann", "snnadv", "snnadv-clean", "bptt")
 
 def make(name: str, net: Network, snn: Spiking | None, *, seed: int = 0, eot_n: int = 1) -> Source:
     """A source by name: ``ann`` for ANNs; ``snnadv``, ``snnadv-clean`` or ``bptt`` for SNNs;
-    ``eot_n`` > 1 averages over encoder draws."""
+    ``eot_n`` > 1 averages over encoder draws (an int >= 1)."""
     if name not in GRADIENTS:
         raise SpikeAdvError(f"unknown gradient source {name!r} (known: {', '.join(GRADIENTS)})")
     if (name == "ann") != (snn is None):
@@ -108,4 +109,4 @@ def make(name: str, net: Network, snn: Spiking | None, *, seed: int = 0, eot_n: 
         source = bptt(net, snn, seed=seed)
     else:
         source = snnadv(net, snn, seed=seed, base="clean" if name == "snnadv-clean" else "rate")
-    return eot(source, eot_n) if eot_n > 1 else source
+    return source if eot_n == 1 else eot(source, eot_n)

@@ -71,7 +71,9 @@ def accuracy(
     gen = torch.Generator(device).manual_seed(seed)
     correct = torch.zeros((), dtype=torch.long)
     with autocast(bf16, device):
-        for x, y in batches(ds, batch_size, shuffle=False, device=device):
+        for x, y in tqdm(batches(ds, batch_size, shuffle=False, device=device), desc="evaluating", unit="img",
+                         unit_scale=batch_size, total=-(-len(ds) // batch_size), leave=False, dynamic_ncols=True,
+                         mininterval=1.0):
             logits = net(x) if snn is None else net(x, snn, gen, spikes)
             correct += (logits.argmax(1) == y).sum().cpu()
     net.train(was_training)
@@ -201,6 +203,11 @@ def train(
             loss.backward()
             opt.step()
             loss_sum += loss.detach().cpu()
+            if not torch.isfinite(loss_sum):
+                bar.close()
+                kept = f"the last good checkpoint (epoch {epoch}) is kept at {out}" if epoch else "nothing was saved"
+                raise SpikeAdvError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}, step {i + 1} (loss "
+                                    f"{loss.item()}); {kept}; lower the learning rate (lr = {cfg.lr:g})")
             correct += (logits.argmax(1) == y).sum().cpu()
             seen += len(y)
         bar.close()
@@ -232,15 +239,17 @@ def train(
     return net.eval(), meta
 
 
-def record(kind: str, preset: Preset, train_ds: Dataset, test_ds: Dataset) -> dict:
-    """The metadata every model checkpoint starts from: its kind, the whole preset and the data digests."""
+def record(kind: str, preset: Preset, train_ds: Dataset, test_ds: Dataset, recipe: dict | None = None) -> dict:
+    """The metadata every model checkpoint starts from: its kind, the whole preset, the data digests and
+    (in a study) the recipe its file name is the digest of."""
     return {"kind": kind, "preset": as_dict(preset),
-            "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest}}
+            "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest},
+            **({"recipe": recipe} if recipe is not None else {})}
 
 
 def fit(
     kind: str, preset: Preset, seed: int, out: Path, train_ds: Dataset, test_ds: Dataset, *,
-    resume: bool = False, log: Callable[[str], None] = print,
+    resume: bool = False, log: Callable[[str], None] = print, recipe: dict | None = None,
 ) -> tuple[Network, dict]:
     """Train one model of the study, ``ann`` (paper IV-B) or ``snn2`` (LIF from scratch, paper III-B),
     as the preset says, into ``out``."""
@@ -257,5 +266,5 @@ def fit(
     log(f"training {kind}: {preset.spec} width {width} ({net.parameter_count():,} weights)"
         + (f", LIF T={snn.T} leak {snn.leak} {snn.surrogate} surrogate" if snn else "")
         + f", {cfg.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
-    return train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=record(kind, preset, train_ds, test_ds),
+    return train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=record(kind, preset, train_ds, test_ds, recipe),
                  resume=resume, snn=snn, log=log)

@@ -10,6 +10,7 @@ Verdicts (b) and (c) are judged a second time under the strongest gradient the r
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -281,12 +282,24 @@ def _ordered(run: Run, pairs: list[tuple[str, Cell, Cell]]) -> tuple[bool | None
     return all(p.verdict != CONTRADICTED for _, p in dips), f" — {detail}" if detail else ""
 
 
+def _non_finite(value: object, where: str = "") -> list[str]:
+    """Where a JSON value holds NaN or an infinity."""
+    if isinstance(value, dict):
+        return [w for k, v in value.items() for w in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [w for i, v in enumerate(value) for w in _non_finite(v, f"{where}[{i}]")]
+    return [where] if isinstance(value, float) and not math.isfinite(value) else []
+
+
 def sanity_checks(run: Run) -> list[Check]:
     """Properties any correct study has, on the deterministic ANN target (main gradient). An ordering
     holds unless a paired comparison over the attacked images shows it broken beyond noise."""
     wb = _ann_series(run, "whitebox")
     bb = _ann_series(run, "bb-ann")
-    checks = []
+    bad = _non_finite({"rows": run.rows, "models": run.meta.get("models", [])})
+    checks = [Check("every number in the results and model records is finite", not bad,
+                    f"non-finite values at {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                    if bad else f"{len(run.rows)} result rows, {len(run.meta.get('models', []))} models")]
 
     fgsm, ifgsm = wb.get(("fgsm", 1), {}), wb.get(("ifgsm", 2), {})
     common = sorted(set(fgsm) & set(ifgsm))

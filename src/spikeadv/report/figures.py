@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.markers import MarkerStyle
 from matplotlib.patches import Patch
+from matplotlib.transforms import Affine2D
 
 from ..checkpoint import atomic_write
 from .analysis import flagged, shown
@@ -18,6 +23,9 @@ from .load import (FIG2_ATTACKS, FIG2_EPS, FIG3_EPS, FIG4_EPS, FIG4_STEPS, FIG4_
                    SCENARIO_TITLE, SCENARIOS, SNNS, Cell, Run, fmt_eps, lowest)
 
 COLOR = {"ann": "#1f5fbf", "snn1": "#a0a0a0", "snn2": "#202020"}  # paper Fig. 2: blue, grey, black bars
+LOWEST = "#d62728"  # paper Fig. 2's red rectangles: the lowest loss of each group
+NEUTRAL = "#707070"  # line-style legend handles, so that no colour means two things
+LOSS_LABEL = "Accuracy loss (pp)"  # a loss is a difference of accuracies: percentage points
 STYLE = {
     "font.family": "DejaVu Sans",
     "font.size": 8,
@@ -31,18 +39,55 @@ STYLE = {
     "svg.hashsalt": "spikeadv",
     "svg.fonttype": "path",
 }
+# Every abbreviation the figures print, as their captions explain it (render.py).
+GLOSSARY = {
+    "ANN": "artificial (non-spiking) neural network",
+    "SNN": "spiking neural network",
+    "SNN-I": "SNN converted from the ANN (paper III-A)",
+    "SNN-II": "SNN trained with spike-based backpropagation (paper III-B)",
+    "FGSM": "fast gradient sign method",
+    "R-FGSM": "FGSM after a random step of eps/2",
+    "I-FGSM": "iterative FGSM (2, 5 or 7 steps)",
+    "SNNAdv": "the paper's SNN attack, whose faithful form perturbs the rate-coded image",
+    **{SCENARIO_SHORT[s]: SCENARIO_TITLE[s] for s in SCENARIOS},
+    "eps": "the L-inf bound of the perturbation, in 1/255 of the pixel range",
+    "pp": "percentage points (clean minus adversarial accuracy)",
+}
+_ATTACKS = ("FGSM", "R-FGSM", "I-FGSM", "SNNAdv", "eps", "pp")
+TERMS = {  # the abbreviations each figure prints
+    "fig2": ("ANN", "SNN", "SNN-I", "SNN-II", *_ATTACKS),
+    "fig3": ("ANN", "SNN", "SNN-I", "SNN-II", *SCENARIO_SHORT.values(), *_ATTACKS),
+    "fig4": ("ANN", "SNN", "SNN-II", "I-FGSM", "eps", "pp"),
+}
+FAITHFUL = Patch(fill=False, hatch="////", edgecolor="#d08000", label="faithful SNNAdv (not eps-bounded)")
+# A red triangle just above a bar (clear of it by half its size, whatever the bar's height, 0 included).
+LOWEST_MARK = MarkerStyle("v", transform=Affine2D().translate(0, 1.0))
 
-Key = tuple[str, str, str, str, int, int]  # target, scenario, gradient, attack, eps, steps
+
+def glossary(name: str) -> str:
+    """The caption sentence explaining every abbreviation figure ``name`` prints."""
+    return "Abbreviations: " + "; ".join(f"{t} = {GLOSSARY[t]}" for t in TERMS[name]) + "."
 
 
+def styled(build: Callable[[Run], tuple[Figure, list[str]]]) -> Callable[[Run], tuple[Figure, list[str]]]:
+    """Build a figure under the report's style (fonts are fixed when the artists are made)."""
 
-def grouped_bars(ax, groups: Sequence[str], kinds: Sequence[str], cells: Sequence[Mapping[str, Cell | None]],
+    @functools.wraps(build)
+    def wrapper(run: Run) -> tuple[Figure, list[str]]:
+        with matplotlib.rc_context(STYLE):
+            return build(run)
+
+    return wrapper
+
+
+def grouped_bars(ax: Axes, groups: Sequence[str], kinds: Sequence[str], cells: Sequence[Mapping[str, Cell | None]],
                  mark_lowest: bool, faithful: Sequence[Mapping[str, Cell | None]] = ()) -> list[tuple[str, str]]:
     """Bars of accuracy loss, one group per entry of ``groups``, one bar per kind (paper Fig. 2, Fig. 3).
 
     Missing cells get no bar but an "n/a" mark; with ``mark_lowest`` the lowest bar of each group gets
-    a red edge, as the paper's red rectangles. ``faithful`` cells (faithful SNNAdv, not eps-bounded)
-    are drawn as hatched outlines over the bars. Returns the (group, kind) pairs that were missing."""
+    a red edge and a red triangle above it (visible on a 0.0 bar too), as the paper's red rectangles.
+    ``faithful`` cells (faithful SNNAdv, not eps-bounded) are drawn as hatched outlines over the bars.
+    Returns the (group, kind) pairs that were missing."""
     width = 0.8 / len(kinds)
     missing = []
     for g, (group, row) in enumerate(zip(groups, cells)):
@@ -59,25 +104,34 @@ def grouped_bars(ax, groups: Sequence[str], kinds: Sequence[str], cells: Sequenc
                     ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="#808080")
                 continue
             red = kind in marked
-            ax.bar(x, cell.loss, width, color=COLOR[kind], edgecolor="#d62728" if red else "none",
+            ax.bar(x, cell.loss, width, color=COLOR[kind], edgecolor=LOWEST if red else "none",
                    linewidth=2.0 if red else 0, yerr=cell.loss_std if cell.repeats > 1 else None,
                    error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#606060"})
+            if red:
+                ax.plot([x], [max(cell.loss, 0.0)], marker=LOWEST_MARK, markersize=7, color=LOWEST,
+                        linestyle="none", zorder=5, clip_on=False)
     ax.set_xticks(range(len(groups)), list(groups))
     ax.axhline(0, color="black", linewidth=0.6)
     return missing
 
 
-FAITHFUL = Patch(fill=False, hatch="////", edgecolor="#d08000", label="faithful SNNAdv (not eps-bounded)")
-
-
-def _legend_handles(kinds: Sequence[str]) -> list[Patch]:
+def _legend_handles(kinds: Sequence[str]) -> list[Artist]:
     return [Patch(color=COLOR[k], label=LABEL[k]) for k in kinds]
 
 
+def _bar_grid(fig: Figure, rows: int, cols: int) -> list[list[Axes]]:
+    """A grid of axes sharing one y-range, so that every panel reads on the same scale."""
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for row in axes:
+        row[0].set_ylabel(LOSS_LABEL)
+    return [list(row) for row in axes]
+
+
+@styled
 def figure2(run: Run) -> tuple[Figure, list[str]]:
     """Paper Fig. 2: accuracy loss of ANN / SNN-I / SNN-II, attacks x scenarios, eps 8-32/255."""
-    fig = Figure(figsize=(15, 12), layout="constrained")
-    axes = fig.subplots(len(FIG2_ATTACKS), len(SCENARIOS), squeeze=False)
+    fig = Figure(figsize=(15, 12.5), layout="constrained")
+    axes = _bar_grid(fig, len(FIG2_ATTACKS), len(SCENARIOS))
     notes = []
     bad = flagged(run)
     for r, (attack, steps, title) in enumerate(FIG2_ATTACKS):
@@ -87,20 +141,21 @@ def figure2(run: Run) -> tuple[Figure, list[str]]:
             missing = grouped_bars(ax, [fmt_eps(e) for e in FIG2_EPS], KINDS,
                                    [{k: v[0] for k, v in row.items()} for row in both], mark_lowest=True,
                                    faithful=[{k: v[1] for k, v in row.items()} for row in both])
-            ax.set_title(f"({'abcd'[r]}) {title} — {SCENARIO_TITLE[scenario]}")
-            if c == 0:
-                ax.set_ylabel("Accuracy loss (%)")
+            ax.set_title(f"({'abcd'[r]}) {title}\n{SCENARIO_TITLE[scenario]}")
             if missing:
                 notes.append(f"Fig. 2 {title}, {SCENARIO_TITLE[scenario]}: no result for "
                              + ", ".join(f"{LABEL[k]} at {g}" for g, k in missing))
-    fig.legend(handles=[*_legend_handles(KINDS), FAITHFUL], loc="outside upper center", ncols=4)
+    lowest_handle = Line2D([], [], marker="v", markersize=7, color=LOWEST, linestyle="none",
+                           label="lowest loss of the group (red edge)")
+    fig.legend(handles=[*_legend_handles(KINDS), FAITHFUL, lowest_handle], loc="outside upper center", ncols=5)
     return fig, notes
 
 
+@styled
 def figure3(run: Run) -> tuple[Figure, list[str]]:
     """Paper Fig. 3: SNN-I vs SNN-II loss at eps 16/255 under WB, BB1, BB2, BB3, per attack."""
-    fig = Figure(figsize=(14, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(FIG2_ATTACKS), squeeze=False)[0]
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    axes = _bar_grid(fig, 1, len(FIG2_ATTACKS))[0]
     notes, bad = [], flagged(run)
     for i, (attack, steps, title) in enumerate(FIG2_ATTACKS):
         both = [{k: shown(run, bad, k, s, attack, FIG3_EPS, steps) for k in SNNS} for s in SCENARIOS]
@@ -110,15 +165,18 @@ def figure3(run: Run) -> tuple[Figure, list[str]]:
         axes[i].set_title(f"({'abcd'[i]}) {title}, eps {fmt_eps(FIG3_EPS)}")
         if missing:
             notes.append(f"Fig. 3 {title}: no result for " + ", ".join(f"{LABEL[k]} under {g}" for g, k in missing))
-    axes[0].set_ylabel("Accuracy loss (%)")
+    fig.supxlabel("; ".join(f"{SCENARIO_SHORT[s]} = {GLOSSARY[SCENARIO_SHORT[s]]}" for s in SCENARIOS),
+                  fontsize=8)
     fig.legend(handles=[*_legend_handles(SNNS), FAITHFUL], loc="outside upper center", ncols=3)
     return fig, notes
 
 
+@styled
 def figure4(run: Run) -> tuple[Figure, list[str]]:
-    """Paper Fig. 4: SNN-II loss vs eps for I-FGSM with 2, 5, 7 steps; (a) non-targeted, (b) targeted."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2, squeeze=False)[0]
+    """Paper Fig. 4: SNN-II loss vs eps for I-FGSM with 2, 5, 7 steps; (a) non-targeted, (b) targeted.
+    Colour = number of steps, line style = where the inputs come from (its legend in neutral grey)."""
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False, sharey=True)[0]
     notes, bad = [], flagged(run)
     for ax, (attack, title) in zip(axes, (("ifgsm", "(a) Non-targeted I-FGSM"), ("tifgsm", "(b) Targeted I-FGSM"))):
         for steps, color in FIG4_STEPS.items():
@@ -136,11 +194,12 @@ def figure4(run: Run) -> tuple[Figure, list[str]]:
         ax.set_title(title)
         ax.set_xlabel("eps (1/255)")
         ax.set_xticks(FIG4_EPS)
-        ax.set_ylabel("SNN-II accuracy loss (%)")
-    steps_legend = [Line2D([], [], color=c, label=f"{s}-step") for s, c in FIG4_STEPS.items()]
-    style_legend = [Line2D([], [], color="black", linestyle=style, label=SCENARIO_TITLE[s])
+    axes[0].set_ylabel(f"SNN-II {LOSS_LABEL.lower()}")
+    steps_legend = [Line2D([], [], color=c, linewidth=2.5, label=f"{s} steps") for s, c in FIG4_STEPS.items()]
+    style_legend = [Line2D([], [], color=NEUTRAL, linestyle=style, label=SCENARIO_TITLE[s])
                     for s, style in FIG4_STYLE.items()]
-    fig.legend(handles=steps_legend + style_legend, loc="outside upper center", ncols=6)
+    fig.legend(handles=steps_legend, title="Colour: I-FGSM steps", loc="outside upper left", ncols=3)
+    fig.legend(handles=style_legend, title="Line style: inputs crafted by", loc="outside upper right", ncols=3)
     return fig, notes
 
 

@@ -9,11 +9,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+from tqdm import tqdm
 
 from .analysis import UNPAIRED, Conclusion, conclusions, perturbation_audit, sanity_checks
-from .figures import STYLE, figure2, figure3, figure4, publish, save_figure
-from .load import COLUMNS, FIG3_EPS, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, Run, fmt_eps, load_run
+from .figures import figure2, figure3, figure4, glossary, publish, save_figure
+from .load import (COLUMNS, FIG3_EPS, FIG4_STYLE, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, SCENARIO_TITLE, Run,
+                   fmt_eps, load_run)
 from .paired import CONFIDENCE, RESAMPLES
 from .tables import (COMPARISON_COLUMNS, audit_table, comparison_rows, fig2_table, gradient_table, paper_table,
                      table1, to_csv)
@@ -21,6 +22,26 @@ from .tables import (COMPARISON_COLUMNS, audit_table, comparison_rows, fig2_tabl
 # A report is a list of blocks, each rendered once as Markdown and once as HTML:
 # ("h", level, text) | ("p", text) | ("items", [text]) | ("table", (headers, rows)) | ("figure", name, caption)
 Block = tuple
+SYNTHETIC = ("**Synthetic data: the comparison with the paper does not apply.** This run's dataset is `synthetic` "
+             "(generated images, not CIFAR-10), so its numbers test the pipeline, not the paper: the paper's values "
+             "and the verdicts are computed as for any run, but none of them is evidence for or against the "
+             "paper's conclusions.")
+SYNTHETIC_PAPER = ("**Synthetic data**: the paper's values are CIFAR-10 losses; this run's do not compare with "
+                   "them.")
+SYNTHETIC_MARK = " (synthetic data: not evidence about the paper)"
+LINE_STYLE = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dotted"}
+CAPTION = {
+    "fig2": "Fig. 2: accuracy loss (pp) per attack (rows) and scenario (columns) on eps-bounded inputs, all "
+            "panels on one y-scale; bars: ANN blue, SNN-I grey, SNN-II black, whiskers = std over encoder "
+            "repeats; red triangle and red edge = the lowest loss of each group (ties all marked); hatched "
+            "outline = the paper's faithful SNNAdv where its inputs are not eps-bounded. " + glossary("fig2"),
+    "fig3": f"Fig. 3: SNN-I (grey) vs SNN-II (black) accuracy loss (pp) at eps {fmt_eps(FIG3_EPS)} per attack, "
+            "all panels on one y-scale; hatched outline = faithful SNNAdv (not eps-bounded). " + glossary("fig3"),
+    "fig4": "Fig. 4: SNN-II accuracy loss (pp) under I-FGSM on eps-bounded inputs, both panels on one y-scale; "
+            "colour = number of I-FGSM steps (left legend); line style = where the inputs come from (right "
+            "legend, grey): " + ", ".join(f"{LINE_STYLE[st]} = {SCENARIO_TITLE[sc]}"
+                                           for sc, st in FIG4_STYLE.items()) + ". " + glossary("fig4"),
+}
 
 
 def _inline(text: str) -> str:
@@ -99,12 +120,22 @@ def _html(blocks: list[Block], images: Mapping[str, bytes], title: str) -> str:
             + "\n</body></html>\n")
 
 
+def synthetic(run: Run) -> bool:
+    """Whether the run's data is the generated ``synthetic`` dataset, which the paper says nothing about."""
+    return run.meta["preset"].get("dataset") == "synthetic"
+
+
+def _subset(size: object) -> str:
+    """The test subset as run.json records it: a number of images, or all of them (None or absent)."""
+    return "all" if size is None else str(size)
+
+
 def _facts(run: Run) -> list[str]:
     meta, preset = run.meta, run.meta["preset"]
     sizes = sorted({int(r["n"]) for r in run.rows})
     facts = [
         f"Preset: `{preset.get('name', '?')}`; dataset: `{preset.get('dataset', '?')}`; "
-        f"test subset: {preset.get('test_subset', 'full test set')}; images per cell: "
+        f"test subset: {_subset(preset.get('test_subset'))}; images per cell: "
         + (str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"),
         f"spikeadv version: {meta.get('version', '?')}",
         "Main gradient per source kind: " + ", ".join(f"{LABEL[k]} `{meta['gradients'][k]}`" for k in KINDS),
@@ -128,17 +159,18 @@ def _facts(run: Run) -> list[str]:
     return facts
 
 
-def conclusion_items(found: list[Conclusion]) -> list[str]:
-    """Each conclusion's verdict, then each of its judgements with its interval and the cells it rests on."""
+def conclusion_items(found: list[Conclusion], mark: str = "") -> list[str]:
+    """Each conclusion's verdict, then each of its judgements with its interval and the cells it rests on;
+    ``mark`` follows every verdict (the synthetic-data caveat)."""
     items = []
     for c in found:
-        items.append(f"({c.key}) {c.claim}: **{c.verdict}**")
+        items.append(f"({c.key}) {c.claim}: **{c.verdict}**{mark}")
         for j in c.judgements:
             p = j.stats
             stats = "" if p is None else (f"loss {p.low:.1f} vs {p.high:.1f} pp, difference {p.interval()} "
                                           f"over {p.n} images; ")
             items.append(f"({c.key}) {j.what} [{j.gradient}]: {stats}**{j.verdict}** — cells: "
-                         + (j.cells() if j.pairs else "none in this run"))
+                         + (j.cells() if j.pairs else "none in this run") + mark)
         items += [f"({c.key}) {why}" for why in c.excluded]
     return items
 
@@ -158,23 +190,22 @@ def _blocks(run: Run, found: list[Conclusion], notes: list[str]) -> list[Block]:
     if not run.paired:
         paired = (f"**{UNPAIRED}**: this run's results predate per-image outcomes, so no verdict or sanity "
                   "check can be judged; the tables and figures above are complete. Rerun the study to judge them.")
+    fake = synthetic(run)
+    caveat: list[Block] = [("p", SYNTHETIC)] if fake else []
     return [
         ("h", 1, f"spikeadv report: {run.meta['preset'].get('name', run.path.name)}"),
         ("p", "Reproduction of Sharmin et al., \"A Comprehensive Analysis on Adversarial Robustness of Spiking "
               "Neural Networks\". Loss = clean accuracy - adversarial accuracy, in percentage points (pp)."),
+        *caveat,
         ("h", 2, "Run"),
         ("items", _facts(run)),
         ("h", 2, "Table I: clean accuracy"),
         ("table", table1(run)),
         ("h", 2, "Figures"),
-        ("figure", "fig2", "Fig. 2: accuracy loss per attack (rows) and scenario (columns), eps-bounded inputs; "
-                           "red edge = lowest loss; hatched outline = the paper's faithful SNNAdv where its inputs "
-                           "are not eps-bounded"),
-        ("figure", "fig3", f"Fig. 3: SNN-I vs SNN-II loss at eps {fmt_eps(FIG3_EPS)} (hatched: faithful SNNAdv)"),
-        ("figure", "fig4", "Fig. 4: SNN-II loss under I-FGSM, eps-bounded inputs; solid = whitebox, dashed = "
-                           "SNN-II-crafted, dotted = ANN-crafted blackbox"),
+        *(("figure", name, caption) for name, caption in CAPTION.items()),
         ("items", notes or ["Every figure cell has a result."]),
         ("h", 2, "Paper vs this run: FGSM whitebox loss at 8/255"),
+        *([("p", SYNTHETIC_PAPER)] if fake else []),
         ("table", paper_table(run)),
         ("h", 2, "Fig. 2 numbers (loss, pp; lowest per row in bold; faithful SNNAdv rows marked)"),
         ("table", fig2_table(run)),
@@ -190,9 +221,11 @@ def _blocks(run: Run, found: list[Conclusion], notes: list[str]) -> list[Block]:
               f"cells over the same images ({CONFIDENCE:.0%} bootstrap interval, McNemar's exact test beside it) "
               "shows it broken beyond noise; any cell that goes the other way is named."),
         ("items", [f"**{c.verdict}** {c.name}: {c.detail}" for c in checks]),
-        ("h", 2, "The paper's conclusions in this run"),
+        ("h", 2, "The paper's conclusions in this run" + (" (synthetic data: not a test of the paper)"
+                                                          if fake else "")),
+        *caveat,
         ("p", paired),
-        ("items", conclusion_items(found)),
+        ("items", conclusion_items(found, SYNTHETIC_MARK if fake else "")),
         ("h", 3, "Every paired comparison (also in comparisons.csv, with each cell pair spelled out)"),
         ("table", (COMPARISON_COLUMNS, comparison_rows(found))),
     ]
@@ -202,10 +235,22 @@ def _write_text(path: Path, text: str) -> Path:
     return publish(path, lambda tmp: tmp.write_text(text))
 
 
+# relative cost of each part of the report (measured on the cpu study), for an honest progress bar
+_COST = {"conclusions": 2, "tables": 1, "fig2": 6, "fig3": 2, "fig4": 1, "report": 1}
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Regenerate the whole report of a run directory (default into ``run_dir/report``); returns its files."""
     run = load_run(run_dir)
+    bar = tqdm(total=sum(_COST.values()), desc="report", leave=False, dynamic_ncols=True, mininterval=0.5,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def done(part: str) -> None:
+        bar.set_postfix_str(part, refresh=False)
+        bar.update(_COST[part])
+
     found = conclusions(run)  # bootstrap intervals: computed once, rendered three times
+    done("conclusions")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -217,15 +262,18 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         _write_text(out / "results.csv", to_csv(COLUMNS, ([r[c] for c in COLUMNS] for r in run.rows))),
         _write_text(out / "comparisons.csv", to_csv(COMPARISON_COLUMNS, comparison_rows(found, False))),
     ]
+    done("tables")
     notes, images = [], {}
     for name, build in (("fig2", figure2), ("fig3", figure3), ("fig4", figure4)):
-        with matplotlib.rc_context(STYLE):
-            fig, fig_notes = build(run)
+        fig, fig_notes = build(run)
         paths = save_figure(fig, out / name)
         images[name] = paths[0].read_bytes()
         notes += fig_notes
         written += paths
+        done(name)
     blocks = _blocks(run, found, notes)
     written.append(_write_text(out / "report.md", _md(blocks)))
     written.append(_write_text(out / "report.html", _html(blocks, images, blocks[0][2])))
+    done("report")
+    bar.close()
     return written

@@ -6,9 +6,11 @@ target evaluated whitebox and under the three blackbox scenarios:
 - whitebox: target K (instance 0) attacked by inputs crafted from itself;
 - ``bb-K``: every target attacked by inputs crafted from K's instance 1.
 
-A run directory holds everything, each artifact named by the hash of the recipe that makes it, so a
-rerun reuses what exists and an interrupted run resumes where it stopped::
+A run directory holds everything, each artifact named by the hash of the recipe that makes it and
+carrying a digest of its content (checked on every read; a mismatch is recomputed), so a rerun
+reuses what exists and an interrupted run resumes where it stopped::
 
+    .lock                    held by the one process writing here (who: pid, host, command)
     run.json                 the config, the models, stage wall times (written atomically)
     models/<kind><i>-<key>   checkpoints (training resumes epoch-wise)
     clean/<kind>-<key>.json  clean predictions of each target per encoder seed
@@ -21,9 +23,10 @@ seeds) in the cell file regenerates it exactly.
 """
 
 from .plan import EXTRA_ATTACKS, KINDS, Job, bounded_kinds, digest, grid, main_gradients, seed_of
-from .runner import identity, open_run, run
+from .rundir import identity, lock, open_run
+from .runner import run
 from .tasks import Model, clean_predictions, craft, models, predict, random_targets, repeats, rows
 
 __all__ = ["EXTRA_ATTACKS", "KINDS", "Job", "Model", "bounded_kinds", "clean_predictions", "craft", "digest", "grid",
-           "identity", "main_gradients", "models", "open_run", "predict", "random_targets", "repeats", "rows", "run",
+           "identity", "lock", "main_gradients", "models", "open_run", "predict", "random_targets", "repeats", "rows", "run",
            "seed_of"]

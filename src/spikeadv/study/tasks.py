@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import __version__, attacks, checkpoint, data, outcomes, sources
 from ..arch import Network
+from ..errors import SpikeAdvError
 from ..neurons import Spiking
 from ..presets import Preset, StudyConfig, as_dict
 from ..train import autocast
@@ -46,8 +47,28 @@ def _recipe(kind: str, preset: Preset, seed: int, train_ds: data.Dataset, test_d
     return {"kind": kind, **net, "seed": seed, "data": [train_ds.digest, test_ds.digest]}
 
 
+def _cached(path: Path, recipe: dict, log: Callable[[str], None], can_write: bool) -> dict:
+    """The metadata of the usable checkpoint at ``path``, or {} when there is none: a file that fails
+    its integrity check or holds another model than its name says is moved aside (never deleted)."""
+    if not path.exists():
+        return {}
+    try:
+        meta = checkpoint.load(path)[1]
+        if meta.get("recipe", recipe) != recipe:
+            raise SpikeAdvError(f"{path} holds another model than its name says (its recipe differs)")
+        return meta
+    except SpikeAdvError as e:
+        if not can_write:
+            raise
+        aside = path.with_name(f"{path.name}.{int(time.time())}.rejected")
+        path.rename(aside)
+        log(f"{e}; moved it to {aside.name}, rebuilding it")
+        return {}
+
+
 def models(
     preset: Preset, folder: Path, train_ds: data.Dataset, test_ds: data.Dataset, log: Callable[[str], None] = print,
+    can_write: bool = True,
 ) -> tuple[dict[tuple[str, int], Model], dict[str, float]]:
     """Train (or reuse) ann and snn2 and convert snn1 from ann, one instance per preset seed.
     Returns the models and the seconds each took to build (from the checkpoints, so reused models
@@ -61,25 +82,29 @@ def models(
     for instance, seed in enumerate(preset.seeds):
         for kind in ("ann", "snn2", "snn1"):
             if kind == "snn1":
-                parent = out[("ann", instance)]
-                key = digest({"kind": "snn1", "convert": as_dict(preset.snn1), "parent": parent.sha256, "seed": seed})
+                recipe = {"kind": "snn1", "convert": as_dict(preset.snn1), "parent": out[("ann", instance)].sha256,
+                          "seed": seed}
             else:
-                key = digest(_recipe(kind, preset, seed, train_ds, test_ds))
-            path = folder / f"{kind}{instance}-{key}.safetensors"
-            meta = checkpoint.load(path)[1] if path.exists() else {}
-            if kind == "snn1" and not meta:
-                convert_file(parent.path, preset, train_ds, test_ds, seed, path)
-            elif kind != "snn1" and not meta.get("complete"):
-                fit(kind, preset, seed, path, train_ds, test_ds, resume=True, log=log)
+                recipe = _recipe(kind, preset, seed, train_ds, test_ds)
+            recipe = json.loads(json.dumps(recipe))  # as it reads back from a checkpoint
+            path = folder / f"{kind}{instance}-{digest(recipe)}.safetensors"
+            meta = _cached(path, recipe, log, can_write)
+            done = bool(meta) if kind == "snn1" else meta.get("complete", False)
+            if not done and not can_write:
+                raise SpikeAdvError(f"{folder.parent} is read-only and {path.name} needs building; make it "
+                                    "writable or pass another --out")
+            if kind == "snn1" and not done:
+                convert_file(out[("ann", instance)].path, preset, train_ds, test_ds, seed, path, recipe=recipe)
+            elif not done:
+                fit(kind, preset, seed, path, train_ds, test_ds, resume=True, log=log, recipe=recipe)
             else:
                 log(f"reusing {path.name}")
             net, meta = checkpoint.load_model(path)
             snn = checkpoint.spiking(meta, T=study.snn1_T if kind == "snn1" else None)
             seconds[f"{kind}{instance}"] = meta["seconds"] if kind == "snn1" else sum(
                 m["seconds"] for m in meta["metrics"])
-            out[(kind, instance)] = Model(kind, instance, net, snn, path, checkpoint.file_digest(path), meta)
+            out[(kind, instance)] = Model(kind, instance, net, snn, path, checkpoint.model_digest(net, meta), meta)
     return out, seconds
-
 
 
 def _batches(n: int, size: int) -> Iterator[tuple[int, slice]]:
@@ -175,27 +200,25 @@ def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor
 
 
 
-def saved_json(path: Path) -> dict | None:
-    """A finished artifact (JSON), or None when it is missing or unreadable (then it is recomputed)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
-
-def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, folder: Path) -> tuple[list[Tensor], float]:
-    """Clean predictions of a target per repeat (cached by model hash and evaluation recipe)."""
+def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, folder: Path,
+                      can_write: bool = True, log: Callable[[str], None] = print) -> tuple[list[Tensor], float]:
+    """Clean predictions of a target per repeat (cached by model hash and evaluation recipe, with an
+    integrity digest: an edited or corrupted file is recomputed)."""
     recipe = {"model": target.sha256, "T": target.snn.T if target.snn else None, "images": len(x),
               "labels": digest(y.tolist()), "repeats": repeats(target, study), "seed": study.seed,
               "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
     path = folder / f"{target.name}-{digest(recipe)}.json"
-    saved = saved_json(path)
-    if saved is None or saved.get("recipe") != recipe:
+    saved, why = checkpoint.read_record(path)
+    if saved is not None and saved.get("recipe") != recipe:
+        saved, why = None, "it holds another evaluation's recipe"
+    if saved is None:
+        if why != "missing":
+            log(f"{path} cannot be used: {why}; recomputing it")
+        if not can_write:
+            raise SpikeAdvError(f"{folder.parent} is read-only and the clean predictions of {target.name} need "
+                                "computing; make it writable or pass another --out")
         start = time.perf_counter()
         preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
         saved = {"recipe": recipe, "preds": preds, "seconds": round(time.perf_counter() - start, 2)}
-        checkpoint.write_json(path, saved)
+        checkpoint.write_record(path, saved)
     return [torch.tensor(p) for p in saved["preds"]], saved["seconds"]
-
-
