@@ -335,7 +335,7 @@ def fold_batchnorm(net: Network) -> Network:
 
 def macs(net: Network) -> int:
     """Multiply-accumulates of one ANN forward pass (for throughput reports)."""
-    total, (c, h, w) = 0, net.input_shape
+    total, (_, h, w) = 0, net.input_shape
     for layer in net.layers:
         if isinstance(layer, nn.Conv2d):
             total += math.prod(layer.weight.shape) * h * w
