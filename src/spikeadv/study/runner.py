@@ -79,7 +79,7 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
               "labels": digest(y.tolist()), "versions": checkpoint.versions(),
               "command": checkpoint.command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
-    save = (lambda path, value: checkpoint.write_json(path, value)) if can_write else (lambda path, value: None)
+    save = checkpoint.write_json if can_write else (lambda path, value: None)
     save(out / "run.json", record)  # first: a later call checks its config against this
     stages = Stages()
 
@@ -119,12 +119,7 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
                   "labels": labels, "version": __version__}
         recipe = json.loads(json.dumps(recipe))  # as it reads back from disk (tuples become lists)
         path = out / "cells" / f"{digest(recipe)}.json"
-        saved, why = checkpoint.read_record(path)
-        if saved is not None and saved.get("recipe") != recipe:
-            saved, why = None, "it holds another job's recipe"
-        if saved is None and why != "missing":
-            log(f"{path} cannot be used: {why}; recomputing it")
-        cells[job] = (path, recipe, saved)
+        cells[job] = (path, recipe, tasks.cached_record(path, recipe, log))
     todo = [job for job in jobs if cells[job][2] is None]
     if todo and not can_write:
         raise SpikeAdvError(f"{out} is read-only and {len(todo)} adversarial sets need computing; "

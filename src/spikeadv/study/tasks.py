@@ -47,23 +47,35 @@ def _recipe(kind: str, preset: Preset, seed: int, train_ds: data.Dataset, test_d
     return {"kind": kind, **net, "seed": seed, "data": [train_ds.digest, test_ds.digest]}
 
 
-def _cached(path: Path, recipe: dict, log: Callable[[str], None], can_write: bool) -> dict:
-    """The metadata of the usable checkpoint at ``path``, or {} when there is none: a file that fails
-    its integrity check or holds another model than its name says is moved aside (never deleted)."""
+def _cached(path: Path, recipe: dict, log: Callable[[str], None], can_write: bool) -> tuple[Network, dict] | None:
+    """The usable checkpoint at ``path`` (its network and metadata), or None when there is none: a file
+    that fails its integrity check or holds another model than its name says is moved aside (never
+    deleted)."""
     if not path.exists():
-        return {}
+        return None
     try:
-        meta = checkpoint.load(path)[1]
+        net, meta = checkpoint.load_model(path)
         if meta.get("recipe", recipe) != recipe:
             raise SpikeAdvError(f"{path} holds another model than its name says (its recipe differs)")
-        return meta
+        return net, meta
     except SpikeAdvError as e:
         if not can_write:
             raise
         aside = path.with_name(f"{path.name}.{int(time.time())}.rejected")
         path.rename(aside)
         log(f"{e}; moved it to {aside.name}, rebuilding it")
-        return {}
+        return None
+
+
+def cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict | None:
+    """A cached JSON artifact made from ``recipe`` (:func:`checkpoint.read_record`), or None when it must
+    be computed; one that cannot be used (damaged, edited, another recipe's) is named in the log."""
+    saved, why = checkpoint.read_record(path)
+    if saved is not None and saved.get("recipe") != recipe:
+        saved, why = None, "it holds another recipe"
+    if saved is None and why != "missing":
+        log(f"{path} cannot be used: {why}; recomputing it")
+    return saved
 
 
 def models(
@@ -88,18 +100,19 @@ def models(
                 recipe = _recipe(kind, preset, seed, train_ds, test_ds)
             recipe = json.loads(json.dumps(recipe))  # as it reads back from a checkpoint
             path = folder / f"{kind}{instance}-{digest(recipe)}.safetensors"
-            meta = _cached(path, recipe, log, can_write)
-            done = bool(meta) if kind == "snn1" else meta.get("complete", False)
-            if not done and not can_write:
+            found = _cached(path, recipe, log, can_write)
+            if found is not None and (kind == "snn1" or found[1].get("complete")):
+                log(f"reusing {path.name}")
+            elif not can_write:
                 raise SpikeAdvError(f"{folder.parent} is read-only and {path.name} needs building; make it "
                                     "writable or pass another --out")
-            if kind == "snn1" and not done:
-                convert_file(out[("ann", instance)].path, preset, train_ds, test_ds, seed, path, recipe=recipe)
-            elif not done:
-                fit(kind, preset, seed, path, train_ds, test_ds, resume=True, log=log, recipe=recipe)
             else:
-                log(f"reusing {path.name}")
-            net, meta = checkpoint.load_model(path)
+                if kind == "snn1":
+                    convert_file(out[("ann", instance)].path, preset, train_ds, test_ds, seed, path, recipe=recipe)
+                else:
+                    fit(kind, preset, seed, path, train_ds, test_ds, resume=True, log=log, recipe=recipe)
+                found = checkpoint.load_model(path)
+            net, meta = found
             snn = checkpoint.spiking(meta, T=study.snn1_T if kind == "snn1" else None)
             seconds[f"{kind}{instance}"] = meta["seconds"] if kind == "snn1" else sum(
                 m["seconds"] for m in meta["metrics"])
@@ -208,12 +221,8 @@ def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, f
               "labels": digest(y.tolist()), "repeats": repeats(target, study), "seed": study.seed,
               "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
     path = folder / f"{target.name}-{digest(recipe)}.json"
-    saved, why = checkpoint.read_record(path)
-    if saved is not None and saved.get("recipe") != recipe:
-        saved, why = None, "it holds another evaluation's recipe"
+    saved = cached_record(path, recipe, log)
     if saved is None:
-        if why != "missing":
-            log(f"{path} cannot be used: {why}; recomputing it")
         if not can_write:
             raise SpikeAdvError(f"{folder.parent} is read-only and the clean predictions of {target.name} need "
                                 "computing; make it writable or pass another --out")
