@@ -13,7 +13,7 @@ import torch
 
 import spikeadv
 from spikeadv import data, outcomes
-from spikeadv.sources import Source
+from spikeadv.attack.estimators import Source
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -31,7 +31,7 @@ def test_every_exported_name_resolves():
     for name in spikeadv.__all__:
         assert getattr(spikeadv, name) is namespace[name] is not None, name
         assert name in dir(spikeadv)
-    assert spikeadv.source is spikeadv.sources.make and spikeadv.fgsm is spikeadv.attacks.fgsm
+    assert spikeadv.source is spikeadv.attack.estimators.make and spikeadv.fgsm is spikeadv.attack.attacks.fgsm
     assert issubclass(spikeadv.Model, spikeadv.study.Model)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         spikeadv.nothing  # noqa: B018

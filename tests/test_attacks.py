@@ -14,13 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeadv import attacks, sources
+from spikeadv.attack import attacks
+from spikeadv.attack import estimators as sources
 from spikeadv.arch import Network
-from spikeadv.attacks import check, fgsm, ifgsm, pgd, rfgsm, targets
+from spikeadv.attack import STUDY_ATTACKS, check
+from spikeadv.attack.attacks import fgsm, ifgsm, pgd, rfgsm, targets
 from spikeadv.convert import convert
 from spikeadv.errors import SpikeAdvError
 from spikeadv.neurons import Spiking
-from spikeadv.sources import Source
+from spikeadv.attack.estimators import Source
 
 SPEC = "16x16-8c3-2s-16c3-2s-32fc-10o"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -280,7 +282,7 @@ def test_every_attack_stays_in_the_eps_ball_and_in_range(eps):
     src = sources.ann(net)
     x, y = images(4), labels(4)
     outs = every_attack(src, x, y, eps)
-    assert set(attacks.ATTACKS) <= {k.split("-")[0] for k in outs}
+    assert set(STUDY_ATTACKS) <= {k.split("-")[0] for k in outs}
     for name, adv in outs.items():
         assert_in_ball(adv, x, eps)
         assert not torch.equal(adv, x), name
@@ -316,7 +318,7 @@ def test_check_rejects_bad_requests(attack, eps, steps, match):
 
 
 def test_check_accepts_the_study_grid():
-    for attack in attacks.ATTACKS:
+    for attack in STUDY_ATTACKS:
         for eps in (0, 8, 16, 32, 64, 255):
             check(attack, eps, 7)
 
@@ -431,7 +433,7 @@ def test_make_refuses_sources_that_do_not_fit_the_model(snn1):
     for name in ("bptt", "snnadv", "snnadv-clean"):
         with pytest.raises(SpikeAdvError, match="an ANN"):
             sources.make(name, ann, None)
-    with pytest.raises(SpikeAdvError, match="unknown gradient source"):
+    with pytest.raises(SpikeAdvError, match="unknown gradient estimator"):
         sources.make("fd", ann, None)
     assert sources.make("ann", ann, None).name == "ann"
     assert sources.make("snnadv", net, snn).name == "snnadv"

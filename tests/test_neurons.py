@@ -170,7 +170,36 @@ PRIMITIVES = {  # smooth steps whose derivatives are the surrogates
     "fast-sigmoid": lambda u, a: u / (1 + a * u.abs()),
     "atan": lambda u, a: torch.atan(math.pi * a * u / 2) / math.pi,
     "triangle": lambda u, a: torch.where(u.abs() < a, (u - u * u.abs() / (2 * a)) / a, 0.5 * torch.sign(u)),
+    "rectangular": lambda u, a: a * u.clamp(-0.5 / a, 0.5 / a),
+    "sigmoid": lambda u, a: torch.sigmoid(a * u),
 }
+
+
+def _layer_grad(snn, current, weights):
+    """d sum_t,i weights_t,i s_t,i / d current of one spiking layer."""
+    current = current.clone().requires_grad_(True)
+    spikes, _ = spike_train(current, torch.tensor(0.7, dtype=torch.float64), None, snn)
+    (spikes * weights).sum().backward()
+    return current.grad, spikes
+
+
+@pytest.mark.parametrize("neuron, leak", [("if", 1.0), ("lif", 0.9)])
+def test_rate_backward_is_the_rate_relation_and_mixes_linearly(neuron, leak):
+    # BPTR / RGA: every s_t read as the rate r = f(mean_t I_t), f' = 1 / V_th where the neuron fired:
+    # dL/dI_t = sum_t' dL/ds_t' / T / V_th on firing neurons, 0 on silent ones, the same at every t
+    gen = torch.Generator().manual_seed(0)
+    T, threshold = 6, 0.7
+    current = torch.randn(T, 50, generator=gen, dtype=torch.float64) * 0.5
+    weights = torch.randn(T, 50, generator=gen, dtype=torch.float64)
+    rate, spikes = _layer_grad(Spiking(neuron=neuron, leak=leak, T=T, rate_mix=1.0), current, weights)
+    fired = spikes.amax(0) > 0
+    assert 0 < fired.sum() < 50  # both cases occur
+    expected = (weights.mean(0) / threshold * fired).expand(T, -1)
+    assert torch.allclose(rate, expected, rtol=0, atol=1e-12)
+    temporal, _ = _layer_grad(Spiking(neuron=neuron, leak=leak, T=T), current, weights)
+    mixed, _ = _layer_grad(Spiking(neuron=neuron, leak=leak, T=T, rate_mix=0.3), current, weights)
+    assert not torch.allclose(temporal, rate)
+    assert torch.allclose(mixed, 0.7 * temporal + 0.3 * rate, rtol=0, atol=1e-12)
 
 
 def test_poisson_encoder_rates_seeds_and_straight_through():
@@ -275,7 +304,7 @@ def test_bptt_gradient_matches_finite_differences_with_a_smooth_spike(monkeypatc
     (dict(T=0), "T"), (dict(neuron="lif", leak=0.0), "leak"), (dict(neuron="lif", leak=1.5), "leak"),
     (dict(leak=0.9), "IF neurons have no leak"), (dict(reset="soft"), "reset"),
     (dict(surrogate="relu"), "surrogate"), (dict(encoding="latency"), "encoding"),
-    (dict(v_init=1.0), "v_init"), (dict(v_init=-0.5), "v_init"),
+    (dict(v_init=1.0), "v_init"), (dict(v_init=-0.5), "v_init"), (dict(rate_mix=1.5), "rate_mix"),
 ])
 def test_bad_spiking_settings(bad, match):
     with pytest.raises(SpikeAdvError, match=match):

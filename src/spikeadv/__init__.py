@@ -14,22 +14,24 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {  # public name -> (module, its name there)
     "Model": ("api", "Model"), "run": ("api", "run"), "get_preset": ("presets", "get_preset"),
-    "fgsm": ("attacks", "fgsm"), "rfgsm": ("attacks", "rfgsm"), "ifgsm": ("attacks", "ifgsm"),
-    "pgd": ("attacks", "pgd"),
-    "Source": ("sources", "Source"), "source": ("sources", "make"), "ann": ("sources", "ann"),
-    "snnadv": ("sources", "snnadv"), "bptt": ("sources", "bptt"), "eot": ("sources", "eot"),
+    "fgsm": ("attack.attacks", "fgsm"), "rfgsm": ("attack.attacks", "rfgsm"), "ifgsm": ("attack.attacks", "ifgsm"),
+    "pgd": ("attack.attacks", "pgd"),
+    "Source": ("attack.estimators", "Source"), "source": ("attack.estimators", "make"), "ann": ("attack.estimators", "ann"),
+    "snnadv": ("attack.estimators", "snnadv"), "bptt": ("attack.estimators", "bptt"), "eot": ("attack.estimators", "eot"),
     "SpikeAdvError": ("errors", "SpikeAdvError"),
+    "evaluate": ("attack.external", "evaluate"), "TimeLoop": ("attack.external", "TimeLoop"),
 }
-__all__ = ["Model", "Source", "SpikeAdvError", "ann", "bptt", "eot", "fgsm", "get_preset", "ifgsm", "pgd", "rfgsm",
-           "run", "snnadv", "source"]
+__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "bptt", "eot", "evaluate", "fgsm", "get_preset",
+           "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports each name when first used
     from .api import Model, run
-    from .attacks import fgsm, ifgsm, pgd, rfgsm
+    from .attack.external import TimeLoop, evaluate
+    from .attack.attacks import fgsm, ifgsm, pgd, rfgsm
     from .errors import SpikeAdvError
     from .presets import get_preset
-    from .sources import Source, ann, bptt, eot, snnadv
-    from .sources import make as source
+    from .attack.estimators import Source, ann, bptt, eot, snnadv
+    from .attack.estimators import make as source
 
 
 def __getattr__(name: str) -> Any:

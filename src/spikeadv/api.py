@@ -17,7 +17,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from . import attacks, checkpoint, sources
+from . import checkpoint
+from .attack import attacks
+from .attack import estimators as sources
 from .errors import SpikeAdvError
 from .presets import Preset, StudyConfig, get_preset
 from .study import run as run_study

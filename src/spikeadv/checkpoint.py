@@ -124,7 +124,7 @@ def read_record(path: Path) -> tuple[dict | None, str]:
     return data, ""
 
 
-def _tensors_digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
+def tensors_digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
     h = hashlib.sha256(meta.encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -138,7 +138,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     both, which :func:`load` checks."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(meta, sort_keys=True)
-    header = {"format": FORMAT, "meta": text, "sha256": _tensors_digest(tensors, text)}
+    header = {"format": FORMAT, "meta": text, "sha256": tensors_digest(tensors, text)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
@@ -167,7 +167,7 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise SpikeAdvError(f"{path} is not a readable safetensors checkpoint ({e}); is it truncated?") from None
     if header.get("format") != FORMAT:
         raise SpikeAdvError(f"{path} is a safetensors file but not a spikeadv checkpoint (no {FORMAT} header)")
-    if "sha256" in header and header["sha256"] != _tensors_digest(tensors, header["meta"]):
+    if "sha256" in header and header["sha256"] != tensors_digest(tensors, header["meta"]):
         raise SpikeAdvError(f"{path} failed its integrity check: its weights or metadata no longer match the "
                             "digest written with them (the file was corrupted or edited)")
     try:
@@ -210,7 +210,7 @@ def model_digest(net: Network, meta: dict) -> str:
     """What determines a model's behaviour: its weights, network and how it runs as an SNN; not its
     timing or command-line metadata, so a retrained identical model keeps its digest."""
     how = json.dumps({k: meta.get(k) for k in ("network", "spiking")}, sort_keys=True)
-    return _tensors_digest({k: v.detach().cpu() for k, v in net.state_dict().items()}, how)
+    return tensors_digest({k: v.detach().cpu() for k, v in net.state_dict().items()}, how)
 
 
 def file_digest(path: Path) -> str:

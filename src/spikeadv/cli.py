@@ -128,6 +128,20 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"done in {time.perf_counter() - start:.0f} s: results {out / 'results.jsonl'}, report {report}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Adaptive evaluation: the suite's worst case per image, curves and gradient-masking checks."""
+    from .attack import evaluate, suite
+
+    chosen = suite.get(args.suite)
+    chosen = evaluate.custom_suite(chosen, args.pairs) if args.pairs else chosen
+    eps = evaluate.eps_values(_numbers(args.eps or ["8"], "--eps"))
+    if not args.path.exists():
+        raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
+    start = time.perf_counter()
+    written = evaluate.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root)
+    print(f"done in {time.perf_counter() - start:.0f} s: card {written[1]}, rows {written[2]}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """Tables and figures from a run directory's saved results alone."""
     from .report import write_report
@@ -139,6 +153,14 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_presets(args: argparse.Namespace) -> None:
     for name in [args.name] if args.name else list(PRESETS):
         print(json.dumps(as_dict(get_preset(name, args.overrides)), indent=2))
+
+
+def _numbers(parts: list[str], option: str) -> list[float]:
+    """Comma-separated numbers from repeated options, refused with one line if one is not a number."""
+    try:
+        return [float(v) for part in parts for v in part.split(",") if v.strip()]
+    except ValueError:
+        raise SpikeAdvError(f"{option} takes numbers, e.g. {option} 8,16, got {' '.join(parts)!r}") from None
 
 
 def _positive(text: str) -> int:
@@ -220,6 +242,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a run directory written by `spikeadv run`")
     p.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="adaptive robustness evaluation of a run's models or a checkpoint")
+    p.add_argument("path", type=Path, help="a run directory (its instance-0 models) or a model checkpoint")
+    p.add_argument("--suite", default="standard", help="quick, standard or full (default: standard)")
+    p.add_argument("--eps", action="append", default=None, metavar="EPS",
+                   help="eps in 1/255 units, comma-separated or repeated (default: 8)")
+    p.add_argument("--images", type=_positive, help="test images (default: the study's, or 500 for a checkpoint)")
+    p.add_argument("--pair", dest="pairs", action="append", default=[], metavar="ESTIMATOR/ATTACK[/STEPS]",
+                   help="replace the suite's ensemble by these pairs, e.g. bptt:surrogate=atan/apgd-ce/100 (repeatable)")
+    p.add_argument("--out", type=Path, help="card folder (default: RUN/evaluation/SUITE)")
+    p.add_argument("--root", type=Path, help="data directory")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("presets", help="show presets (with overrides applied)")
     p.add_argument("name", nargs="?", choices=list(PRESETS), help="one preset (default: all)")

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .errors import SpikeAdvError
 
-SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle")
+SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
 
 
 def surrogate_grad(u: Tensor, name: str, alpha: float, out: Tensor | None = None) -> Tensor:
@@ -32,6 +32,8 @@ def surrogate_grad(u: Tensor, name: str, alpha: float, out: Tensor | None = None
     - ``fast-sigmoid``: 1 / (1 + alpha |u|)^2 (Zenke & Ganguli).
     - ``atan``: (alpha / 2) / (1 + (pi alpha u / 2)^2) (Fang et al.).
     - ``triangle``: max(0, 1 - |u| / alpha) / alpha (Bellec et al., Esser et al.).
+    - ``rectangular``: alpha where |u| < 1 / (2 alpha), else 0 (Wu et al. 2018; unit area).
+    - ``sigmoid``: alpha sig(alpha u) (1 - sig(alpha u)), the derivative of sig(alpha u) (SpikingJelly).
     """
     if name not in SURROGATES:
         raise SpikeAdvError(f"unknown surrogate {name!r} (known: {', '.join(SURROGATES)})")
@@ -42,6 +44,10 @@ def surrogate_grad(u: Tensor, name: str, alpha: float, out: Tensor | None = None
         return torch.abs(u, out=out).mul_(alpha).add_(1).square_().reciprocal_()
     if name == "atan":
         return torch.mul(u, math.pi * alpha / 2, out=out).square_().add_(1).reciprocal_().mul_(alpha / 2)
+    if name == "rectangular":
+        return torch.abs(u, out=out).lt_(0.5 / alpha).mul_(alpha)
+    if name == "sigmoid":
+        return torch.mul(u, alpha, out=out).sigmoid_().mul_(torch.sub(1, out)).mul_(alpha)
     return torch.abs(u, out=out).div_(-alpha).add_(1).clamp_(min=0).div_(alpha)  # triangle
 
 
@@ -75,7 +81,9 @@ class Spiking:
     spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
     ``chunk``: timesteps folded into one batch per call (0 = as many as keep t * B <= arch.MAX_FOLD);
     ``v_init``: the membrane potential at t = 0 as a fraction of the threshold (0: the paper; 0.5 halves
-    the quantisation error of a converted SNN at small T, Bu et al. 2022).
+    the quantisation error of a converted SNN at small T, Bu et al. 2022); ``rate_mix``: the share of
+    the rate path in the backward pass (0: backpropagation through time; 1: through the rate relation
+    only, BPTR / RGA; between: a HART-style mix; the forward pass is the same for every value).
     """
 
     neuron: str = "if"
@@ -88,6 +96,7 @@ class Spiking:
     spike_after_pool: bool = True
     chunk: int = 0
     v_init: float = 0.0
+    rate_mix: float = 0.0
 
     def __post_init__(self) -> None:
         if self.neuron not in ("if", "lif"):
@@ -108,6 +117,8 @@ class Spiking:
             raise SpikeAdvError(f"unknown encoding {self.encoding!r} (known: poisson, direct)")
         if not 0 <= self.v_init < 1:
             raise SpikeAdvError(f"v_init (initial membrane / threshold) must be in [0, 1), got {self.v_init}")
+        if not 0 <= self.rate_mix <= 1:
+            raise SpikeAdvError(f"rate_mix (the rate path's share of the gradient) must be in [0, 1], got {self.rate_mix}")
 
 
 def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -141,6 +152,11 @@ class _SpikeTrain(torch.autograd.Function):
     and dL/dI_t = dL/dh_t, dL/dv_{t-1} = leak dL/dh_t: the chain rule of the step-by-step loop, term by
     term (reset and leak included). Nothing in it assumes s_t is 0/1, so with :func:`heaviside` swapped
     for a smooth step whose derivative is the surrogate it is that smooth network's exact gradient.
+
+    The rate path (``snn.rate_mix`` = w > 0; BPTR, Ding et al. 2022; RGA, Bu et al. 2023) treats the
+    layer as its rate relation r = f(mean_t I_t), with f' = 1 / V_th where the neuron fired in this chunk
+    of time and 0 elsewhere, and every s_t as r: dL/dI_t = f' sum_t' g_s_t' / T. The gradient passed
+    down is (1 - w) times the temporal one plus w times this (and (1 - w) dL/dv_0).
     """
 
     @staticmethod
@@ -155,6 +171,23 @@ class _SpikeTrain(torch.autograd.Function):
     def backward(ctx, grad_spikes: Tensor, grad_v: Tensor):  # type: ignore[override]
         u, threshold = ctx.saved_tensors
         snn: Spiking = ctx.snn
+        if snn.rate_mix == 0:
+            grad, grad_v0 = _SpikeTrain.temporal(u, threshold, snn, grad_spikes, grad_v)
+        else:
+            fired = (u >= 0).any(0)
+            rate = grad_spikes.to(u.dtype).mean(0).div_(threshold).mul_(fired).mul_(snn.rate_mix)
+            if snn.rate_mix == 1:
+                grad, grad_v0 = rate.expand_as(u), torch.zeros_like(u[0])
+            else:
+                grad, grad_v0 = _SpikeTrain.temporal(u, threshold, snn, grad_spikes, grad_v)
+                grad = grad.mul_(1 - snn.rate_mix).add_(rate)
+                grad_v0 = grad_v0.mul_(1 - snn.rate_mix)
+        return grad.to(ctx.dtype), grad_v0 if ctx.needs_input_grad[1] else None, None, None
+
+    @staticmethod
+    def temporal(u: Tensor, threshold: Tensor, snn: Spiking, grad_spikes: Tensor, grad_v: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+        """Backpropagation through time over the saved u_t: (dL/dI_t for every t, dL/dv_0)."""
         grad = torch.empty_like(u)  # dL/dI_t = dL/dh_t
         sg, g_v = torch.empty_like(u[0]), grad_v.to(u.dtype)
         leaked = torch.empty_like(sg) if snn.leak != 1 else None
@@ -167,8 +200,7 @@ class _SpikeTrain(torch.autograd.Function):
                 s = heaviside(u[t], torch.empty_like(sg))
                 g.sub_((u[t] + 1) * g_v).mul_(sg).add_(g_v * (1 - s))
             g_v = g if leaked is None else torch.mul(g, snn.leak, out=leaked)
-        grad_v0 = g_v.clone() if ctx.needs_input_grad[1] else None
-        return grad.to(ctx.dtype), grad_v0, None, None
+        return grad, g_v.clone()
 
 
 def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiking) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass
 
 from .arch import parse_spec
+from .attack import check
 from .data import DATASETS
 from .errors import SpikeAdvError
 from .neurons import Spiking
@@ -155,8 +156,6 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         _finite(self)
-        from .attacks import check
-
         for attack in self.attacks:
             check(attack, 8, self.steps)
         for eps in (*self.eps, *self.fig4_eps, *self.extra_eps):

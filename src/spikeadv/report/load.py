@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attacks import ITERATIVE
+from ..attack import ITERATIVE
 from ..errors import SpikeAdvError
 from ..outcomes import unpack
 

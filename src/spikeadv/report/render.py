@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import adaptive
 from .analysis import UNPAIRED, Conclusion, conclusions, perturbation_audit, sanity_checks
 from .figures import figure2, figure3, figure4, glossary, publish, save_figure
 from .load import (COLUMNS, FIG3_EPS, FIG4_STYLE, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, SCENARIO_TITLE, Run,
@@ -175,7 +176,26 @@ def conclusion_items(found: list[Conclusion], mark: str = "") -> list[str]:
     return items
 
 
-def _blocks(run: Run, found: list[Conclusion], notes: list[str]) -> list[Block]:
+def _adaptive(run: Run, card: dict | None) -> list[Block]:
+    """The section that re-judges the whitebox claims under the run's strongest adaptive evaluation."""
+    title = ("h", 2, "The whitebox claims under adaptive evaluation")
+    if card is None:
+        return [title, ("p", "Not evaluated: `spikeadv evaluate RUN_DIR` runs the adaptive suite (APGD, "
+                             "Square, several gradient estimators, worst case per image, gradient-masking checks) "
+                             "and this section then shows it.")]
+    return [
+        title,
+        ("p", f"`spikeadv evaluate`, suite `{card['suite']}` ({card['suite_doc']}), on {card['images']} test "
+              "images: per image the worst case over every (estimator, attack) pair, each pair run on the images "
+              "no earlier pair broke (accuracies in %). The paper's FGSM column is the study's whitebox cell "
+              "with the paper's gradient; the card (evaluation/" + card["suite"] + "/card.md) lists which pair "
+              "broke which images and every masking check."),
+        ("table", adaptive.table(run, card)),
+        ("items", adaptive.items(adaptive.rejudge(card))),
+    ]
+
+
+def _blocks(run: Run, found: list[Conclusion], notes: list[str], card: dict | None = None) -> list[Block]:
     checks, audit = sanity_checks(run), perturbation_audit(run)
     flagged = [a for a in audit if a.flagged]
     paired = ("Each verdict is a paired comparison over the attacked images: per image, the difference of "
@@ -228,6 +248,7 @@ def _blocks(run: Run, found: list[Conclusion], notes: list[str]) -> list[Block]:
         ("items", conclusion_items(found, SYNTHETIC_MARK if fake else "")),
         ("h", 3, "Every paired comparison (also in comparisons.csv, with each cell pair spelled out)"),
         ("table", (COMPARISON_COLUMNS, comparison_rows(found))),
+        *_adaptive(run, card),
     ]
 
 
@@ -271,7 +292,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         notes += fig_notes
         written += paths
         done(name)
-    blocks = _blocks(run, found, notes)
+    blocks = _blocks(run, found, notes, adaptive.load_card(Path(run_dir)))
     written.append(_write_text(out / "report.md", _md(blocks)))
     written.append(_write_text(out / "report.html", _html(blocks, images, blocks[0][2])))
     done("report")

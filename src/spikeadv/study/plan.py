@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .. import attacks
+from .. import attack as attacks
 from ..presets import Preset, StudyConfig
 
 KINDS = ("ann", "snn1", "snn2")

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import __version__, attacks, checkpoint, data, outcomes, sources
+from .. import __version__, checkpoint, data, outcomes
+from ..attack import attacks
+from ..attack import estimators as sources
 from ..arch import Network
 from ..errors import SpikeAdvError
 from ..neurons import Spiking

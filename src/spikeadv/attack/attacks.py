@@ -25,11 +25,9 @@ import numbers
 import torch
 from torch import Tensor
 
-from .errors import SpikeAdvError
-from .sources import Source
+from ..errors import SpikeAdvError
+from .estimators import Source
 
-ATTACKS = ("fgsm", "rfgsm", "ifgsm", "tifgsm", "pgd")
-ITERATIVE = ("ifgsm", "tifgsm", "pgd")  # the attacks that take a number of steps
 PIXEL_TOL = 1e-6  # float rounding tolerated at the edges of [0, 1]
 
 
@@ -52,6 +50,12 @@ def _labels(name: str, labels: Tensor, n: int) -> None:
         got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
         raise SpikeAdvError(f"{name} must hold one integer class per image (an integer tensor of shape ({n},)), "
                             f"got {got}")
+
+
+def count(name: str, value: int, what: str) -> None:
+    """Refuse anything but an int >= 1; ``what`` says what it counts."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SpikeAdvError(f"{name} must be an int >= 1 ({what}), got {value!r}")
 
 
 def check_images(x: Tensor) -> None:
@@ -81,8 +85,7 @@ def validate(
     _amount("eps", eps)
     if a is not None:
         _amount("a", a)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise SpikeAdvError(f"steps must be an int >= 1 (the number of gradient steps), got {steps!r}")
+    count("steps", steps, "the number of gradient steps")
     check_images(x)
     _labels("y", y, len(x))
     if target is not None:
@@ -92,6 +95,12 @@ def validate(
 def clip(x: Tensor, x0: Tensor, eps: float) -> Tensor:
     """Clip_{x0,eps}: into the L-inf ball of radius eps around x0 and into [0, 1]."""
     return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
+
+
+def random_start(x0: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    """A uniform random point of the eps-ball around x0 (drawn from ``generator``), clipped to [0, 1]."""
+    noise = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return clip(x0 + (2 * noise - 1) * eps, x0, eps)
 
 
 def iterate(
@@ -146,10 +155,7 @@ def pgd(
     validate(x, y, eps, steps, a=a)
     a = 2.5 * eps / steps if a is None else a
     x0 = source.base(x)
-    start = x0
-    if generator is not None:
-        noise = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        start = clip(x0 + (2 * noise - 1) * eps, x0, eps)
+    start = x0 if generator is None else random_start(x0, eps, generator)
     return iterate(source, x0, start, y, eps, a, steps, targeted=False)
 
 
@@ -165,12 +171,3 @@ def targets(y: Tensor, classes: int, mode: str, generator: torch.Generator, logi
         return logits.argmin(1)
     raise SpikeAdvError(f"unknown target mode {mode!r} (known: random, least-likely)")
 
-
-def check(attack: str, eps: float, steps: int) -> None:
-    """Validate an attack request (eps in 1/255 units) with one readable message."""
-    if attack not in ATTACKS:
-        raise SpikeAdvError(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
-    if not 0 <= eps <= 255:
-        raise SpikeAdvError(f"eps is in 1/255 units and must be in [0, 255], got {eps:g}")
-    if steps < 1:
-        raise SpikeAdvError(f"steps must be >= 1, got {steps}")

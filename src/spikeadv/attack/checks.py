@@ -1,0 +1,107 @@
+"""Gradient-masking checks of one model's evaluation (DESIGN section 8.6: Carlini et al. 2019; Athalye
+et al. 2018; Pintor et al. 2022; AutoAttack's checks).
+
+Each check reads the numbers of an evaluation card (:mod:`.evaluate`) and passes, fails ("gradient
+masking suspected", naming the model, the estimator and the numbers) or does not apply. Accuracies are
+fractions of n images; two accuracies differ beyond sampling error when they differ by more than
+``margin(p, q, n)``: 1.96 binomial standard errors of the difference (unpaired, so conservative for the
+paired measurements here), and never less than one image; Square's extra images are measured against
+the sampling error of the worst-case accuracy itself (``margin1``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+UNBOUNDED_MAX = 0.01  # an unbounded attack leaves at most 1% accuracy
+ZERO_GRADIENT_MAX = 0.1  # at most 10% of images with an input gradient that is exactly zero
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: ``passed`` True, False, or None when it does not apply (``detail`` says why)."""
+
+    name: str
+    model: str
+    estimator: str
+    passed: bool | None
+    detail: str
+
+    def line(self) -> str:
+        verdict = {True: "pass", False: "FAIL: gradient masking suspected", None: "n/a"}[self.passed]
+        return f"{self.name} [{self.model}, {self.estimator}]: {verdict}: {self.detail}"
+
+
+def margin(p: float, q: float, n: int) -> float:
+    """1.96 standard errors of p - q for two accuracies on n images each, at least 1 / n."""
+    return max(1.96 * math.sqrt((p * (1 - p) + q * (1 - q)) / n), 1 / n)
+
+
+def margin1(p: float, n: int) -> float:
+    """1.96 standard errors of one accuracy p on n images, at least 1 / n."""
+    return max(1.96 * math.sqrt(p * (1 - p) / n), 1 / n)
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def check_card(card: dict) -> list[Check]:
+    """Every check on one model's card: per estimator of its curves, then the model-wide ones."""
+    model, out = card["model"]["name"], []
+    eps = card["eval_eps"]
+    n_curve = card["curve_images"]
+    unbounded = {name: c["eps"][max(c["eps"], key=float)] for name, c in card["curves"].items()}
+    best = min(unbounded, key=unbounded.get)
+    top = max(float(e) for e in card["curves"][best]["eps"])
+    out.append(Check("unbounded attack succeeds", model, best, unbounded[best] <= UNBOUNDED_MAX,
+                     f"accuracy at eps {top:g}/255 (bar: <= {_pct(UNBOUNDED_MAX)} under the best estimator): "
+                     + ", ".join(f"{name} {_pct(acc)}" for name, acc in unbounded.items())))
+    for name, curve in card["curves"].items():
+        def add(check: str, passed: bool | None, detail: str, estimator: str = name) -> None:
+            out.append(Check(check, model, estimator, passed, detail))
+
+        steps = sorted(curve["steps"], key=int)
+        rises = [(a, b) for a, b in zip(steps, steps[1:])
+                 if curve["steps"][b] > curve["steps"][a] + margin(curve["steps"][a], curve["steps"][b], n_curve)]
+        add("more steps never help the model", not rises,
+            ", ".join(f"{s} steps {_pct(curve['steps'][s])}" for s in steps)
+            + (f" at eps {eps:g}/255" if not rises else f"; more steps raised accuracy at {rises}"))
+        one, most = curve["steps"][steps[0]], curve["steps"][steps[-1]]
+        add("iterative >= single-step", most <= one + margin(one, most, n_curve),
+            f"{steps[-1]} steps {_pct(most)} vs {steps[0]} step {_pct(one)}")
+        trace = curve["trace"]
+        add("attack loss rises over iterations", trace[-1] > trace[0],
+            f"mean best loss {trace[0]:.3f} after the first iteration, {trace[-1]:.3f} after {len(trace)}")
+        zero = curve["zero_gradient_images"]
+        add("input gradients are not zero", zero <= ZERO_GRADIENT_MAX,
+            f"{_pct(zero)} of images with an all-zero gradient, {_pct(curve['zero_gradient_entries'])} of entries")
+    for e, result in card["eps"].items():
+        n, worst = card["images"], result["worst_acc"]
+        square = [p for p in result["pairs"] if p["attack"] == "square"]
+        if square:
+            won = square[0]["won"] / n
+            out.append(Check("Square does not beat the gradient attacks", model, square[0]["estimator"],
+                             won <= margin1(worst, n),
+                             f"Square broke {square[0]['won']} of {n} images the gradient attacks left at eps "
+                             f"{float(e):g}/255 ({_pct(won)}; sampling error {_pct(margin1(worst, n))})"))
+        for source, acc in result.get("transfer", {}).items():
+            out.append(Check("whitebox >= transfer", model, f"from {source}", worst <= acc + margin(worst, acc, n),
+                             f"worst case {_pct(worst)} vs transfer {_pct(acc)} at eps {float(e):g}/255"))
+        if not result.get("transfer"):
+            out.append(Check("whitebox >= transfer", model, "-", None, "no transfer source (evaluate a run "
+                             "directory for its second instances)"))
+    eot = card.get("eot")
+    if eot:
+        (n1, a1), (n2, a2) = sorted(((int(k), v) for k, v in eot["acc"].items()))
+        out.append(Check("EOT converged", model, eot["estimator"], a2 >= a1 - margin(a1, a2, n_curve),
+                         f"{n1} draws {_pct(a1)}, {n2} draws {_pct(a2)}"))
+    else:
+        out.append(Check("EOT converged", model, "-", None, "no encoder randomness that spikeadv knows of (an ANN, "
+                         "direct input, or a wrapped model: give it ann:eot=n pairs)"))
+    return out
+
+
+def as_records(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]

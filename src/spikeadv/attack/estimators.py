@@ -1,0 +1,203 @@
+"""Gradient estimators: how grad_x J(x, y) is taken on a model (DESIGN sections 2 and 8, paper IV-D/E).
+
+An estimator builds a :class:`Source`, what an attack sees of a model: ``base(x)``, the image the attack
+starts from and stays within eps of, and ``value_and_grad(x, labels, loss)``, the per-image loss, its
+gradient and the logits it was taken on (J the cross-entropy unless an attack passes another loss).
+
+- ``ann``: exact backpropagation through the ANN (paper Algorithm 1, ANNAdv).
+- ``snnadv``: the paper's Algorithm 2 for SNN sources: X_rate = mean over T of the SNN's Poisson spike
+  train of x, attacked on the proxy ANN (the same weights in ANN mode, each layer scaled by its
+  threshold). ``snnadv`` (faithful) starts from X_rate, so the rate noise adds to eps; ``snnadv-clean``
+  starts from x and stays within eps of it (the ANN-activation proxy of later work).
+- ``bptt``: through the SNN's time dynamics with a surrogate derivative (any shape and sharpness:
+  ``bptt:surrogate=atan,alpha=2``) and the straight-through Poisson encoder.
+- ``bptr``: through the rate relation instead of the spike timing (BPTR, Ding et al. 2022; RGA, Bu et
+  al. 2023): d rate / d mean current = 1 / V_th where a neuron fired (:class:`..neurons.Spiking.rate_mix`).
+- ``hart``: a mix of the rate and temporal paths (after HART, Hao et al. 2024), ``mix`` the rate share.
+- option ``eot=n`` on any of them: the mean over n draws of the encoder's randomness (EOT).
+
+Estimators are named by a spec, ``name[:option=value,...]``, e.g. ``bptt:surrogate=sigmoid,alpha=8,eot=4``.
+
+Usage::
+
+    src = make("bptt:surrogate=atan", net, snn, seed=0)
+    x_adv = fgsm(src, x, y, eps=8 / 255)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..arch import Network
+from ..errors import SpikeAdvError
+from ..neurons import SURROGATES, Spiking, encode
+from .losses import Loss, cross_entropy
+
+class Step(NamedTuple):
+    """One evaluation of a source: per-image ``loss`` and ``logits`` (means over the draws) and the
+    ``grad`` of the summed loss with respect to x."""
+
+    loss: Tensor
+    grad: Tensor
+    logits: Tensor
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model as an attack sees it. ``logits`` classifies (for least-likely targets and score-based
+    attacks); the gradient of a loss of its logits is averaged over ``draws`` calls of ``logits`` (each
+    call of a stochastic model draws fresh input spikes); ``base`` is the image attacks start from."""
+
+    name: str
+    logits: Callable[[Tensor], Tensor]
+    base: Callable[[Tensor], Tensor] = field(default=lambda x: x)
+    draws: int = 1
+
+    def value_and_grad(self, x: Tensor, labels: Tensor, loss: Loss = cross_entropy) -> Step:
+        """The per-image ``loss(logits(x), labels)``, the gradient of its sum at ``x`` and the logits,
+        each averaged over ``draws`` encoder draws."""
+        x = x.detach().requires_grad_(True)
+        grad, losses, scores = torch.zeros_like(x), 0.0, 0.0
+        with torch.enable_grad():
+            for _ in range(self.draws):
+                logits = self.logits(x).float()
+                value = loss(logits, labels)
+                grad += torch.autograd.grad(value.sum(), x)[0]
+                losses, scores = losses + value.detach(), scores + logits.detach()
+        return Step(losses / self.draws, grad / self.draws, scores / self.draws)
+
+    def grad(self, x: Tensor, labels: Tensor, loss: Loss = cross_entropy) -> Tensor:
+        """d sum_i loss_i / dx (the summed cross-entropy by default), averaged over the draws."""
+        return self.value_and_grad(x, labels, loss).grad
+
+    @torch.no_grad()
+    def scores(self, x: Tensor) -> Tensor:
+        """The logits averaged over ``draws`` calls, without gradients (for score-based attacks)."""
+        return sum(self.logits(x).float() for _ in range(self.draws)) / self.draws
+
+
+def ann(net: Network) -> Source:
+    """Exact gradient of the ANN (paper eq. 1 as written)."""
+    return Source("ann", net)
+
+
+def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> Source:
+    """Paper Algorithm 2: the proxy ANN (``Network.proxy``) attacked from X_rate = sum_t X_t / T
+    (X_t the SNN's input frames: Poisson spikes, or the pixels themselves under direct encoding)."""
+    if base not in ("rate", "clean"):
+        raise SpikeAdvError(f"snnadv base must be rate or clean, got {base!r}")
+    if base == "clean":
+        return Source("snnadv-clean", lambda x: net.proxy(x, snn))
+    if snn.encoding == "direct":  # every input frame is the image itself: X_rate = x exactly
+        return Source("snnadv", lambda x: net.proxy(x, snn))
+    gen = torch.Generator().manual_seed(seed)
+
+    def rate(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return encode(x, snn.T, snn.encoding, gen.manual_seed(seed)).mean(0)
+
+    return Source("snnadv", lambda x: net.proxy(x, snn), rate)
+
+
+def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
+    """Backpropagation through time: surrogate derivative at each spike (``snn.surrogate``,
+    ``snn.alpha``; ``snn.rate_mix`` > 0 mixes in the rate path), straight-through encoder. Each call
+    draws fresh input spikes from one seeded generator, so a run is reproducible."""
+    gen = torch.Generator().manual_seed(seed)
+    return Source("bptt", lambda x: net(x, snn, gen))
+
+
+def eot(source: Source, n: int) -> Source:
+    """Expectation over transformation: the mean gradient over ``n`` calls (fresh encoder draws)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise SpikeAdvError(f"eot needs an int n >= 1 of encoder draws, got {n!r}")
+    return dataclasses.replace(source, name=f"eot{n}-{source.name}", draws=n)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: the model ``kinds`` it applies to (``ann`` or ``snn``), its options
+    with defaults, and how it builds a :class:`Source` from (net, snn, seed, options)."""
+
+    name: str
+    kinds: tuple[str, ...]
+    options: dict
+    build: Callable[..., Source]
+    doc: str
+
+
+def _spiking(snn: Spiking, surrogate: str | None, alpha: float | None, mix: float) -> Spiking:
+    """The SNN as the deployed model, with the backward pass of an estimator (forward unchanged)."""
+    return dataclasses.replace(snn, surrogate=surrogate or snn.surrogate, alpha=alpha or snn.alpha, rate_mix=mix)
+
+
+ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
+    Estimator("ann", ("ann",), {}, lambda net, snn, seed: ann(net), "exact gradient of the ANN"),
+    Estimator("snnadv", ("snn",), {}, lambda net, snn, seed: snnadv(net, snn, seed=seed),
+              "paper Algorithm 2: proxy ANN from the rate image"),
+    Estimator("snnadv-clean", ("snn",), {}, lambda net, snn, seed: snnadv(net, snn, seed=seed, base="clean"),
+              "proxy ANN (ANN activations) from the clean image"),
+    Estimator("bptt", ("snn",), {"surrogate": None, "alpha": None},
+              lambda net, snn, seed, surrogate, alpha: bptt(net, _spiking(snn, surrogate, alpha, 0.0), seed=seed),
+              "through time with a surrogate derivative (default: the model's own)"),
+    Estimator("bptr", ("snn",), {}, lambda net, snn, seed: bptt(net, _spiking(snn, None, None, 1.0), seed=seed),
+              "through the rate relation (BPTR / RGA)"),
+    Estimator("hart", ("snn",), {"mix": 0.5, "surrogate": None, "alpha": None},
+              lambda net, snn, seed, mix, surrogate, alpha: bptt(net, _spiking(snn, surrogate, alpha, mix), seed=seed),
+              "rate and temporal paths mixed (HART-style), mix = rate share"),
+)}
+
+
+def parse(spec: str) -> tuple[str, dict]:
+    """``name[:option=value,...]`` -> (name, options with defaults filled in, ``eot`` included); an
+    unknown name, option or value is refused with one line that lists what is known."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in ESTIMATORS:
+        raise SpikeAdvError(f"unknown gradient estimator {name!r} (known: {', '.join(ESTIMATORS)})")
+    known = {**ESTIMATORS[name].options, "eot": 1}
+    options = dict(known)
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in known:
+            raise SpikeAdvError(f"estimator {spec!r}: {item!r} is not one of "
+                                f"{', '.join(f'{k}=...' for k in known)}")
+        try:
+            options[key] = (value if key == "surrogate" else int(value) if key == "eot" else float(value))
+        except ValueError:
+            raise SpikeAdvError(f"estimator {spec!r}: {key} must be a number, got {value!r}") from None
+    if options.get("surrogate") not in (None, *SURROGATES):
+        raise SpikeAdvError(f"estimator {spec!r}: unknown surrogate {options['surrogate']!r} "
+                            f"(known: {', '.join(SURROGATES)})")
+    if options.get("alpha") is not None and not options["alpha"] > 0:
+        raise SpikeAdvError(f"estimator {spec!r}: alpha (surrogate sharpness) must be > 0")
+    if not 0 <= options.get("mix", 0) <= 1:
+        raise SpikeAdvError(f"estimator {spec!r}: mix (the rate share) must be in [0, 1]")
+    if options["eot"] < 1:
+        raise SpikeAdvError(f"estimator {spec!r}: eot must be an int >= 1 of encoder draws")
+    return name, options
+
+
+def applies(spec: str, snn: Spiking | None) -> bool:
+    """Whether estimator ``spec`` applies to a model (an ANN when ``snn`` is None, else an SNN)."""
+    return ("ann" if snn is None else "snn") in ESTIMATORS[parse(spec)[0]].kinds
+
+
+def make(spec: str, net: Network, snn: Spiking | None, *, seed: int = 0, eot_n: int = 1) -> Source:
+    """A source by estimator spec (:func:`parse`): ``ann`` for ANNs; ``snnadv``, ``snnadv-clean``,
+    ``bptt``, ``bptr`` or ``hart`` for SNNs; ``eot_n`` > 1 (or option ``eot``) averages over encoder
+    draws."""
+    name, options = parse(spec)
+    if not applies(spec, snn):
+        kind = "an ANN" if snn is None else "an SNN"
+        raise SpikeAdvError(f"gradient estimator {name!r} does not apply to {kind} "
+                            f"(it applies to: {', '.join(ESTIMATORS[name].kinds)})")
+    draws = max(eot_n, options.pop("eot"))
+    source = dataclasses.replace(ESTIMATORS[name].build(net, snn, seed, **options), name=spec.strip())
+    return source if draws == 1 else eot(source, draws)

@@ -1,0 +1,114 @@
+"""Every attack an evaluation can name (DESIGN sections 2 and 8), under one signature:
+
+    attack.run(source, x, y, eps, *, steps, generator, target=None) -> x_adv
+
+eps in pixel units, ``steps`` the iterations (the queries per image for Square), ``generator`` the only
+randomness (random starts, random targets, squares), ``target`` one class per image for a targeted
+attack (:attr:`Attack.targeted`); an untargeted one refuses a target.
+
+Usage::
+
+    x_adv = get("apgd-ce").run(source, x, y, 8 / 255, steps=100, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import SpikeAdvError
+from . import attacks
+from .apgd import apgd, apgd_t
+from .estimators import Source
+from .square import square
+
+Run = Callable[..., Tensor]  # (source, x, y, eps, *, steps, generator, target=None) -> x_adv
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A named attack: ``run`` with the registry's signature, its default ``steps``, whether it needs
+    the source's gradient (``gradient``; Square only queries scores) and whether it aims at a given
+    target class (``targeted``)."""
+
+    name: str
+    run: Run
+    steps: int
+    gradient: bool
+    targeted: bool
+    doc: str
+
+
+def _generator(name: str, generator: torch.Generator | None) -> torch.Generator:
+    if generator is None:
+        raise SpikeAdvError(f"{name} draws random numbers: pass a seeded torch.Generator")
+    return generator
+
+
+def _one_step(name: str, steps: int) -> None:
+    if steps != 1:
+        raise SpikeAdvError(f"{name} is a single-step attack: pass steps=1, got {steps!r}")
+
+
+def _fgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None) -> Tensor:
+    _one_step("fgsm", steps)
+    return attacks.fgsm(source, x, y, eps)
+
+
+def _rfgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None) -> Tensor:
+    _one_step("rfgsm", steps)
+    return attacks.rfgsm(source, x, y, eps, _generator("rfgsm", generator))
+
+
+def _tifgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None,
+            target: Tensor | None) -> Tensor:
+    """Targeted I-FGSM; without ``target``, a random class other than y per image (paper II-C)."""
+    attacks.validate(x, y, eps, steps, target=target)
+    if target is None:
+        target = attacks.targets(y, source.scores(x[:1]).shape[1], "random", _generator("tifgsm", generator))
+    return attacks.ifgsm(source, x, y, eps, steps, target=target)
+
+
+_ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
+    ("fgsm", _fgsm, 1, False, "FGSM (paper eq. 1): one signed-gradient step of eps"),
+    ("rfgsm", _rfgsm, 1, False, "R-FGSM (paper eqs. 2-3): a random step of eps/2, then a gradient step of eps/2"),
+    ("ifgsm", lambda s, x, y, eps, steps, gen: attacks.ifgsm(s, x, y, eps, steps), 7, False,
+     "I-FGSM (paper eqs. 4-5): steps of eps/steps"),
+    ("tifgsm", _tifgsm, 7, True, "targeted I-FGSM (paper eq. 6), random targets unless given"),
+    ("pgd", lambda s, x, y, eps, steps, gen: attacks.pgd(s, x, y, eps, steps, generator=gen), 100, False,
+     "PGD (Madry et al.): uniform random start from the generator, steps of 2.5 eps/steps"),
+    ("apgd-ce", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="ce", generator=gen), 100, False,
+     "APGD on the cross-entropy (Croce & Hein 2020), random start from the generator"),
+    ("apgd-dlr", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="dlr", generator=gen), 100, False,
+     "APGD on the DLR loss (Croce & Hein 2020), random start from the generator"),
+    ("apgd-t", lambda s, x, y, eps, steps, gen: apgd_t(s, x, y, eps, steps, generator=gen), 100, False,
+     "APGD-T (AutoAttack): targeted DLR towards the 3 top other classes in turn, success = misclassified"),
+    ("square", lambda s, x, y, eps, steps, gen: square(s, x, y, eps, steps, generator=_generator("square", gen)),
+     1000, False, "Square Attack (Andriushchenko et al. 2020): random search on the margin, steps = queries"),
+)
+
+
+def _attack(name: str, fn: Callable[..., Tensor], steps: int, targeted: bool, doc: str) -> Attack:
+    def run(source: Source, x: Tensor, y: Tensor, eps: float, *, steps: int, generator: torch.Generator | None,
+            target: Tensor | None = None) -> Tensor:
+        if targeted:
+            return fn(source, x, y, eps, steps, generator, target)
+        if target is not None:
+            targeted_ones = ", ".join(a.name for a in ATTACKS.values() if a.targeted)
+            raise SpikeAdvError(f"{name} is not a targeted attack: pass no target (targeted: {targeted_ones})")
+        return fn(source, x, y, eps, steps, generator)
+
+    return Attack(name, run, steps, gradient=name != "square", targeted=targeted, doc=doc)
+
+
+ATTACKS: dict[str, Attack] = {name: _attack(name, *rest) for name, *rest in _ENTRIES}
+
+
+def get(name: str) -> Attack:
+    """The attack called ``name``; an unknown name is refused with the list of known ones."""
+    if name not in ATTACKS:
+        raise SpikeAdvError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
+    return ATTACKS[name]

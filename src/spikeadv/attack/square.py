@@ -1,0 +1,71 @@
+"""Square Attack, L-inf (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box
+adversarial attack via random search", Algorithm 1 and sec. 3.1): random search on the margin loss
+(:func:`.losses.margin`) of the source's scores, no gradient, so it also attacks a model whose gradient
+is masked or does not exist.
+
+Start: vertical stripes, every column of every channel at x0 +- eps (x0 = ``source.base(x)``). Step i:
+a square of side s = round(sqrt(p_i H W)) (at least 1, at most H - 1) at a uniformly drawn position is set
+to x0 +- eps, one sign per channel; the new point is kept if it raises the margin. p_i = p_init halved at
+iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000, rescaled to the query budget.
+An image stops once the source misclassifies it (margin > 0); each forward of an image is one query.
+
+Usage::
+
+    x_adv = square(sources.ann(net), x, y, eps=8 / 255, queries=1000, generator=gen)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import torch
+from torch import Tensor
+
+from ..errors import SpikeAdvError
+from .attacks import clip, count, validate
+from .estimators import Source
+from .losses import margin
+
+HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10,000 iterations
+
+
+def fraction(i: int, queries: int, p_init: float) -> float:
+    """p_i: the share of the image the square covers at iteration i (paper sec. 3.1, rescaled)."""
+    return p_init / 2 ** bisect.bisect_left(HALVINGS, int(i / queries * 10000))
+
+
+def _signs(shape: tuple[int, ...], x: Tensor, generator: torch.Generator) -> Tensor:
+    """Random signs +-1 of ``shape`` (like x), drawn from ``generator``."""
+    return torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+
+
+def square(source: Source, x: Tensor, y: Tensor, eps: float, queries: int = 1000, *,
+           generator: torch.Generator, p_init: float = 0.8) -> Tensor:
+    """Square Attack with at most ``queries`` forwards per image (the stripes included); returns the
+    first misclassified point of each image, else its highest-margin point."""
+    validate(x, y, eps)
+    count("queries", queries, "forwards per image")
+    if not isinstance(generator, torch.Generator):
+        raise SpikeAdvError("the Square Attack draws its squares at random: pass a torch.Generator")
+    if not 0 < p_init <= 1:
+        raise SpikeAdvError(f"p_init is the share of the image a square covers at first: in (0, 1], got {p_init!r}")
+    x0 = source.base(x)
+    n, c, h, w = x0.shape
+    best = clip(x0 + eps * _signs((n, c, 1, w), x0, generator), x0, eps)
+    loss = margin(source.scores(best), y)
+    rows, cols = torch.arange(h, device=x0.device)[:, None], torch.arange(w, device=x0.device)
+    for i in range(queries - 1):
+        todo = torch.nonzero(loss <= 0).flatten()
+        if len(todo) == 0:
+            break
+        s = max(min(round(math.sqrt(fraction(i, queries, p_init) * h * w)), min(h, w) - 1), 1)
+        top, left = (torch.randint(0, size - s, (len(todo), 1, 1, 1), generator=generator, device=x0.device)
+                     for size in (h, w))  # the corner in [0, H - s) as in the authors' code
+        inside = (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
+        window = clip(x0[todo] + eps * _signs((len(todo), c, 1, 1), x0, generator), x0[todo], eps)
+        candidate = torch.where(inside, window, best[todo])
+        new = margin(source.scores(candidate), y[todo])
+        better = new > loss[todo]
+        best[todo[better]], loss[todo[better]] = candidate[better], new[better]
+    return best
