@@ -254,7 +254,7 @@ def test_apgd_best_loss_rises_and_beats_pgd(trained):
     src = sources.ann(net)
     trace = []
     adv = apgd(src, x, y, EPS, 50, generator=gen(), trace=trace)
-    assert len(trace) == 50
+    assert 0 < len(trace) <= 50  # a run stops once every image is fooled
     assert all(b >= a for a, b in zip(trace, trace[1:])) and trace[-1] > trace[0]
     ce = lambda z: F.cross_entropy(net(z), y, reduction="none").mean().item()  # noqa: E731
     with torch.no_grad():

@@ -244,3 +244,30 @@ def test_a_foreign_snn_is_evaluated_through_a_time_loop(tmp_path):
     assert e["worst_acc"] <= e["single"]["acc"] < e["clean_acc"]
     assert {c["name"] for c in result["checks"]} >= {"unbounded attack succeeds", "input gradients are not zero"}
     assert (tmp_path / "card" / "card.json").exists() and (tmp_path / "card" / "model0.png").exists()
+
+
+def test_apgd_on_a_stochastic_source_returns_the_highest_loss_point(reference):
+    # one draw's misclassification is no evidence on a Poisson model: APGD keeps climbing the loss
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from spikeadv.attack.apgd import apgd
+
+    ann, x, y = _ann_and_images(reference, 32)
+    exact = estimators.ann(ann.net)
+    noisy = dataclasses.replace(exact, stochastic=True)
+    eps = 4 / 255
+    first = apgd(exact, x, y, eps, 20, generator=torch.Generator().manual_seed(0))
+    highest = apgd(noisy, x, y, eps, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ce = lambda v: F.cross_entropy(ann.net(v), y, reduction="none")  # noqa: E731
+        fooled = ann.net(first).argmax(1) != y
+        assert fooled.any() and (ce(highest) >= ce(first) - 1e-4).all()
+        assert (ce(highest)[fooled] > ce(first)[fooled] + 1e-4).any()  # it went on past the first hit
+    assert estimators.make("bptt", *_snn2(reference)).stochastic and not estimators.make("snnadv-clean", *_snn2(reference)).stochastic
+
+
+def _snn2(reference):
+    snn2 = Model.from_run(reference, "snn2")
+    return snn2.net, snn2.snn

@@ -56,7 +56,8 @@ def check_card(card: dict) -> list[Check]:
     best = min(unbounded, key=unbounded.get)
     top = max(float(e) for e in card["curves"][best]["eps"])
     out.append(Check("unbounded attack succeeds", model, best, unbounded[best] <= UNBOUNDED_MAX,
-                     f"accuracy at eps {top:g}/255 (bar: <= {_pct(UNBOUNDED_MAX)} under the best estimator): "
+                     f"accuracy at eps {top:g}/255, APGD-CE {max(card['curves'][best]['steps'], key=int)} steps "
+                     f"(bar: <= {_pct(UNBOUNDED_MAX)} under the best estimator): "
                      + ", ".join(f"{name} {_pct(acc)}" for name, acc in unbounded.items())))
     for name, curve in card["curves"].items():
         def add(check: str, passed: bool | None, detail: str, estimator: str = name) -> None:

@@ -53,12 +53,14 @@ class Step(NamedTuple):
 class Source:
     """A model as an attack sees it. ``logits`` classifies (for least-likely targets and score-based
     attacks); the gradient of a loss of its logits is averaged over ``draws`` calls of ``logits`` (each
-    call of a stochastic model draws fresh input spikes); ``base`` is the image attacks start from."""
+    call of a ``stochastic`` model, one with Poisson input, draws fresh input spikes); ``base`` is the
+    image attacks start from."""
 
     name: str
     logits: Callable[[Tensor], Tensor]
     base: Callable[[Tensor], Tensor] = field(default=lambda x: x)
     draws: int = 1
+    stochastic: bool = False
 
     def value_and_grad(self, x: Tensor, labels: Tensor, loss: Loss = cross_entropy) -> Step:
         """The per-image ``loss(logits(x), labels)``, the gradient of its sum at ``x`` and the logits,
@@ -84,8 +86,9 @@ class Source:
 
 
 def ann(net: Network) -> Source:
-    """Exact gradient of the ANN (paper eq. 1 as written)."""
-    return Source("ann", net)
+    """Exact gradient of the ANN (paper eq. 1 as written), or of any classifier of images; one that
+    says it is ``stochastic`` (:class:`.external.TimeLoop` on Poisson input) is treated as such."""
+    return Source("ann", net, stochastic=getattr(net, "stochastic", False))
 
 
 def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> Source:
@@ -111,7 +114,7 @@ def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
     ``snn.alpha``; ``snn.rate_mix`` > 0 mixes in the rate path), straight-through encoder. Each call
     draws fresh input spikes from one seeded generator, so a run is reproducible."""
     gen = torch.Generator().manual_seed(seed)
-    return Source("bptt", lambda x: net(x, snn, gen))
+    return Source("bptt", lambda x: net(x, snn, gen), stochastic=snn.encoding == "poisson")
 
 
 def eot(source: Source, n: int) -> Source:

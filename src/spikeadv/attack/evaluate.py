@@ -28,6 +28,9 @@ from . import apgd, checks, estimators, registry
 from .suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
 
 
+REVISION = 2  # of the attacks' semantics within a version: a change invalidates every cached unit
+
+
 @dataclass(frozen=True)
 class Setting:
     """What an evaluation runs: the suite, eps values (1/255 units), the seed of every draw, the batch
@@ -59,7 +62,8 @@ class Evaluation:
     def _unit(self, name: str, recipe: dict, compute: Callable[[], dict]) -> dict:
         """A cached unit: its record if one with this recipe exists, else computed and written."""
         recipe = {**recipe, "images": len(self.y), "labels": self.labels, "seed": self.setting.seed,
-                  "bf16": self.setting.bf16, "batch": self.setting.batch_size, "version": __version__}
+                  "bf16": self.setting.bf16, "batch": self.setting.batch_size, "version": __version__,
+                  "revision": REVISION}
         path = None if self.folder is None else self.folder / "cells" / f"{name}-{digest(recipe)}.json"
         saved = None if path is None else cached_record(path, recipe, self.log)
         if saved is None:
@@ -94,9 +98,13 @@ class Evaluation:
 
         def compute() -> dict:
             with self._bar(len(self.y) * sum(p.steps for p in pairs), f"{model.name} eps {eps:g}") as bar:
+                def progress(done: int, left: int) -> None:  # the total shrinks as images are broken
+                    bar.total = bar.n + done + left
+                    bar.update(done)
+
                 result = worst_case(pairs, self.x, self.y, lambda v: self.predict(model, v),
                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, b),
-                                    self.setting.batch_size, self.setting.suite.prune, bar.update)
+                                    self.setting.batch_size, self.setting.suite.prune, progress)
             delta = (result.adv - self.x).flatten(1)
             broken = result.winner >= 0
             stats = [{**asdict(p), "name": p.name, "ran": r, "fooled": f, "won": w, "seconds": s}
@@ -113,17 +121,20 @@ class Evaluation:
                                                         "prune": self.setting.suite.prune}, compute)
 
     def curves(self, model: Model, estimator: str) -> dict:
-        """Accuracy vs eps and vs steps (APGD-CE) on the first ``curve_images`` images, the loss trace of
-        the longest run and the share of exactly-zero input gradients at the clean images."""
+        """Accuracy vs eps and vs steps (APGD-CE) on the first ``curve_images`` images (the unbounded eps
+        with the most steps), the loss trace of the longest run and the share of exactly-zero input
+        gradients at the clean images."""
         suite, eps = self.setting.suite, self.setting.eps[0]
         x, y = self.x[:suite.curve_images], self.y[:suite.curve_images]
-        points = {(e, suite.curve_steps) for e in suite.eps_curve} | {(eps, s) for s in suite.steps_curve}
+        longest, unbounded = max(suite.steps_curve), max(suite.eps_curve)
+        on_eps = {e: longest if e == unbounded else suite.curve_steps for e in suite.eps_curve}
+        points = set(on_eps.items()) | {(eps, s) for s in suite.steps_curve}
 
         def compute() -> dict:
             acc, trace = {}, []
             with self._bar(len(y) * sum(s for _, s in points), f"{model.name} curves {estimator}") as bar:
                 for e, steps in sorted(points):
-                    keep = [] if (e, steps) == (eps, max(suite.steps_curve)) else None
+                    keep = [] if (e, steps) == (eps, longest) else None
                     adv = self.attack(model, Pair(estimator, "apgd-ce", steps), x, y, e, "curve", keep)
                     acc[(e, steps)] = (self.predict(model, adv) == y).float().mean().item()
                     trace = keep if keep is not None else trace
@@ -131,7 +142,7 @@ class Evaluation:
             source = estimators.make(estimator, model.net, model.snn, seed=seed_of(self.setting.seed, "zero"))
             with autocast(self.setting.bf16):
                 grad = source.grad(x, y).flatten(1)
-            return {"eps": {f"{e:g}": acc[(e, suite.curve_steps)] for e in suite.eps_curve},
+            return {"eps": {f"{e:g}": acc[(e, steps)] for e, steps in on_eps.items()},
                     "steps": {str(s): acc[(eps, s)] for s in suite.steps_curve}, "trace": trace,
                     "zero_gradient_images": (grad == 0).all(1).float().mean().item(),
                     "zero_gradient_entries": (grad == 0).float().mean().item()}
@@ -139,7 +150,8 @@ class Evaluation:
         return self._unit(f"{model.name}-curves", {"unit": "curves", "model": model.sha256, "estimator": estimator,
                                                    "eps": eps, "eps_curve": list(suite.eps_curve),
                                                    "steps_curve": list(suite.steps_curve),
-                                                   "curve_steps": suite.curve_steps}, compute)
+                                                   "curve_steps": suite.curve_steps, "unbounded_steps": longest},
+                          compute)
 
     def eot(self, model: Model) -> dict | None:
         """EOT convergence: APGD-CE through BPTT averaged over n and 2n encoder draws (Poisson input only)."""

@@ -46,6 +46,11 @@ class TimeLoop(nn.Module):
         self.generator: torch.Generator | None = None
         self.seed = seed
 
+    @property
+    def stochastic(self) -> bool:
+        """Poisson input: each call draws fresh spikes (attacks then trust no single draw)."""
+        return self.encoding == "poisson"
+
     def forward(self, x: Tensor) -> Tensor:
         if self.generator is None or self.generator.device != x.device:
             self.generator = torch.Generator(device=x.device).manual_seed(self.seed)

@@ -48,8 +48,8 @@ def _pairs(*items: tuple[str, str, int]) -> tuple[Pair, ...]:
 @dataclass(frozen=True)
 class Suite:
     """Pairs for ANNs, for SNNs and (appended for SNNs with Poisson input) for stochastic models; the
-    curves of accuracy vs eps (``eps_curve`` in 1/255 units, 255 = unbounded, APGD-CE with
-    ``curve_steps``) and vs steps (``steps_curve`` at the evaluated eps) on ``curve_images`` images for the
+    curves of accuracy vs eps (``eps_curve`` in 1/255 units, APGD-CE with ``curve_steps``; its
+    largest, 255 = unbounded, with the most steps of ``steps_curve``) and vs steps (``steps_curve`` at the evaluated eps) on ``curve_images`` images for the
     ``curve_estimators`` first distinct estimators of a model; ``eot_draws`` (n, 2n) for EOT convergence."""
 
     name: str
@@ -154,11 +154,13 @@ Attacker = Callable[[Pair, Tensor, Tensor, int], Tensor]  # (pair, x, y, batch i
 
 
 def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, predict: Predict, attack: Attacker,
-               batch_size: int, prune: bool = True, progress: Callable[[int], None] = lambda n: None) -> Ensemble:
+               batch_size: int, prune: bool = True, progress: Callable[[int, int], None] = lambda n, left: None
+               ) -> Ensemble:
     """Run ``pairs`` in order in batches, keeping per image the first adversarial image that the deployed
     model misclassifies and the pair that found it. ``prune`` (AutoAttack's protocol): each pair runs only
     on the images no earlier pair broke; without, every pair runs on every clean-correct image, so each
-    pair's own accuracy is known too (``fooled``)."""
+    pair's own accuracy is known too (``fooled``). ``progress(done, left)`` after each batch: the
+    image-steps just done and those still planned (fewer as pruning removes broken images)."""
     winner = torch.where(predict(x) == y, ROBUST, WRONG_CLEAN)
     result = Ensemble(x.clone(), winner)
     for i, pair in enumerate(pairs):
@@ -173,7 +175,9 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, predict: Predict, 
             result.adv[idx[first]] = adv[first]
             result.winner[idx[first]] = i
             fooled, won = fooled + int(broken.sum()), won + int(first.sum())
-            progress(len(idx) * pair.steps)
+            later = int((result.winner == ROBUST if prune else result.winner != WRONG_CLEAN).sum())
+            progress(len(idx) * pair.steps, (len(todo) - lo - len(idx)) * pair.steps
+                     + later * sum(p.steps for p in pairs[i + 1:]))
         result.ran.append(len(todo))
         result.fooled.append(fooled)
         result.won.append(won)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__, checkpoint, data, outcomes
-from ..attack import attacks
+from ..attack import attacks, registry
 from ..attack import estimators as sources
 from ..arch import Network
 from ..errors import SpikeAdvError
@@ -163,22 +163,15 @@ def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: Stu
         source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot if model.snn else 1)
         gen = torch.Generator().manual_seed(seed)
         xb, yb, eps = x[part], y[part], job.eps / 255
+        attack, aim = registry.get(job.attack), None
         with autocast(study.bf16):
-            if job.attack == "fgsm":
-                adv = attacks.fgsm(source, xb, yb, eps)
-            elif job.attack == "rfgsm":
-                adv = attacks.rfgsm(source, xb, yb, eps, gen)
-            elif job.attack == "pgd":
-                adv = attacks.pgd(source, xb, yb, eps, job.steps, generator=gen)
-            elif job.attack == "ifgsm":
-                adv = attacks.ifgsm(source, xb, yb, eps, job.steps)
-            else:
+            if attack.targeted:
                 aim = goal[part]
                 if study.target == "least-likely":
                     with torch.no_grad():
                         aim = attacks.targets(yb, model.net.classes, study.target, gen, source.logits(xb))
-                adv = attacks.ifgsm(source, xb, yb, eps, job.steps, target=aim)
                 aims.append(aim)
+            adv = attack.run(source, xb, yb, eps, steps=job.steps, generator=gen, target=aim)
         out.append(adv.float())
     return torch.cat(out), torch.cat(aims) if aims else None
 
