@@ -271,3 +271,21 @@ def test_apgd_on_a_stochastic_source_returns_the_highest_loss_point(reference):
 def _snn2(reference):
     snn2 = Model.from_run(reference, "snn2")
     return snn2.net, snn2.snn
+
+
+def test_every_image_gives_each_pair_its_own_accuracy(reference, tmp_path):
+    ann = json.loads((reference / "run.json").read_text())["models"][0]
+    out = tmp_path / "card"
+    args = ["evaluate", str(reference / ann["path"]), "--images", "32", "--eps", "4", "--out", str(out),
+            "--pair", "ann/fgsm", "--pair", "ann/apgd-ce/10"]
+    assert cli.main([*args, "--every-image"]) == 0
+    e = json.loads((out / "card.json").read_text())["cards"][0]["eps"]["4"]
+    clean = round(e["clean_acc"] * 32)
+    assert [p["ran"] for p in e["pairs"]] == [clean, clean]
+    alone = {p["name"]: (clean - p["fooled"]) / 32 for p in e["pairs"]}
+    assert e["best_single"] == {"pair": min(alone, key=alone.get), "acc": min(alone.values())}
+    assert e["worst_acc"] <= e["best_single"]["acc"] < e["clean_acc"]
+    assert e["pairs"][1]["fooled"] >= e["pairs"][1]["won"]
+    assert cli.main(args) == 0  # pruned: the second pair only on what the first left
+    e = json.loads((out / "card.json").read_text())["cards"][0]["eps"]["4"]
+    assert e["pairs"][1]["ran"] == clean - e["pairs"][0]["won"] and e["best_single"]["pair"] == "fgsm-1@ann"

@@ -4,6 +4,7 @@ error (DESIGN section 5: commands only, no logic)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -134,6 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     chosen = suite.get(args.suite)
     chosen = evaluate.custom_suite(chosen, args.pairs) if args.pairs else chosen
+    chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
     eps = evaluate.eps_values(_numbers(args.eps or ["8"], "--eps"))
     if not args.path.exists():
         raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
@@ -251,6 +253,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive, help="test images (default: the study's, or 500 for a checkpoint)")
     p.add_argument("--pair", dest="pairs", action="append", default=[], metavar="ESTIMATOR/ATTACK[/STEPS]",
                    help="replace the suite's ensemble by these pairs, e.g. bptt:surrogate=atan/apgd-ce/100 (repeatable)")
+    p.add_argument("--every-image", action="store_true",
+                   help="run every pair on every image (each pair's own accuracy known; slower) instead of "
+                        "only on the images earlier pairs left")
     p.add_argument("--out", type=Path, help="card folder (default: RUN/evaluation/SUITE)")
     p.add_argument("--root", type=Path, help="data directory")
     p.set_defaults(func=cmd_evaluate)

@@ -49,18 +49,18 @@ def markdown(cards: list[dict], meta: dict) -> str:
              "before normalisation and before the encoder; the model judged as deployed (its T, encoder, reset), "
              f"on {meta['images']} test images, seed {meta['seed']}; eps in 1/255 units. "
              f"spikeadv {meta['versions']['spikeadv']}, torch {meta['versions']['torch']}, device {meta['device']}.", "",
-             "| model | runs as | eps | clean | first attack alone | worst case | pair that won most images |",
+             "| model | runs as | eps | clean | best single pair run on every image | worst case | pair that won most images |",
              "|---|---|---|---|---|---|---|"]
     for card in cards:
         m = card["model"]
         runs = "ANN" if "neuron" not in m else f"{m['neuron'].upper()}, T={m['T']}, {m['encoding']} input"
         for eps, e in card["eps"].items():
             best = max(e["pairs"], key=lambda p: p["won"])
-            lines.append(f"| {m['name']} | {runs} | {eps} | {_pct(e['clean_acc'])}% | {e['single']['pair']}: "
-                         f"{_pct(e['single']['acc'])}% | **{_pct(e['worst_acc'])}%** | {best['name']} ({best['won']}) |")
+            lines.append(f"| {m['name']} | {runs} | {eps} | {_pct(e['clean_acc'])}% | {e['best_single']['pair']}: "
+                         f"{_pct(e['best_single']['acc'])}% | **{_pct(e['worst_acc'])}%** | {best['name']} ({best['won']}) |")
     for card in cards:
         m = card["model"]
-        lines += ["", f"## {m['name']} ({m['path']})", "", "Pairs in order (images each ran on, broke, broke first):", ""]
+        lines += ["", f"## {m['name']} ({m['file']})", "", "Pairs in order (images each ran on, broke, broke first):", ""]
         for eps, e in card["eps"].items():
             lines.append(f"- eps {eps}: " + "; ".join(
                 f"{p['name']} {p['fooled']}/{p['ran']} ({p['won']} first, {p['seconds']:.0f} s)" for p in e["pairs"]))

@@ -214,7 +214,7 @@ class Evaluation:
             }
         curves = {e: self.curves(model, e) for e in suite.curve_sources(model.snn)}
         card = {
-            "model": {"name": model.name, "kind": model.kind, "path": str(model.path), "sha256": model.sha256,
+            "model": {"name": model.name, "kind": model.kind, "file": model.path.name, "sha256": model.sha256,
                       **({"neuron": model.snn.neuron, "T": model.snn.T, "encoding": model.snn.encoding,
                           "surrogate": model.snn.surrogate} if model.snn else {})},
             "suite": suite.name, "images": n, "curve_images": min(n, suite.curve_images),
@@ -337,5 +337,6 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
 def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
     """What a card records about its evaluation: what was evaluated, how, on which images, with what."""
     return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "images": len(y),
+            "prune": setting.suite.prune,
             "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
             "versions": checkpoint.versions(), "device": str(x.device), "command": checkpoint.command_line()}
