@@ -10,6 +10,11 @@ STUDY_ATTACKS = ("fgsm", "rfgsm", "ifgsm", "tifgsm", "pgd")  # the attacks of th
 ITERATIVE = ("ifgsm", "tifgsm", "pgd")  # the study's attacks that take a number of steps
 
 
+def by_eps(results: dict) -> list:
+    """A card's ``{eps: result}`` items in increasing eps (JSON keys are strings and sort as text)."""
+    return sorted(results.items(), key=lambda item: float(item[0]))
+
+
 def check(attack: str, eps: float, steps: int) -> None:
     """Validate a study attack request (eps in 1/255 units) with one readable message."""
     from ..errors import SpikeAdvError

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import checkpoint, outcomes
+from . import by_eps
 from .suite import ROBUST
 
 KIND_LABEL = {"ann": "ANN", "snn1": "SNN-I", "snn2": "SNN-II"}
@@ -23,7 +24,7 @@ def _pct(p: float) -> str:
 def rows(card: dict) -> list[dict]:
     """Result rows (whitebox) of one card: the first pair alone and the ensemble's worst case."""
     out, model = [], card["model"]
-    for eps, e in card["eps"].items():
+    for eps, e in by_eps(card["eps"]):
         winner = np.array(e["winner"])
         clean = winner != -2
         for gradient, attack, steps, correct in (
@@ -54,14 +55,14 @@ def markdown(cards: list[dict], meta: dict) -> str:
     for card in cards:
         m = card["model"]
         runs = "ANN" if "neuron" not in m else f"{m['neuron'].upper()}, T={m['T']}, {m['encoding']} input"
-        for eps, e in card["eps"].items():
+        for eps, e in by_eps(card["eps"]):
             best = max(e["pairs"], key=lambda p: p["won"])
             lines.append(f"| {m['name']} | {runs} | {eps} | {_pct(e['clean_acc'])}% | {e['best_single']['pair']}: "
                          f"{_pct(e['best_single']['acc'])}% | **{_pct(e['worst_acc'])}%** | {best['name']} ({best['won']}) |")
     for card in cards:
         m = card["model"]
         lines += ["", f"## {m['name']} ({m['file']})", "", "Pairs in order (images each ran on, broke, broke first):", ""]
-        for eps, e in card["eps"].items():
+        for eps, e in by_eps(card["eps"]):
             lines.append(f"- eps {eps}: " + "; ".join(
                 f"{p['name']} {p['fooled']}/{p['ran']} ({p['won']} first, {p['seconds']:.0f} s)" for p in e["pairs"]))
         lines += ["", f"![accuracy vs eps and steps]({m['name']}.png)", "", "Gradient-masking checks:", ""]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from . import by_eps
+
 UNBOUNDED_MAX = 0.01  # an unbounded attack leaves at most 1% accuracy
 ZERO_GRADIENT_MAX = 0.1  # at most 10% of images with an input gradient that is exactly zero
 
@@ -78,7 +80,7 @@ def check_card(card: dict) -> list[Check]:
         zero = curve["zero_gradient_images"]
         add("input gradients are not zero", zero <= ZERO_GRADIENT_MAX,
             f"{_pct(zero)} of images with an all-zero gradient, {_pct(curve['zero_gradient_entries'])} of entries")
-    for e, result in card["eps"].items():
+    for e, result in by_eps(card["eps"]):
         n, worst = card["images"], result["worst_acc"]
         square = [p for p in result["pairs"] if p["attack"] == "square"]
         if square:

@@ -24,7 +24,7 @@ from ..presets import StudyConfig
 from ..study.plan import digest, seed_of
 from ..study.tasks import Model, cached_record, predict
 from ..train import autocast
-from . import apgd, checks, estimators, registry
+from . import apgd, by_eps, checks, estimators, registry
 from .suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
 
 
@@ -327,7 +327,7 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
         done.append(evaluation.card(model, sources[model.name]))
         failed = [c for c in done[-1]["checks"] if c["passed"] is False]
         log(f"{model.name}: worst case " + ", ".join(f"{100 * e['worst_acc']:.1f}% at eps {k}"
-                                                     for k, e in done[-1]["eps"].items())
+                                                     for k, e in by_eps(done[-1]["eps"]))
             + f" ({done[-1]['seconds']:.0f} s); " + (f"{len(failed)} masking check(s) failed" if failed
                                                        else "masking checks pass"))
     return cards_io.write(out, done, {**card_meta(str(path), setting, x, y),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..attack import by_eps
 from .load import KINDS, LABEL, Run
 from .paired import Paired, compare
 
@@ -52,7 +53,7 @@ def table(run: Run, card: dict) -> tuple[list[str], list[list[str]]]:
     for c in card["cards"]:
         kind = c["model"]["kind"]
         failed = sorted({f"{k['name']} [{k['estimator']}]" for k in c["checks"] if k["passed"] is False})
-        for eps, e in c["eps"].items():
+        for eps, e in by_eps(c["eps"]):
             fgsm = run.cell(kind, "whitebox", "fgsm", int(float(eps)), 1) if kind in KINDS else None
             body.append([LABEL.get(kind, kind), eps, f"{100 * e['clean_acc']:.1f}",
                          "-" if fgsm is None else f"{fgsm.adv_acc:.1f}",
@@ -69,7 +70,7 @@ def rejudge(card: dict) -> list[Rejudged]:
     for claim, low, high in (("b", "ann", "snn1"), ("b", "ann", "snn2"), ("c", "snn2", "snn1")):
         if low not in by_kind or high not in by_kind:
             continue
-        for eps in by_kind[low]["eps"]:
+        for eps, _ in by_eps(by_kind[low]["eps"]):
             if eps in by_kind[high]["eps"]:
                 stats = compare([(_losses(by_kind[low]["eps"][eps]), _losses(by_kind[high]["eps"][eps]))], binary=True)
                 out.append(Rejudged(claim, f"{LABEL[low]} vs {LABEL[high]}", eps, stats))

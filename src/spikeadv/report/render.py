@@ -191,6 +191,10 @@ def _adaptive(run: Run, card: dict | None) -> list[Block]:
               "with the paper's gradient; the card (evaluation/" + card["suite"] + "/card.md) lists which pair "
               "broke which images and every masking check."),
         ("table", adaptive.table(run, card)),
+        ("p", "The verdicts compare worst-case losses (clean - adversarial accuracy, pp) image by image, as the "
+              "paper's claims are worded. Where the worst case leaves (almost) nothing, a model's loss is its "
+              "clean accuracy, and a verdict then says which model had more to lose: read it beside the "
+              "worst-case column."),
         ("items", adaptive.items(adaptive.rejudge(card))),
     ]
 
