@@ -73,9 +73,10 @@ class Model(tasks.Model):
         return tasks.predict(self, x, StudyConfig(seed=seed, batch_size=batch_size), repeat=0)
 
     def source(self, gradient: str, seed: int = 0, eot: int = 1) -> sources.Source:
-        """A gradient source on this model for the attacks (DESIGN "Gradient sources"): ``ann`` for an
-        ANN; ``snnadv`` (paper IV-E, Algorithm 2), ``snnadv-clean`` or ``bptt`` for an SNN. ``seed``
-        fixes the encoder draws; ``eot`` > 1 averages the gradient over that many."""
+        """A gradient source on this model for the attacks, by estimator spec (:mod:`.attack.estimators`):
+        ``ann`` for an ANN; ``snnadv`` (paper IV-E, Algorithm 2), ``snnadv-clean``, ``bptt`` (e.g.
+        ``bptt:surrogate=atan,alpha=2``), ``bptr`` or ``hart`` for an SNN. ``seed`` fixes the encoder
+        draws; ``eot`` > 1 averages the gradient over that many."""
         return sources.make(gradient, self.net, self.snn, seed=seed, eot_n=eot)
 
 
