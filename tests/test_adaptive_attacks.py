@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_attacks import FLOAT_TOL, MEAN, SPEC, STD, assert_in_ball, linear, one_thread, small_images  # noqa: F401
+from test_attacks import FLOAT_TOL, MEAN, SPEC, STD, assert_in_ball, labels, linear, one_thread, small_images  # noqa: F401
 
 from spikeadv.arch import Network
 from spikeadv.attack import STUDY_ATTACKS, registry
@@ -314,3 +314,49 @@ def test_square_breaks_a_model_without_gradients(trained):
     clean = accuracy(net, x, y)
     assert accuracy(net, apgd(masked, x, y, EPS, 10), y) == clean
     assert accuracy(net, square(masked, x, y, EPS, 200, generator=gen()), y) < clean - 0.2
+
+
+# --- L2 ---------------------------------------------------------------------------------------------------
+
+def test_l2_pgd_matches_art(trained):
+    art = pytest.importorskip("art.estimators.classification")
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    net, x, y = trained
+    x, y = x[:32], y[:32]
+    clf = art.PyTorchClassifier(model=net, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=10, clip_values=(0.0, 1.0))
+    eps, a, steps = 0.5, 0.2, 5  # a step of 0.2 five times from x: the L2 projection is active
+    theirs = ProjectedGradientDescent(clf, norm=2, eps=eps, eps_step=a, max_iter=steps, num_random_init=0,
+                                      batch_size=len(x), random_eps=False, verbose=False).generate(x.numpy(), y=y.numpy())
+    ours = pgd(sources.ann(net), x, y, eps, steps, a=a, norm="l2")
+    # ART divides by norm + 1e-7 where we divide by the norm: a few 1e-7 of a pixel apart
+    torch.testing.assert_close(ours, torch.from_numpy(theirs), rtol=0, atol=1e-5)
+    assert ((ours - x).flatten(1).norm(dim=1) > eps - 1e-4).float().mean() > 0.5  # most end on the sphere
+
+
+def test_l2_attacks_find_the_maximiser_of_a_linear_model_inside_the_ball():
+    # the maximiser of an increasing function of d.x over the L2 ball, away from the [0, 1] edges:
+    # x0 + eps d / ||d||, where d.(x - x0) reaches eps ||d||: one PGD step of a = eps from x lands on it;
+    # APGD from a random start climbs to it in 10 steps. Class 0 ahead by 2.4 (not saturated, so float32
+    # resolves the loss) and eps ||d|| = 0.54: no image changes class, so APGD returns its best point
+    lin, d = two_class_linear()
+    src = Source("lin", lambda v: lin.logits(v) - torch.tensor([8.0, 0.0]))
+    x, y = torch.full((4, 3, 8, 8), 0.5), torch.zeros(4, dtype=torch.long)
+    eps = 0.3
+    one = pgd(src, x, y, eps, 1, a=eps, norm="l2")
+    torch.testing.assert_close(one, (x + eps * d / d.norm()).expand_as(x), rtol=0, atol=FLOAT_TOL)
+    adv = registry.get("apgd-l2").run(src, x, y, eps, steps=10, generator=gen())
+    assert ((adv - x).flatten(1).norm(dim=1) <= eps + FLOAT_TOL).all()
+    gain = (adv - x).flatten(1) @ d.flatten() / (eps * d.norm())
+    assert (gain >= 1 - 1e-5).all()  # float32 sums of 192 products
+
+
+def test_l2_radius_is_checked_against_the_image_space():
+    src, _ = linear()
+    x, y = small_images(4), labels(4)
+    assert pgd(src, x, y, 2.0, 2, norm="l2").shape == x.shape  # an L2 radius may exceed 1
+    with pytest.raises(SpikeAdvError, match="diameter of the image space"):
+        pgd(src, x, y, 100.0, 2, norm="l2")  # sqrt(3 * 8 * 8) = 13.9
+    with pytest.raises(SpikeAdvError, match="unknown norm"):
+        pgd(src, x, y, 0.1, 2, norm="l1")

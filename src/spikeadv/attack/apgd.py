@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SpikeAdvError
-from .attacks import clip, count, random_start, validate
+from .attacks import NORMS, Norm, count, validate
 from .estimators import Source
 from .losses import Loss, cross_entropy, cross_entropy_targeted, dlr, dlr_targeted
 
@@ -48,7 +48,8 @@ def checkpoints(steps: int) -> set[int]:
 
 
 def _run(source: Source, x0: Tensor, start: Tensor, labels: Tensor, eps: float, steps: int, loss: Loss,
-         hit: Callable[[Tensor], Tensor], on_step: Callable[[Tensor], None]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+         hit: Callable[[Tensor], Tensor], on_step: Callable[[Tensor], None], norm: Norm = NORMS["linf"]
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One run of Algorithm 1 from ``start``: per image the highest-loss point and its loss, the first
     point ``hit`` accepts, and whether there was one. It stops early once every image has a point ``hit``
     accepts, which the remaining iterations could not change."""
@@ -64,9 +65,9 @@ def _run(source: Source, x0: Tensor, start: Tensor, labels: Tensor, eps: float, 
     rises, last, f_check, halved = torch.zeros_like(f), 0, f, torch.ones_like(found)
     marks = checkpoints(steps)
     for k in range(steps):
-        z = clip(x + eta * grad.sign(), x0, eps)
+        z = norm.project(x + eta * norm.direction(grad), x0, eps)
         if k > 0:
-            z = clip(x + ALPHA * (z - x) + (1 - ALPHA) * (x - x_prev), x0, eps)
+            z = norm.project(x + ALPHA * (z - x) + (1 - ALPHA) * (x - x_prev), x0, eps)
         x_prev, x = x, z
         f_new, grad, logits = source.value_and_grad(x, labels, loss)
         new = hit(logits) & ~found
@@ -90,13 +91,13 @@ class _Search:
     and the trace, the mean over images of the highest loss so far after each iteration."""
 
     def __init__(self, source: Source, x0: Tensor, y: Tensor, eps: float, steps: int, restarts: int,
-                 generator: torch.Generator | None, trace: list[float] | None) -> None:
+                 generator: torch.Generator | None, trace: list[float] | None, norm: Norm = NORMS["linf"]) -> None:
         count("restarts", restarts, "runs of APGD from random starts")
         if restarts > 1 and generator is None:
             raise SpikeAdvError("APGD restarts start at random points of the eps-ball: pass a generator")
         self.source, self.x0, self.y, self.eps, self.steps, self.restarts = source, x0, y, eps, steps, restarts
         self.trust_hits = not source.stochastic  # one draw's misclassification is no evidence
-        self.generator, self.trace = generator, trace
+        self.generator, self.trace, self.norm = generator, trace, norm
         self.adv, self.done = x0.clone(), torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         self.loss = torch.full((len(x0),), float("-inf"), device=x0.device)
 
@@ -110,14 +111,14 @@ class _Search:
         if len(todo) == 0:
             return
         x0 = self.x0[todo]
-        start = x0 if self.generator is None else random_start(x0, self.eps, self.generator)
+        start = x0 if self.generator is None else self.norm.random(x0, self.eps, self.generator)
 
         def on_step(f_max: Tensor) -> None:
             if self.trace is not None:
                 self.trace.append(self.loss.index_put((todo,), torch.maximum(self.loss[todo], f_max)).mean().item())
 
         best, f_max, adv, found = _run(self.source, x0, start, self.y[todo], self.eps, self.steps, loss(todo),
-                                       lambda logits: hit(logits, todo) & self.trust_hits, on_step)
+                                       lambda logits: hit(logits, todo) & self.trust_hits, on_step, self.norm)
         up = f_max > self.loss[todo]
         self.loss[todo] = torch.maximum(self.loss[todo], f_max)
         keep = torch.where(found.view(-1, *[1] * (x0.dim() - 1)), adv, best)
@@ -130,16 +131,17 @@ LOSSES = ("ce", "dlr")
 
 def apgd(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *, loss: str = "ce",
          restarts: int = 1, generator: torch.Generator | None = None, target: Tensor | None = None,
-         trace: list[float] | None = None) -> Tensor:
+         trace: list[float] | None = None, norm: str = "linf") -> Tensor:
     """APGD-CE or APGD-DLR (Croce & Hein 2020, Algorithm 1) with ``restarts`` runs of ``steps``
     iterations. With ``target``: the targeted loss (-CE(z, t) or targeted DLR) and success when the
     source classifies as t. ``trace``, if a list, receives the mean over images of the highest loss so far
     after each iteration of each run (at most ``steps`` entries per run: a run stops once every image
-    is fooled)."""
-    validate(x, y, eps, steps, target=target)
+    is fooled). ``norm="l2"``: steps along grad / ||grad||_2 in the L2 ball of radius eps.
+    """
+    validate(x, y, eps, steps, target=target, norm=norm)
     if loss not in LOSSES:
         raise SpikeAdvError(f"unknown APGD loss {loss!r} (known: {', '.join(LOSSES)})")
-    search = _Search(source, source.base(x), y, eps, steps, restarts, generator, trace)
+    search = _Search(source, source.base(x), y, eps, steps, restarts, generator, trace, NORMS[norm])
     if target is None:
         search.run(lambda i: cross_entropy if loss == "ce" else dlr, lambda logits, i: logits.argmax(1) != y[i])
     else:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -76,15 +78,27 @@ def check_images(x: Tensor) -> None:
                             "divide 0-255 values by 255, and do not normalise them (the network does)")
 
 
+def _radius(name: str, value: float, x: Tensor) -> None:
+    """An L2 radius or step in pixel units: finite, >= 0 and at most the diameter of [0, 1]^d."""
+    top = math.sqrt(x[0].numel()) if isinstance(x, Tensor) and x.dim() == 4 and len(x) else math.inf
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= top:
+        raise SpikeAdvError(f"{name} (L2, pixel units) must be a number in [0, {top:.4g}], the diameter of the "
+                            f"image space, got {value!r}")
+
+
 def validate(
-    x: Tensor, y: Tensor, eps: float, steps: int = 1, a: float | None = None, target: Tensor | None = None
+    x: Tensor, y: Tensor, eps: float, steps: int = 1, a: float | None = None, target: Tensor | None = None,
+    norm: str = "linf",
 ) -> None:
     """Check an attack request (pixel units) and refuse a bad one with one readable message: eps and
-    the step size ``a`` in [0, 1], ``steps`` an int >= 1, x as :func:`check_images` wants, one integer label
-    (and target) per image."""
-    _amount("eps", eps)
+    the step size ``a`` in [0, 1] (L2: up to the diameter of the image space), ``steps`` an int >= 1, x
+    as :func:`check_images` wants, one integer label (and target) per image."""
+    if norm not in NORMS:
+        raise SpikeAdvError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
+    amount = _amount if norm == "linf" else lambda name, value: _radius(name, value, x)
+    amount("eps", eps)
     if a is not None:
-        _amount("a", a)
+        amount("a", a)
     count("steps", steps, "the number of gradient steps")
     check_images(x)
     _labels("y", y, len(x))
@@ -103,15 +117,51 @@ def random_start(x0: Tensor, eps: float, generator: torch.Generator) -> Tensor:
     return clip(x0 + (2 * noise - 1) * eps, x0, eps)
 
 
+def _size(v: Tensor) -> Tensor:
+    """The L2 norm of each image of a batch, shaped to broadcast over it."""
+    return v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1))
+
+
+def _l2_project(x: Tensor, x0: Tensor, eps: float) -> Tensor:
+    """Into [0, 1], then into the L2 ball of radius eps around x0 by scaling x - x0 (both hold after)."""
+    delta = x.clamp(0, 1) - x0
+    return x0 + delta * (eps / _size(delta).clamp_min(1e-12)).clamp(max=1)
+
+
+def _l2_random(x0: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    """A uniform random point of the L2 ball around x0 (direction ~ N(0, I), radius eps u^(1/d))."""
+    g = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    u = torch.rand(len(x0), generator=generator, device=x0.device, dtype=x0.dtype) ** (1 / math.prod(x0.shape[1:]))
+    return _l2_project(x0 + g / _size(g).clamp_min(1e-12) * eps * u.view(-1, *[1] * (x0.dim() - 1)), x0, eps)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A threat model's ball: the steepest-ascent ``direction`` of a gradient (its sign for L-inf, the
+    gradient over its L2 norm for L2), ``project`` into the ball around x0 and into [0, 1], and a
+    uniform ``random`` point of the ball."""
+
+    name: str
+    direction: Callable[[Tensor], Tensor]
+    project: Callable[[Tensor, Tensor, float], Tensor]
+    random: Callable[[Tensor, float, torch.Generator], Tensor]
+
+
+NORMS = {"linf": Norm("linf", torch.sign, clip, random_start),
+         "l2": Norm("l2", lambda g: g / _size(g).clamp_min(1e-12), _l2_project, _l2_random)}
+
+
 def iterate(
-    source: Source, x0: Tensor, start: Tensor, labels: Tensor, eps: float, a: float, steps: int, targeted: bool
+    source: Source, x0: Tensor, start: Tensor, labels: Tensor, eps: float, a: float, steps: int, targeted: bool,
+    norm: Norm = NORMS["linf"],
 ) -> Tensor:
-    """``steps`` signed-gradient steps of size ``a`` from ``start``, each clipped to Clip_{x0,eps};
-    ascent on J(x, labels), or descent when ``targeted`` (labels are then the targets)."""
+    """``steps`` steepest-ascent steps of size ``a`` from ``start`` (signed gradients for L-inf), each
+    projected into the eps-ball around x0 and [0, 1]; ascent on J(x, labels), or descent when
+    ``targeted`` (labels are then the targets)."""
     x = start.detach()
-    direction = -1.0 if targeted else 1.0
+    sign = -1.0 if targeted else 1.0
     for _ in range(steps):
-        x = clip(x + direction * a * source.grad(x, labels).sign(), x0, eps)
+        x = norm.project(x + sign * a * norm.direction(source.grad(x, labels)), x0, eps)
     return x
 
 
@@ -148,15 +198,16 @@ def ifgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, target: 
 
 def pgd(
     source: Source, x: Tensor, y: Tensor, eps: float, steps: int, a: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, norm: str = "linf",
 ) -> Tensor:
     """PGD (Madry et al.): I-FGSM with step a (default 2.5 eps / k) from a uniform random start in the
-    eps-ball (no ``generator``: no random start, the first step from x)."""
-    validate(x, y, eps, steps, a=a)
+    eps-ball (no ``generator``: no random start, the first step from x). ``norm="l2"``: steps along
+    grad / ||grad||_2 in the L2 ball of radius eps."""
+    validate(x, y, eps, steps, a=a, norm=norm)
     a = 2.5 * eps / steps if a is None else a
     x0 = source.base(x)
-    start = x0 if generator is None else random_start(x0, eps, generator)
-    return iterate(source, x0, start, y, eps, a, steps, targeted=False)
+    start = x0 if generator is None else NORMS[norm].random(x0, eps, generator)
+    return iterate(source, x0, start, y, eps, a, steps, targeted=False, norm=NORMS[norm])
 
 
 def targets(y: Tensor, classes: int, mode: str, generator: torch.Generator, logits: Tensor | None = None) -> Tensor:

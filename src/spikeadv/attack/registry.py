@@ -86,6 +86,10 @@ _ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
      "APGD on the DLR loss (Croce & Hein 2020), random start from the generator"),
     ("apgd-t", lambda s, x, y, eps, steps, gen: apgd_t(s, x, y, eps, steps, generator=gen), 100, False,
      "APGD-T (AutoAttack): targeted DLR towards the 3 top other classes in turn, success = misclassified"),
+    ("pgd-l2", lambda s, x, y, eps, steps, gen: attacks.pgd(s, x, y, eps, steps, generator=gen, norm="l2"), 100,
+     False, "PGD in the L2 ball (eps = its radius in pixel units), steps along grad / ||grad||_2"),
+    ("apgd-l2", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="ce", generator=gen, norm="l2"), 100,
+     False, "APGD-CE in the L2 ball (Croce & Hein 2020; eps = its radius in pixel units)"),
     ("square", lambda s, x, y, eps, steps, gen: square(s, x, y, eps, steps, generator=_generator("square", gen)),
      1000, False, "Square Attack (Andriushchenko et al. 2020): random search on the margin, steps = queries"),
 )
