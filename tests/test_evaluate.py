@@ -289,3 +289,18 @@ def test_every_image_gives_each_pair_its_own_accuracy(reference, tmp_path):
     assert cli.main(args) == 0  # pruned: the second pair only on what the first left
     e = json.loads((out / "card.json").read_text())["cards"][0]["eps"]["4"]
     assert e["pairs"][1]["ran"] == clean - e["pairs"][0]["won"] and e["best_single"]["pair"] == "fgsm-1@ann"
+
+
+@pytest.mark.parametrize("name", list(suite.SUITES))
+def test_every_suite_names_estimators_and_attacks_that_exist_and_fit(name):
+    chosen = suite.get(name)
+    poisson, direct = Spiking(neuron="lif", leak=0.9, T=4), Spiking(T=4, encoding="direct")
+    suite.check_pairs(chosen.pairs(None), None, "ann")
+    for snn in (poisson, direct):
+        pairs = chosen.pairs(snn)
+        suite.check_pairs(pairs, snn, "snn")
+        assert pairs[-1].attack == "square" and all(p.attack != "square" for p in pairs[:-1])
+        assert all("eot=" not in e for e in chosen.curve_sources(snn))
+    assert len(chosen.pairs(poisson)) == len(chosen.pairs(direct)) + len(chosen.poisson)
+    with pytest.raises(SpikeAdvError, match="does not apply to snn"):
+        suite.check_pairs(chosen.pairs(None), poisson, "snn")
