@@ -10,6 +10,8 @@ Every random draw (encoder spikes, random starts, Square's squares) is seeded by
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,12 +21,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import __version__, checkpoint
-from ..presets import StudyConfig
+from .. import __version__, checkpoint, data
+from ..api import Model as Loaded
+from ..errors import SpikeAdvError
+from ..presets import Preset, StudyConfig, from_dict
 from ..study.plan import digest, seed_of
 from ..study.tasks import Model, cached_record, predict
 from ..train import autocast
 from . import apgd, by_eps, checks, estimators, registry
+from . import card as cards_io
 from .suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
 
 
@@ -232,8 +237,6 @@ class Evaluation:
 
 def eps_values(values: list[float]) -> tuple[float, ...]:
     """eps in 1/255 units, each in (0, 255], refused with one line otherwise."""
-    from ..errors import SpikeAdvError
-
     for e in values:
         if not 0 < e <= 255:
             raise SpikeAdvError(f"eps is in 1/255 units and must be in (0, 255], got {e:g} (e.g. --eps 8)")
@@ -247,13 +250,6 @@ def targets(path: Path, images: int | None, root: Path | None) -> tuple[list[Mod
     """The models to evaluate at ``path`` (a run directory: instance 0 of each kind, with instance 1 of
     its kind and the ANN's instance 1 as transfer sources; or one checkpoint), the test images (the
     study's, or the first ``images`` of the checkpoint's test set) and the recorded settings."""
-    import json
-
-    from .. import data
-    from ..api import Model as Loaded
-    from ..errors import SpikeAdvError
-    from ..presets import Preset, from_dict
-
     if path.is_dir():
         try:
             preset = from_dict(Preset, json.loads((path / "run.json").read_text())["preset"])
@@ -284,10 +280,6 @@ def targets(path: Path, images: int | None, root: Path | None) -> tuple[list[Mod
 def custom_suite(base: Suite, specs: list[str]) -> Suite:
     """``base`` with its ensembles replaced by ``ESTIMATOR/ATTACK[/STEPS]`` pairs, each given to the
     model kinds its estimator applies to (an unknown estimator or attack refused here)."""
-    import dataclasses
-
-    from ..errors import SpikeAdvError
-
     pairs = []
     for spec in specs:
         parts = spec.split("/")
@@ -305,16 +297,8 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
                   out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """Evaluate a run directory's models (or one checkpoint) and write the card into ``out`` (default:
     RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE)."""
-    from ..errors import SpikeAdvError
-    from . import card as cards_io
-
     models, sources, x, y, recorded = targets(path, images, root)
-    for model in models:
-        if not suite.pairs(model.snn):
-            kind = "an ANN" if model.snn is None else "an SNN"
-            raise SpikeAdvError(f"no pair of the suite applies to {model.name} ({kind}); estimators for it: "
-                                + ", ".join(n for n, e in estimators.ESTIMATORS.items()
-                                            if ("ann" if model.snn is None else "snn") in e.kinds))
+    for model in models:  # every model's pairs accepted or refused before anything is written
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
     if out is None:
         out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name

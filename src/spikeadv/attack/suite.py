@@ -127,12 +127,16 @@ def get(name: str) -> Suite:
 
 
 def check_pairs(pairs: tuple[Pair, ...], snn: Spiking | None, model: str) -> None:
-    """Refuse, before anything runs, a pair whose estimator or attack is unknown or does not apply."""
+    """Refuse, before anything runs, no pairs at all, or a pair whose estimator or attack is unknown or
+    does not apply."""
+    kind = "ann" if snn is None else "snn"
+    if not pairs:
+        raise SpikeAdvError(f"no pair of the suite applies to {model} (an {kind.upper()}); estimators for it: "
+                            + ", ".join(n for n, e in estimators.ESTIMATORS.items() if kind in e.kinds))
     for pair in pairs:
         registry.get(pair.attack)
         if not estimators.applies(pair.estimator, snn):
-            kind = "an ANN" if snn is None else "an SNN"
-            raise SpikeAdvError(f"estimator {pair.estimator!r} does not apply to {model} ({kind})")
+            raise SpikeAdvError(f"estimator {pair.estimator!r} does not apply to {model} (an {kind.upper()})")
 
 
 @dataclass
