@@ -4,6 +4,9 @@ the command and its refusals, and the report's section that re-judges the whiteb
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +161,26 @@ def test_a_rerun_reuses_every_unit(evaluated, capsys):
     assert cli.main(["evaluate", str(evaluated), *QUICK]) == 0
     assert [p.stat().st_mtime_ns for p in cells] == stamps
     assert "broke" not in capsys.readouterr().out  # nothing attacked again
+
+
+def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(evaluated, tmp_path):
+    folder, out = evaluated / "evaluation" / "quick", tmp_path / "card"
+    result = subprocess.run([sys.executable, "-m", "spikeadv", "--threads", str(torch.get_num_threads()), "evaluate",
+                             str(evaluated), *QUICK, "--out", str(out), "--executor", "ray", "--workers", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluation units on ray" in result.stdout
+    assert (out / "rows.jsonl").read_bytes() == (folder / "rows.jsonl").read_bytes()
+
+    def timeless(value):
+        if isinstance(value, dict):
+            return {k: timeless(v) for k, v in value.items() if k not in ("seconds", "sha256")}
+        return [timeless(v) for v in value] if isinstance(value, list) else value
+
+    def units(where: Path) -> dict:
+        return {p.name: timeless(json.loads(p.read_text())) for p in (where / "cells").iterdir()}
+
+    assert units(out) == units(folder)
 
 
 def test_report_rejudges_the_whitebox_claims_under_the_worst_case(evaluated):

@@ -304,13 +304,15 @@ def test_files_are_written_with_the_users_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o664
 
 
-def test_the_attack_eta_weighs_each_set_by_its_cost():
-    forward = {(k, i): {"ann": 0.01, "snn1": 0.2, "snn2": 0.1}[k] for k in study.KINDS for i in (0, 1)}
-    repeats = {"ann": 1, "snn1": 1, "snn2": 2}
+def test_the_eta_weighs_each_set_by_its_cost():
+    forward = {"ann": 1.0, "snn1": 32.0, "snn2": 6.0}
+    repeats = {"ann": 1, "snn1": 2, "snn2": 2}
     cheap = study.Job("snn2", 0, "snnadv", "fgsm", 8, 1, ("snn2",))
     bptt = study.Job("snn2", 0, "bptt", "fgsm", 8, 1, ("snn2",))
-    assert study.runner._cost(bptt, forward, repeats) - study.runner._cost(cheap, forward, repeats) == \
-        pytest.approx(3 * (0.1 - 0.01))
+    assert study.plan_cost(bptt, forward, repeats, 10) - study.plan_cost(cheap, forward, repeats, 10) == \
+        pytest.approx(10 * 3 * (6.0 - 1.0))
+    costs = {t.name: t.cost for t in study.plan(get_preset("smoke"), ("a", "b"), 1000)}
+    assert costs["snn20"] > costs["ann0"] and costs["cell/snn20/bptt fgsm eps 8"] > costs["cell/snn20/snnadv fgsm eps 8"]
 
 
 def test_the_study_runner_refuses_one_seed_from_python_too(tmp_path):

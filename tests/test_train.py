@@ -127,9 +127,9 @@ def test_augmentation_follows_the_dataset(tmp_path, monkeypatch, dataset, flips)
 
     drawn = []
 
-    def spy(x, generator, pad=4, flip=True):
+    def spy(x, generator, pad=4, flip=True, rows=None):
         drawn.append(flip)
-        return real(x, generator, pad, flip)
+        return real(x, generator, pad, flip, rows)
 
     real = data.augment
     monkeypatch.setattr(data, "augment", spy)

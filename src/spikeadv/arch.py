@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import Rows, bernoulli, dropout
 from .errors import SpikeAdvError
 from .neurons import Spiking, encode, spike_train
 
@@ -191,6 +192,7 @@ class Network(nn.Module):
         snn: Spiking | None = None,
         generator: torch.Generator | None = None,
         spikes: dict[int, Tensor] | None = None,
+        rows: Rows | None = None,
     ) -> Tensor:
         """Pixels in [0, 1] of shape [B, C, H, W] -> logits [B, classes].
 
@@ -199,10 +201,12 @@ class Network(nn.Module):
         batch ([t*B, ...]), only the neuron update loops over t; the output layer integrates without
         spiking, logits = accumulated potential / T. ``spikes`` (if given) accumulates, per site, the
         fraction of its neurons that fired, summed over timesteps and samples (/ (T * N): spike rate).
+        ``rows``: x is that share of a global batch (data-parallel training); dropout masks and input
+        spikes are drawn for the global batch (:mod:`.distributed`).
         """
         if snn is None:
-            return self._run(self.normalise(x), None, 1, {}, None)
-        return sum(out.sum(0) for out in self.timesteps(x, snn, generator, spikes)) / snn.T
+            return self._run(self.normalise(x), None, 1, {}, None, rows=rows)
+        return sum(out.sum(0) for out in self.timesteps(x, snn, generator, spikes, rows=rows)) / snn.T
 
     def proxy(self, x: Tensor, snn: Spiking) -> Tensor:
         """The rate model of this SNN (the SNNAdv proxy ANN, paper IV-E and Fig. 1): the same weights in
@@ -217,6 +221,7 @@ class Network(nn.Module):
         generator: torch.Generator | None = None,
         spikes: dict[int, Tensor] | None = None,
         upto: int | None = None,
+        rows: Rows | None = None,
     ) -> Iterator[Tensor]:
         """The SNN's output currents ``[t, B, ...]`` chunk by chunk of time (neuron state carried over);
         with ``upto`` the input currents of that layer's activation site instead of the output layer's."""
@@ -224,7 +229,7 @@ class Network(nn.Module):
         fold = MAX_FOLD
         if x.device.type == "cpu":
             fold = min(fold, CPU_FOLD_BYTES // (4 * self._largest_activation()))
-        step = snn.chunk or max(1, min(snn.T, fold // x.shape[0]))
+        step = snn.chunk or max(1, min(snn.T, fold // (rows.total if rows else x.shape[0])))
         if self.training and self.batchnorm:
             # batch-norm in training normalises each call by its own statistics: all T steps in one
             # call, or early and late steps get different normalisations that eval (running
@@ -232,8 +237,8 @@ class Network(nn.Module):
             step = snn.T
         for t0 in range(0, snn.T, step):
             t = min(step, snn.T - t0)
-            frames = encode(x, t, snn.encoding, generator).flatten(0, 1)
-            out = self._run(self.normalise(frames), snn, t, state, spikes, upto)
+            frames = encode(x, t, snn.encoding, generator, rows).flatten(0, 1)
+            out = self._run(self.normalise(frames), snn, t, state, spikes, upto, rows=rows)
             yield out.view(t, x.shape[0], *out.shape[1:])
 
     def _largest_activation(self) -> int:
@@ -251,7 +256,7 @@ class Network(nn.Module):
 
     def _run(
         self, h: Tensor, snn: Spiking | None, t: int, state: dict, spikes: dict | None, upto: int | None = None,
-        rates: Spiking | None = None,
+        rates: Spiking | None = None, rows: Rows | None = None,
     ) -> Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -267,7 +272,7 @@ class Network(nn.Module):
                 if not pool:
                     h = F.relu(h)
                     if self.dropout and self.training:
-                        h = F.dropout(h, self.dropout, training=True)
+                        h = dropout(h, self.dropout, rows)
                 if rates is not None and (not pool or rates.spike_after_pool):
                     h = h / self.thresholds[i]
                 continue
@@ -280,8 +285,7 @@ class Network(nn.Module):
             if not pool and self.dropout and self.training:
                 # one mask per sample, held across all timesteps (DESIGN section 2)
                 if ("mask", i) not in state:
-                    keep = torch.full_like(out[0], 1 - self.dropout)
-                    state[("mask", i)] = torch.bernoulli(keep) / (1 - self.dropout)
+                    state[("mask", i)] = bernoulli(out[0], 1 - self.dropout, rows) / (1 - self.dropout)
                 out = out * state[("mask", i)]
             h = out.flatten(0, 1)
         raise AssertionError("unreachable: the output layer returns")

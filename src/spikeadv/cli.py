@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import typing
@@ -48,6 +49,7 @@ def _datasets(preset: Preset, root: Path | None) -> tuple[data.Dataset, data.Dat
 
 def cmd_train(args: argparse.Namespace) -> None:
     """ANN (paper IV-B) or SNN-II (paper III-B): the same loop, the SNN run through time."""
+    from .distributed import is_main
     from .train import fit
 
     preset = get_preset(args.preset, args.overrides)
@@ -58,8 +60,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     _, meta = fit(kind, preset, seed, out, train_ds, test_ds, resume=args.resume)
     final = meta["metrics"][-1]
-    print(f"done: {out}: test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
-          f"{meta['epochs_done']} epochs, {time.perf_counter() - start:.0f} s this call")
+    if is_main():  # under torchrun: rank 0
+        print(f"done: {out}: test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
+              f"{meta['epochs_done']} epochs, {time.perf_counter() - start:.0f} s this call")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -124,9 +127,30 @@ def cmd_run(args: argparse.Namespace) -> None:
     preset = get_preset(args.preset, args.overrides)
     out = args.out or Path("runs") / preset.name
     start = time.perf_counter()
-    written = run(preset, out, args.root)
+    written = run(preset, out, args.root, executor=_executor(args))
     report = next(p for p in written if p.name == "report.html")
     print(f"done in {time.perf_counter() - start:.0f} s: results {out / 'results.jsonl'}, report {report}")
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: every task in this process (default); ray: each task a Ray task")
+    p.add_argument("--address", help="ray: a running cluster, auto or HOST:PORT (default: start a local Ray)")
+    p.add_argument("--workers", type=_positive, help="ray: worker processes of a local Ray (default: cores / threads)")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, metavar="F", help="ray: GPUs each task asks for")
+
+
+def _executor(args: argparse.Namespace):
+    """Where the tasks run (:class:`spikeadv.study.Executor`), each with this process's torch threads."""
+    from .study import Executor
+
+    if args.executor == "local" and (args.address or args.workers or args.gpus_per_task):
+        raise SpikeAdvError("--address, --workers and --gpus-per-task apply to --executor ray")
+    if not 0 <= args.gpus_per_task < 1e6:
+        raise SpikeAdvError(f"--gpus-per-task must be >= 0, got {args.gpus_per_task}")
+    threads = torch.get_num_threads()
+    return Executor(args.executor, args.address, args.workers or max(1, (os.cpu_count() or 1) // threads),
+                    args.gpus_per_task, threads)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -140,7 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if not args.path.exists():
         raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
     start = time.perf_counter()
-    written = evaluate.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root)
+    written = evaluate.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root,
+                                     executor=_executor(args))
     print(f"done in {time.perf_counter() - start:.0f} s: card {written[1]}, rows {written[2]}")
 
 
@@ -205,7 +230,10 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="kind", required=True)
     for kind, text in (("ann", "the ANN (paper section IV-B)"), ("snn", "SNN-II: LIF, BPTT with a surrogate (III-B)")):
-        p = t.add_parser(kind, help=f"train {text}")
+        p = t.add_parser(kind, help=f"train {text}", description=(
+            f"Train {text}. Data parallel over N processes (CPU: gloo, GPU: nccl): torchrun --nproc-per-node N "
+            f"-m spikeadv train {kind} ...; the preset's batch size is the global batch, a multiple of N, and "
+            "N processes reach the weights of one (within float tolerance)."))
         _preset_args(p)
         p.add_argument("--seed", type=int, help="default: the preset's first seed")
         p.add_argument("--out", type=Path, help="checkpoint path (default: runs/PRESET/KIND-seedN.safetensors)")
@@ -238,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     _preset_args(p)
     p.add_argument("--out", type=Path, help="run directory (default: runs/PRESET); a rerun reuses what it holds")
     p.add_argument("--root", type=Path, help="data directory")
+    _executor_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="Table I and Fig. 2-4 from a run directory's saved results")
@@ -258,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
                         "only on the images earlier pairs left")
     p.add_argument("--out", type=Path, help="card folder (default: RUN/evaluation/SUITE)")
     p.add_argument("--root", type=Path, help="data directory")
+    _executor_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("presets", help="show presets (with overrides applied)")

@@ -30,6 +30,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 from torch import Tensor
 
+from .distributed import Rows, take
 from .errors import SpikeAdvError
 
 SPLITS = ("train", "test")
@@ -470,29 +471,33 @@ def augmentation(info: DatasetInfo, enabled: bool = True, flip: bool | None = No
     return Augmentation(flip=info.flip if flip is None else flip) if enabled else None
 
 
-def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> Tensor:
+def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True, rows: Rows | None = None
+            ) -> Tensor:
     """Random horizontal flip, then a random crop of the zero-padded image, for a whole float batch
-    [B, C, H, W] at once (one gather with per-sample offsets). ``generator`` is a CPU generator."""
+    [B, C, H, W] at once (one gather with per-sample offsets). ``generator`` is a CPU generator. With
+    ``rows``, x is that share of a global batch: the flips and offsets are drawn for the global batch."""
     b, c, h, w = x.shape
+    n = rows.total if rows else b
     if flip:
-        mirrored = torch.rand(b, generator=generator) < 0.5
+        mirrored = take(torch.rand(n, generator=generator), rows) < 0.5
         x = torch.where(mirrored.to(x.device)[:, None, None, None], x.flip(3), x)
     if pad:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        dy, dx = take(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), rows, 1).to(x.device)
+        ys = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        xs = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         x = padded[torch.arange(b, device=x.device)[:, None, None, None],
-                   torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+                   torch.arange(c, device=x.device)[None, :, None, None], ys, xs]
     return x
 
 
 def batches(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
             augmentation: Augmentation | None = None, drop_last: bool = False, device: torch.device | str = "cpu",
-            start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+            start: int = 0, rows: Rows | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """(pixels float [B, C, H, W] in [0, 1], int64 labels) per batch. The order and one augmentation
     seed per batch are drawn up front from ``generator``, so skipping ``start`` batches yields exactly
-    the batches an uninterrupted pass would."""
+    the batches an uninterrupted pass would. With ``rows`` (data-parallel training, ``drop_last``,
+    ``rows.total == batch_size``) only those rows of every batch, augmented as in the whole batch."""
     n = len(ds)
     generator = generator or torch.Generator().manual_seed(0)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -500,8 +505,8 @@ def batches(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Gen
     seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
     aug_gen = torch.Generator()
     for i in range(start, count):
-        idx = order[i * batch_size:(i + 1) * batch_size]
+        idx = take(order[i * batch_size:(i + 1) * batch_size], rows)
         x = to_float(ds.images[idx].to(device, non_blocking=True))
         if augmentation is not None:
-            x = augment(x, aug_gen.manual_seed(seeds[i]), augmentation.pad, augmentation.flip)
+            x = augment(x, aug_gen.manual_seed(seeds[i]), augmentation.pad, augmentation.flip, rows)
         yield x, ds.labels[idx].to(device, non_blocking=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .distributed import Rows, take
 from .errors import SpikeAdvError
 
 SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
@@ -229,25 +230,30 @@ class _StraightThrough(torch.autograd.Function):
     """Bernoulli spikes forward; identity backward, so d s_t / d x = 1 for every timestep."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, T: int, generator: torch.Generator | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, T: int, generator: torch.Generator | None, rows: Rows | None
+                ) -> Tensor:  # type: ignore[override]
         p = x.clamp(0, 1).unsqueeze(0).expand(T, *x.shape)
-        u = torch.rand(p.shape, generator=generator, device=x.device, dtype=x.dtype)
+        n = rows.total if rows else x.shape[0]
+        u = torch.rand((T, n, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+        u = take(u, rows, 1).contiguous()  # the global batch's draw, laid out as one process's
         return (u < p).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return grad.sum(0), None, None
+        return grad.sum(0), None, None, None
 
 
-def encode(x: Tensor, T: int, encoding: str = "poisson", generator: torch.Generator | None = None) -> Tensor:
+def encode(x: Tensor, T: int, encoding: str = "poisson", generator: torch.Generator | None = None,
+           rows: Rows | None = None) -> Tensor:
     """Pixels ``[B, C, H, W]`` in [0, 1] -> input ``[T, B, C, H, W]``.
 
     ``poisson``: s_t ~ Bernoulli(x) independently per step, so mean_t(s_t) -> x (rate coding, paper III-B);
     the backward pass is straight-through. ``direct``: the analog pixels at every step.
-    The caller's tensor is never modified in place.
+    The caller's tensor is never modified in place. With ``rows``, x is that share of a global batch
+    (data-parallel training) and the spikes are drawn for the global batch.
     """
     if encoding == "poisson":
-        return _StraightThrough.apply(x, T, generator)
+        return _StraightThrough.apply(x, T, generator, rows)
     if encoding == "direct":
         return x.unsqueeze(0).expand(T, *x.shape)
     raise SpikeAdvError(f"unknown encoding {encoding!r} (known: poisson, direct)")

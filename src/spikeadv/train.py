@@ -4,7 +4,9 @@ One loop: SGD with the preset's schedule, batched augmentation, optional CPU bf1
 channels_last. Every epoch's randomness (data order, augmentation, dropout) is derived from
 (seed, epoch), and every epoch ends with an atomic checkpoint holding the weights, the optimizer's
 momentum and the metrics so far, so ``resume`` after a kill -9 redoes only the unfinished epoch and
-reaches bit-identical final weights on the same machine.
+reaches bit-identical final weights on the same machine. Under ``torchrun --nproc-per-node N`` the
+processes share every global batch (:mod:`.distributed`) and reach the weights of one process within
+float tolerance; rank 0 logs and writes, and a checkpoint resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .arch import Network, fold_batchnorm
 from .data import Dataset, augmentation, batches
 from .errors import SpikeAdvError
@@ -133,8 +135,11 @@ def train(
     The ANN (paper IV-B) or, with ``snn``, the same network as an SNN by backpropagation through time
     with the surrogate derivative (SNN-II, paper III-B): one loop, two forwards. ``meta`` is the
     caller's record (kind, preset, data digests...); training adds its config, seed, versions and
-    per-epoch metrics. The finished file holds the batch-norm-folded network.
+    per-epoch metrics. The finished file holds the batch-norm-folded network. Under torchrun each
+    process trains on its rows of every batch of ``cfg.batch_size`` (see :mod:`.distributed`).
     """
+    world = distributed.join(device)
+    device, log, rows = world.device, distributed.on_main(log), world.rows(cfg.batch_size)
     aug = augmentation(train_ds.info, cfg.augment, cfg.flip)
     meta = {
         **meta,
@@ -177,19 +182,20 @@ def train(
     if steps_per_epoch == 0:
         raise SpikeAdvError(f"batch size {cfg.batch_size} exceeds the {len(train_ds)} training images")
     params = list(net.parameters())
+    model = world.wrap(net)
     for epoch in range(meta["epochs_done"], cfg.epochs):
         es = epoch_seed(seed, epoch)
         torch.manual_seed(es)  # dropout
         gen = torch.Generator().manual_seed(es)  # order and augmentation
-        net.train()
+        model.train()
         start, seen = time.perf_counter(), 0
         loss_sum = torch.zeros(())
         correct = torch.zeros((), dtype=torch.long)
         bar = tqdm(
             batches(train_ds, cfg.batch_size, shuffle=True, generator=gen, augmentation=aug,
-                    drop_last=True, device=device),
+                    drop_last=True, device=device, rows=rows),
             total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img", unit_scale=cfg.batch_size,
-            leave=False, dynamic_ncols=True, mininterval=1.0,
+            leave=False, dynamic_ncols=True, mininterval=1.0, disable=not world.main,
         )
         for i, (x, y) in enumerate(bar):
             lr = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
@@ -197,31 +203,35 @@ def train(
                 group["lr"] = lr
             with autocast(cfg.bf16, device):
                 x = prepare_input(x, cfg)
-                logits = net(x) if snn is None else net(x, snn)  # encoder draws from the seeded global RNG
+                logits = model(x, snn, rows=rows)  # an SNN's encoder draws from the seeded global RNG
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.detach().cpu()
+            step_loss = world.mean(loss.detach())
+            loss_sum += step_loss.cpu()
             if not torch.isfinite(loss_sum):
                 bar.close()
                 kept = f"the last good checkpoint (epoch {epoch}) is kept at {out}" if epoch else "nothing was saved"
                 raise SpikeAdvError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}, step {i + 1} (loss "
-                                    f"{loss.item()}); {kept}; lower the learning rate (lr = {cfg.lr:g})")
+                                    f"{step_loss.item()}); {kept}; lower the learning rate (lr = {cfg.lr:g})")
             correct += (logits.argmax(1) == y).sum().cpu()
             seen += len(y)
         bar.close()
+        correct, seen = world.sum(correct).item(), world.sum(torch.tensor(seen)).item()
         seconds = time.perf_counter() - start
         record = {
             "epoch": epoch + 1,
             "train_loss": round(loss_sum.item() / steps_per_epoch, 5),
-            "train_acc": round(100.0 * correct.item() / seen, 3),
+            "train_acc": round(100.0 * correct / seen, 3),
             "lr_end": lr,
             "seconds": round(seconds, 2),
             "images_per_s": round(seen / seconds, 1),
+            "world_size": world.size,
         }
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            record["test_acc"] = round(accuracy(net, eval_ds, snn=snn, bf16=cfg.bf16, device=device), 3)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:  # by rank 0, as one process would
+            acc = accuracy(net, eval_ds, snn=snn, bf16=cfg.bf16, device=device) if world.main else None
+            record["test_acc"] = round(world.from_main(acc), 3)
         meta["metrics"].append(record)
         meta["epochs_done"] = epoch + 1
         log(
@@ -233,9 +243,12 @@ def train(
         if final:
             net = fold_batchnorm(net.eval()).to(memory_format=torch.contiguous_format)
             meta.update(complete=True, network=net.config(), batchnorm_folded=meta["trained_network"]["batchnorm"])
-            checkpoint.save(out, checkpoint.model_state(net), meta)
+            tensors = checkpoint.model_state(net)
         else:
-            checkpoint.save(out, {**checkpoint.model_state(net), **_optimizer_state(opt, params)}, meta)
+            tensors = {**checkpoint.model_state(net), **_optimizer_state(opt, params)}
+        if world.main:
+            checkpoint.save(out, tensors, meta)
+        world.barrier()  # every process sees the file before it goes on
     return net.eval(), meta
 
 
@@ -252,7 +265,8 @@ def fit(
     resume: bool = False, log: Callable[[str], None] = print, recipe: dict | None = None,
 ) -> tuple[Network, dict]:
     """Train one model of the study, ``ann`` (paper IV-B) or ``snn2`` (LIF from scratch, paper III-B),
-    as the preset says, into ``out``."""
+    as the preset says, into ``out`` (under torchrun: in data parallel, rank 0 logging)."""
+    log = distributed.on_main(log)
     info = train_ds.info
     if kind == "ann":
         cfg, snn = preset.ann, None

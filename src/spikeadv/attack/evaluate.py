@@ -11,6 +11,7 @@ Every random draw (encoder spikes, random starts, Square's squares) is seeded by
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from .. import __version__, checkpoint, data
 from ..api import Model as Loaded
 from ..errors import SpikeAdvError
 from ..presets import Preset, StudyConfig, from_dict
-from ..study.plan import digest, seed_of
+from ..study import executors
+from ..study.executors import Executor
+from ..study.plan import Task, digest, seed_of
 from ..study.tasks import Model, cached_record, predict
 from ..train import autocast
 from . import apgd, by_eps, checks, estimators, registry
@@ -293,16 +296,74 @@ def custom_suite(base: Suite, specs: list[str]) -> Suite:
     return dataclasses.replace(base, name=f"{base.name}+pairs", ann=fits["ann"], snn=fits["snn"], poisson=())
 
 
+def units(models: list[Model], sources: dict[str, list[Model]], setting: Setting, images: int) -> list[Task]:
+    """The evaluation's units as independent tasks (for an executor to run anywhere, filling the cache
+    the card is then read from): each model's ensemble per eps, curves per estimator and EOT, and the
+    transfers from each source per eps (one task per source set, shared by its targets). Cost: image-steps."""
+    suite, curve = setting.suite, min(images, setting.suite.curve_images)
+    out = []
+    for m in models:
+        steps = sum(p.steps for p in suite.pairs(m.snn))
+        out += [Task(f"{m.name}-eps{e:g}", "unit", {"unit": "ensemble", "model": m.name, "eps": e}, cost=images * steps)
+                for e in setting.eps]
+        points = len(suite.eps_curve) + len(suite.steps_curve)
+        out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
+                     cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn)]
+        if m.snn is not None and m.snn.encoding == "poisson":
+            out.append(Task(f"{m.name}-eot", "unit", {"unit": "eot", "model": m.name},
+                            cost=curve * suite.curve_steps * sum(suite.eot_draws)))
+    for source in {s.name: s for group in sources.values() for s in group}.values():
+        out += [Task(f"from-{source.name}-eps{e:g}", "unit", {"unit": "transfer", "source": source.name, "eps": e},
+                     cost=images * suite.pairs(source.snn)[0].steps) for e in setting.eps]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _evaluation(path: str, setting: Setting, images: int | None, out: str, root: str | None) -> tuple:
+    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None)
+    return Evaluation(setting, x, y, Path(out), log=lambda line: None), models, sources
+
+
+def run_unit(path: str, setting: Setting, images: int | None, out: str, root: str | None, task: Task,
+             deps: dict[str, dict]) -> dict:
+    """One unit of :func:`units` on any process, written to ``out``'s cache."""
+    evaluation, models, sources = _evaluation(path, setting, images, out, root)
+    unit, by_name = task.recipe, {m.name: m for group in ([*models], *sources.values()) for m in group}
+    if unit["unit"] == "transfer":
+        for target in models:
+            if unit["source"] in (s.name for s in sources[target.name]):
+                evaluation.transfer(target, by_name[unit["source"]], unit["eps"])
+    elif unit["unit"] == "ensemble":
+        evaluation.ensemble(by_name[unit["model"]], unit["eps"])
+    elif unit["unit"] == "curves":
+        evaluation.curves(by_name[unit["model"]], unit["estimator"])
+    else:
+        evaluation.eot(by_name[unit["model"]])
+    return {}
+
+
 def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int | None = None,
-                  out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
+                  out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print,
+                  executor: Executor = Executor()) -> list[Path]:
     """Evaluate a run directory's models (or one checkpoint) and write the card into ``out`` (default:
-    RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE)."""
+    RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE). On a Ray ``executor`` the
+    units run as Ray tasks first; the card is then made here from their cached records."""
     models, sources, x, y, recorded = targets(path, images, root)
     for model in models:  # every model's pairs accepted or refused before anything is written
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
     if out is None:
         out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name
     setting = Setting(suite, eps, **recorded)
+    if executor.kind == "ray":
+        leave = executors.connect(executor)
+        try:
+            todo = units(models, sources, setting, len(y))
+            log(f"{len(todo)} evaluation units on {executor.describe()}")
+            executors.on_ray(todo, functools.partial(run_unit, str(path.resolve()), setting, images,
+                                                     str(out.resolve()), str(root.resolve()) if root else None),
+                             executor)
+        finally:
+            leave()
     evaluation = Evaluation(setting, x, y, out, log)
     log(f"evaluating {', '.join(m.name for m in models)} on {len(y)} images at eps {', '.join(f'{e:g}' for e in eps)}/255 "
         f"with the {suite.name} suite -> {out}")

@@ -20,13 +20,22 @@ reuses what exists and an interrupted run resumes where it stopped::
 
 An adversarial set is not stored: its recipe (source checkpoint hash, gradient, attack, eps, steps,
 seeds) in the cell file regenerates it exactly.
+
+The run is plan -> tasks -> gather: :func:`plan` lists every task (build a model, predict its clean
+classes, craft and evaluate one cell) with its dependencies; :func:`execute` runs one task from its
+recipe, the run directory and its dependencies' results, on any process; an executor (:class:`Executor`:
+``local``, or ``ray`` on a local Ray or a cluster) runs the graph; the driver gathers the cells into
+``results.jsonl`` and the report and is the one writer of ``run.json``.
 """
 
-from .plan import EXTRA_ATTACKS, KINDS, Job, bounded_kinds, digest, grid, main_gradients, seed_of
+from .executors import Executor
+from .plan import EXTRA_ATTACKS, KINDS, Job, Task, bounded_kinds, digest, grid, main_gradients, plan, seed_of
+from .plan import cost as plan_cost
 from .rundir import identity, lock, open_run
 from .runner import run
-from .tasks import Model, clean_predictions, craft, models, predict, random_targets, repeats, rows
+from .tasks import Model, clean_predictions, craft, predict, random_targets, repeats, rows
+from .work import execute
 
-__all__ = ["EXTRA_ATTACKS", "KINDS", "Job", "Model", "bounded_kinds", "clean_predictions", "craft", "digest", "grid",
-           "identity", "lock", "main_gradients", "models", "open_run", "predict", "random_targets", "repeats", "rows", "run",
-           "seed_of"]
+__all__ = ["EXTRA_ATTACKS", "KINDS", "Executor", "Job", "Model", "Task", "bounded_kinds", "clean_predictions", "craft",
+           "digest", "execute", "grid", "identity", "lock", "main_gradients", "open_run", "plan", "plan_cost", "predict",
+           "random_targets", "repeats", "rows", "run", "seed_of"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from .. import attack as attacks
-from ..presets import Preset, StudyConfig
+from ..presets import Preset, StudyConfig, as_dict
 
 KINDS = ("ann", "snn1", "snn2")
 EXTRA_ATTACKS = (("fgsm", 1), ("ifgsm", 2))  # crafted with every further gradient source
@@ -40,9 +40,14 @@ class Job:
     def scenario(self) -> str:
         return "whitebox" if self.instance == 0 else f"bb-{self.source}"
 
-    def __str__(self) -> str:
+    def seed_key(self) -> str:
+        """What the crafting seeds derive from: the recipe's fields except the targets (which evaluate a
+        set, not craft it), in a fixed form. Frozen: changing it changes every cell's random draws."""
         steps = f"-{self.steps}" if self.attack in attacks.ITERATIVE else ""
         return f"{self.source}{self.instance}/{self.gradient} {self.attack}{steps} eps {self.eps}"
+
+    def __str__(self) -> str:
+        return self.seed_key()
 
 
 def main_gradients(study: StudyConfig) -> dict[str, str]:
@@ -99,3 +104,71 @@ def grid(study: StudyConfig, bounded: frozenset[str] = frozenset()) -> list[Job]
                     add(kind, 0, gradient, attack, steps, eps, (kind,))
     return [Job(*key[:3], key[3], key[4], key[5], tuple(t for t in KINDS if t in targets))
             for key, targets in wanted.items()]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of the study's task graph: build a model (``model``), predict a model's clean classes
+    (``clean``) or craft one adversarial set and evaluate it on its targets (``cell``). ``recipe`` is
+    what it computes; ``deps`` name the tasks whose results it takes; ``cost`` is its expected work in
+    ANN forward passes of one image (for the ETA, not for scheduling)."""
+
+    name: str
+    kind: str
+    recipe: dict = field(hash=False)
+    deps: tuple[str, ...] = ()
+    cost: float = 1.0
+
+
+def model_recipe(kind: str, preset: Preset, seed: int, data: tuple[str, str]) -> dict:
+    """What determines a trained model's weights (ann, snn2): the network, its training, the seed and the
+    digests of the training and test data. SNN-I's recipe adds its parent's content hash at run time."""
+    net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.width, "dropout": preset.dropout,
+           "batchnorm": preset.batchnorm, "train": as_dict(preset.ann)}
+    if kind == "snn2":
+        net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.snn2.width or preset.width,
+               "snn2": as_dict(preset.snn2)}
+    return json.loads(json.dumps({"kind": kind, **net, "seed": seed, "data": list(data)}))
+
+
+def _forward(preset: Preset) -> dict[str, float]:
+    """The cost of one image's forward pass per kind, in ANN forwards: an SNN runs T timesteps."""
+    return {"ann": 1.0, "snn1": float(preset.study.snn1_T or preset.snn1.T), "snn2": float(preset.snn2.T)}
+
+
+def repeats_of(preset: Preset, kind: str) -> int:
+    """Evaluations per target: ``study.repeats`` encoder seeds for Poisson-coded SNNs, one otherwise."""
+    encoding = {"ann": None, "snn1": preset.snn1.encoding, "snn2": preset.snn2.encoding}[kind]
+    return preset.study.repeats if encoding == "poisson" else 1
+
+
+def cost(job: Job, forward: dict[str, float], repeats: dict[str, int], images: int) -> float:
+    """Expected work of one cell: crafting takes a forward and a backward pass (about 3 forwards) per
+    step through the gradient's network (BPTT: the SNN itself; the ANN and SNNAdv: a network of ANN
+    cost), evaluation one pass per target repeat."""
+    through = job.source if job.gradient == "bptt" else "ann"
+    return images * (3 * job.steps * forward[through] + sum(repeats[t] * forward[t] for t in job.targets))
+
+
+def plan(preset: Preset, data: tuple[str, str], train_images: int) -> list[Task]:
+    """The study's task graph in an order that respects its dependencies (``data``: the digests of the
+    training and test sets): per instance (one per preset seed) train the ANN, train SNN-II, convert SNN-I from the ANN; the clean predictions of every model;
+    then one cell per job of :func:`grid`, after its source, its targets and their clean predictions."""
+    study, images, forward = preset.study, preset.study.images, _forward(preset)
+    repeats = {k: repeats_of(preset, k) for k in KINDS}
+    train = {"ann": preset.ann.epochs * 3.0, "snn2": preset.snn2.train.epochs * 3.0 * forward["snn2"]}
+    out: list[Task] = []
+    for instance, seed in enumerate(preset.seeds):
+        for kind in ("ann", "snn2"):
+            out.append(Task(f"{kind}{instance}", "model", {"kind": kind, "instance": instance, "seed": seed,
+                                                        "model": model_recipe(kind, preset, seed, data)},
+                            cost=train[kind] * train_images))
+        out.append(Task(f"snn1{instance}", "model", {"kind": "snn1", "instance": instance, "seed": seed},
+                        (f"ann{instance}",), cost=preset.snn1.images * forward["snn1"]))
+    out += [Task(f"clean/{kind}{i}", "clean", {"model": f"{kind}{i}"}, (f"{kind}{i}",),
+                 repeats[kind] * images * forward[kind]) for i in range(len(preset.seeds)) for kind in KINDS]
+    for job in grid(study, bounded_kinds(preset)):
+        deps = (f"{job.source}{job.instance}", *(f"{t}0" for t in job.targets), *(f"clean/{t}0" for t in job.targets))
+        out.append(Task(f"cell/{job}", "cell", {"job": asdict(job)}, tuple(dict.fromkeys(deps)),
+                        cost(job, forward, repeats, images)))
+    return out

@@ -1,23 +1,21 @@
-"""One run of the study in its run directory: models, clean accuracy, every job of the plan, the
-tidy results table and the report; reruns reuse what exists, one writer at a time."""
+"""One run of the study in its run directory: plan -> tasks -> gather. The plan lists every model, clean
+evaluation and adversarial set; an executor runs them; the driver gathers the cells into the tidy
+results table and the report. Reruns reuse what exists; one driver per run directory at a time."""
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import Tensor
-from tqdm import tqdm
-
-from .. import __version__, checkpoint, data, outcomes
+from .. import checkpoint, data
 from ..errors import SpikeAdvError
 from ..presets import Preset
-from . import tasks
-from .plan import KINDS, Job, bounded_kinds, digest, grid, main_gradients
+from . import executors
+from .executors import Executor
+from .plan import bounded_kinds, digest, main_gradients, plan
 from .rundir import identity, lock, open_run
 
 
@@ -35,18 +33,13 @@ class Stages:
 STAGE = {"ann": "train ANN", "snn2": "train SNN-II", "snn1": "convert SNN-I"}
 
 
-def _cost(job: Job, forward: dict[tuple[str, int], float], study_repeats: dict[str, int]) -> float:
-    """Expected seconds of one job from the measured clean forward pass of each model: crafting takes
-    a forward and a backward pass (about 3 forwards) per step through the gradient's network (BPTT:
-    the SNN itself; the ANN and SNNAdv: a network of ANN cost), evaluation one pass per target repeat."""
-    through = (job.source, job.instance) if job.gradient == "bptt" else ("ann", job.instance)
-    return 3 * job.steps * forward[through] + sum(study_repeats[t] * forward[(t, 0)] for t in job.targets)
-
-
-def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
-    """The whole study of ``preset`` in ``out``: models, clean accuracy (Table I), every job of
-    :func:`grid` on its targets, ``results.jsonl`` and the report. Returns the report's files.
-    Holds ``out``'s lock throughout; a read-only ``out`` serves a run that needs nothing computed."""
+def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str], None] = print,
+        executor: Executor = Executor()) -> list[Path]:
+    """The whole study of ``preset`` in ``out``: plan its tasks (:func:`.plan.plan`), run them on
+    ``executor`` (:mod:`.executors`), gather the cells into ``results.jsonl`` and write the report.
+    Returns the report's files. Holds ``out``'s lock throughout (the driver is the one writer of
+    run.json; tasks write only their own artifacts); a read-only ``out`` serves a run that needs
+    nothing computed."""
     if len(preset.seeds) != 2:
         raise SpikeAdvError(
             f"the study needs two distinct seeds, one per model instance (instance 0 crafts the whitebox "
@@ -54,14 +47,18 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
             "pass e.g. --set seeds=0,1")
     out = Path(out)
     meta = open_run(out, preset, log)  # reads only: a directory of another config is refused untouched
-    with lock(out) as can_write:
-        if not can_write and not meta:
-            raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
-        return _run(preset, out, root, log, can_write, meta)
+    leave = executors.connect(executor)  # a cluster that cannot be reached is refused before anything is written
+    try:
+        with lock(out) as can_write:
+            if not can_write and not meta:
+                raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
+            return _run(preset, out, root, log, can_write, meta, executor)
+    finally:
+        leave()
 
 
 def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None], can_write: bool,
-         meta: dict) -> list[Path]:
+         meta: dict, executor: Executor) -> list[Path]:
     from ..report import write_report
 
     call = time.perf_counter()
@@ -72,86 +69,42 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
     test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
     if study.images > len(test_ds):
         raise SpikeAdvError(f"study.images = {study.images} exceeds the {len(test_ds)} test images of the preset")
-    x = data.to_float(test_ds.images[:study.images])
     y = test_ds.labels[:study.images].long()
-    bounded = bounded_kinds(preset)
-    record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded),
+    record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded_kinds(preset)),
               "labels": digest(y.tolist()), "versions": checkpoint.versions(),
               "command": checkpoint.command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
+              "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
     save = checkpoint.write_json if can_write else (lambda path, value: None)
-    save(out / "run.json", record)  # first: a later call checks its config against this
-    stages = Stages()
+    save(out / "run.json", record)  # first: every task reads the preset from it
 
-    built, seconds = tasks.models(preset, out / "models", train_ds, test_ds, log, can_write)
-    for name, s in seconds.items():
-        stages.add(STAGE[name[:-1]], s)
-    clean: dict[tuple[str, int], list[Tensor]] = {}
-    forward: dict[tuple[str, int], float] = {}
-    record["models"] = []
-    for (kind, instance), model in built.items():
-        clean[(kind, instance)], s = tasks.clean_predictions(model, x, y, study, out / "clean", can_write, log)
-        stages.add("clean eval", s)
-        forward[(kind, instance)] = s / len(clean[(kind, instance)])
-        accs = [100.0 * (p == y).float().mean().item() for p in clean[(kind, instance)]]
-        test_acc = [m["test_acc"] for m in model.meta.get("metrics", []) if "test_acc" in m]
-        record["models"].append({
-            "kind": kind, "instance": instance, "clean_acc": round(statistics.fmean(accs), 3),
-            "clean_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0, "repeats": len(accs),
-            "T": model.snn.T if model.snn else None, "images": len(y), "path": str(model.path.relative_to(out)),
-            "sha256": model.sha256, "seed": model.meta.get("seed"), "checkpoint_test_acc": test_acc[-1] if test_acc else None,
-            "build_seconds": round(seconds[model.name], 1),
-            "encoding": model.snn.encoding if model.snn else None,
-            "augmentation": built[("ann" if kind == "snn1" else kind, instance)].meta.get("augmentation"),
-            "clean_correct": [outcomes.pack((p == y).cpu().numpy()) for p in clean[(kind, instance)]],
-        })
+    todo = plan(preset, (train_ds.digest, test_ds.digest), len(train_ds))
+    log(f"{len(todo)} tasks on {executor.describe()}")
+    start = time.perf_counter()
+    results = executors.execute(todo, out, root, executor, can_write, log)
+    stages = Stages()
+    for task in todo:
+        if task.kind == "model":
+            stages.add(STAGE[task.recipe["kind"]], results[task.name]["seconds"])
+        elif task.kind == "clean":
+            stages.add("clean eval", results[task.name]["seconds"])
+    record["models"] = [results[f"clean/{kind}{i}"]["entry"] for i in range(len(preset.seeds))
+                        for kind in ("ann", "snn2", "snn1")]
     log("clean accuracy: " + ", ".join(f"{m['kind']}{m['instance']} {m['clean_acc']:.1f}%" for m in record["models"])
         + f" on {len(y)} test images")
-
-    targets = {k: built[(k, 0)] for k in KINDS}
-    goal = tasks.random_targets(y, built[("ann", 0)].net.classes, study)
-    fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "repeats")}
-    jobs, labels = grid(study, bounded), record["labels"]
-    cells: dict[Job, tuple[Path, dict, dict | None]] = {}
-    for job in jobs:
-        recipe = {"job": asdict(job), "source": built[(job.source, job.instance)].sha256,
-                  "targets": [targets[t].sha256 for t in job.targets], "study": fixed, "images": len(y),
-                  "labels": labels, "version": __version__}
-        recipe = json.loads(json.dumps(recipe))  # as it reads back from disk (tuples become lists)
-        path = out / "cells" / f"{digest(recipe)}.json"
-        cells[job] = (path, recipe, tasks.cached_record(path, recipe, log))
-    todo = [job for job in jobs if cells[job][2] is None]
-    if todo and not can_write:
-        raise SpikeAdvError(f"{out} is read-only and {len(todo)} adversarial sets need computing; "
-                            "make it writable or pass another --out")
-    repeats = {t: tasks.repeats(targets[t], study) for t in KINDS}
-    cost = {job: max(_cost(job, forward, repeats), 1e-3) for job in todo}
-    start = time.perf_counter()
-    bar = tqdm(total=sum(cost.values()), desc=f"attacks ({len(todo)} sets)", dynamic_ncols=True, mininterval=1.0,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
-               disable=not todo)
-    for done, job in enumerate(todo, 1):
-        bar.set_postfix_str(f"{done}/{len(todo)} {job}", refresh=False)
-        path, recipe, _ = cells[job]
-        t0 = time.perf_counter()
-        adv, aim = tasks.craft(job, built[(job.source, job.instance)], x, y, goal, study)
-        t1 = time.perf_counter()
-        found = [row for t in job.targets for row in tasks.rows(job, targets[t], x, y, adv, aim, clean[(t, 0)], study)]
-        saved = {"recipe": recipe, "rows": found,
-                 "seconds": {"craft": round(t1 - t0, 3), "evaluate": round(time.perf_counter() - t1, 3)}}
-        checkpoint.write_record(path, saved)
-        cells[job] = (path, recipe, saved)
-        bar.update(cost[job])
-    bar.close()
-    results = []
-    for job in jobs:
-        saved = cells[job][2]
+    cells = [results[t.name] for t in todo if t.kind == "cell"]
+    rows = []
+    for cell in cells:
+        saved, why = checkpoint.read_record(out / cell["path"])
+        if saved is None:
+            raise SpikeAdvError(f"{out / cell['path']} cannot be read back ({why}); rerun the study")
         stages.add("craft", saved["seconds"]["craft"])
         stages.add("evaluate", saved["seconds"]["evaluate"])
-        results += saved["rows"]
-    log(f"attacks: {len(jobs)} adversarial sets ({len(todo)} crafted, {len(jobs) - len(todo)} reused), "
-        f"{len(results)} result rows, {time.perf_counter() - start:.0f} s this call")
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in results)
+        rows += saved["rows"]
+    reused = sum(c["reused"] for c in cells)
+    log(f"attacks: {len(cells)} adversarial sets ({len(cells) - reused} crafted, {reused} reused), "
+        f"{len(rows)} result rows, {time.perf_counter() - start:.0f} s this call")
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     if not can_write:
         return _read_only(out, text, log)
     checkpoint.atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))

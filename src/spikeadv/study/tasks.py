@@ -1,9 +1,8 @@
-"""The study's tasks: the six models built or reused, clean predictions, one adversarial set crafted
-and its result rows (with per-image outcomes) on each target."""
+"""The study's computations: a loaded model, its clean predictions, one adversarial set crafted and its
+result rows (with per-image outcomes) on each target."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,13 +11,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import __version__, checkpoint, data, outcomes
+from .. import __version__, checkpoint, outcomes
 from ..attack import attacks, registry
 from ..attack import estimators as sources
 from ..arch import Network
 from ..errors import SpikeAdvError
 from ..neurons import Spiking
-from ..presets import Preset, StudyConfig, as_dict
+from ..presets import StudyConfig
 from ..train import autocast
 from .plan import Job, digest, seed_of
 
@@ -39,36 +38,6 @@ class Model:
         return f"{self.kind}{self.instance}"
 
 
-def _recipe(kind: str, preset: Preset, seed: int, train_ds: data.Dataset, test_ds: data.Dataset) -> dict:
-    """What determines a trained model's weights (and the data its checkpoint records)."""
-    net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.width, "dropout": preset.dropout,
-           "batchnorm": preset.batchnorm, "train": as_dict(preset.ann)}
-    if kind == "snn2":
-        net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.snn2.width or preset.width,
-               "snn2": as_dict(preset.snn2)}
-    return {"kind": kind, **net, "seed": seed, "data": [train_ds.digest, test_ds.digest]}
-
-
-def _cached(path: Path, recipe: dict, log: Callable[[str], None], can_write: bool) -> tuple[Network, dict] | None:
-    """The usable checkpoint at ``path`` (its network and metadata), or None when there is none: a file
-    that fails its integrity check or holds another model than its name says is moved aside (never
-    deleted)."""
-    if not path.exists():
-        return None
-    try:
-        net, meta = checkpoint.load_model(path)
-        if meta.get("recipe", recipe) != recipe:
-            raise SpikeAdvError(f"{path} holds another model than its name says (its recipe differs)")
-        return net, meta
-    except SpikeAdvError as e:
-        if not can_write:
-            raise
-        aside = path.with_name(f"{path.name}.{int(time.time())}.rejected")
-        path.rename(aside)
-        log(f"{e}; moved it to {aside.name}, rebuilding it")
-        return None
-
-
 def cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict | None:
     """A cached JSON artifact made from ``recipe`` (:func:`checkpoint.read_record`), or None when it must
     be computed; one that cannot be used (damaged, edited, another recipe's) is named in the log."""
@@ -78,48 +47,6 @@ def cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict 
     if saved is None and why != "missing":
         log(f"{path} cannot be used: {why}; recomputing it")
     return saved
-
-
-def models(
-    preset: Preset, folder: Path, train_ds: data.Dataset, test_ds: data.Dataset, log: Callable[[str], None] = print,
-    can_write: bool = True,
-) -> tuple[dict[tuple[str, int], Model], dict[str, float]]:
-    """Train (or reuse) ann and snn2 and convert snn1 from ann, one instance per preset seed.
-    Returns the models and the seconds each took to build (from the checkpoints, so reused models
-    report the time they took when they were made)."""
-    from ..convert import convert_file
-    from ..train import fit
-
-    out: dict[tuple[str, int], Model] = {}
-    seconds: dict[str, float] = {}
-    study = preset.study
-    for instance, seed in enumerate(preset.seeds):
-        for kind in ("ann", "snn2", "snn1"):
-            if kind == "snn1":
-                recipe = {"kind": "snn1", "convert": as_dict(preset.snn1), "parent": out[("ann", instance)].sha256,
-                          "seed": seed}
-            else:
-                recipe = _recipe(kind, preset, seed, train_ds, test_ds)
-            recipe = json.loads(json.dumps(recipe))  # as it reads back from a checkpoint
-            path = folder / f"{kind}{instance}-{digest(recipe)}.safetensors"
-            found = _cached(path, recipe, log, can_write)
-            if found is not None and (kind == "snn1" or found[1].get("complete")):
-                log(f"reusing {path.name}")
-            elif not can_write:
-                raise SpikeAdvError(f"{folder.parent} is read-only and {path.name} needs building; make it "
-                                    "writable or pass another --out")
-            else:
-                if kind == "snn1":
-                    convert_file(out[("ann", instance)].path, preset, train_ds, test_ds, seed, path, recipe=recipe)
-                else:
-                    fit(kind, preset, seed, path, train_ds, test_ds, resume=True, log=log, recipe=recipe)
-                found = checkpoint.load_model(path)
-            net, meta = found
-            snn = checkpoint.spiking(meta, T=study.snn1_T if kind == "snn1" else None)
-            seconds[f"{kind}{instance}"] = meta["seconds"] if kind == "snn1" else sum(
-                m["seconds"] for m in meta["metrics"])
-            out[(kind, instance)] = Model(kind, instance, net, snn, path, checkpoint.model_digest(net, meta), meta)
-    return out, seconds
 
 
 def _batches(n: int, size: int) -> Iterator[tuple[int, slice]]:
@@ -159,7 +86,7 @@ def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: Stu
     noise, PGD start) is seeded by the job's recipe and the batch index."""
     out, aims = [], []
     for b, part in _batches(len(x), study.batch_size):
-        seed = seed_of(study.seed, str(job), b)
+        seed = seed_of(study.seed, job.seed_key(), b)
         source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot if model.snn else 1)
         gen = torch.Generator().manual_seed(seed)
         xb, yb, eps = x[part], y[part], job.eps / 255
@@ -209,14 +136,16 @@ def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor
 
 
 def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, folder: Path,
-                      can_write: bool = True, log: Callable[[str], None] = print) -> tuple[list[Tensor], float]:
+                      can_write: bool = True, log: Callable[[str], None] = print) -> tuple[list[Tensor], dict]:
     """Clean predictions of a target per repeat (cached by model hash and evaluation recipe, with an
-    integrity digest: an edited or corrupted file is recomputed)."""
+    integrity digest: an edited or corrupted file is recomputed), and where they are: ``path``, the
+    ``seconds`` they took and whether they were ``reused``."""
     recipe = {"model": target.sha256, "T": target.snn.T if target.snn else None, "images": len(x),
               "labels": digest(y.tolist()), "repeats": repeats(target, study), "seed": study.seed,
               "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
     path = folder / f"{target.name}-{digest(recipe)}.json"
     saved = cached_record(path, recipe, log)
+    reused = saved is not None
     if saved is None:
         if not can_write:
             raise SpikeAdvError(f"{folder.parent} is read-only and the clean predictions of {target.name} need "
@@ -225,4 +154,4 @@ def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, f
         preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
         saved = {"recipe": recipe, "preds": preds, "seconds": round(time.perf_counter() - start, 2)}
         checkpoint.write_record(path, saved)
-    return [torch.tensor(p) for p in saved["preds"]], saved["seconds"]
+    return [torch.tensor(p) for p in saved["preds"]], {"path": path, "seconds": saved["seconds"], "reused": reused}

@@ -1,0 +1,187 @@
+"""One task of the study's plan (:func:`.plan.plan`), run from its recipe, the run directory and its
+dependencies' results alone, on whichever process an executor gives it. Every task is idempotent:
+what the run directory already holds (verified by its digest) is reused, what it computes is written
+atomically, so a task retried after its worker died, or run twice by two processes, leaves one
+correct file."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import __version__, checkpoint, data, outcomes
+from ..arch import Network
+from ..errors import SpikeAdvError
+from ..presets import Preset, as_dict, recorded
+from . import tasks
+from .plan import Job, Task, digest
+
+@dataclass
+class Context:
+    """What every task of one run shares, loaded once per process: the preset (from run.json), the
+    data, the attacked test images, their labels and the paper's random targets."""
+
+    preset: Preset
+    train_ds: data.Dataset
+    test_ds: data.Dataset
+    x: Tensor
+    y: Tensor
+    goal: Tensor
+    labels: str
+    models: dict[str, tuple[tuple[int, int], tasks.Model]] = field(default_factory=dict)
+
+
+_context: dict[tuple, Context] = {}
+
+
+def context(out: Path, root: Path | None) -> Context:
+    """The run's shared inputs, cached for the life of the process (one run at a time)."""
+    preset_json = json.loads((out / "run.json").read_text())["preset"]
+    key = (str(out.resolve()), str(root), json.dumps(preset_json, sort_keys=True))
+    if key not in _context:
+        preset = recorded(preset_json)
+        train_ds, test_ds = data.load(preset.dataset, "train", root), data.load(preset.dataset, "test", root)
+        test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
+        x, y = data.to_float(test_ds.images[:preset.study.images]), test_ds.labels[:preset.study.images].long()
+        goal = tasks.random_targets(y, test_ds.info.classes, preset.study)
+        _context.clear()
+        _context[key] = Context(preset, train_ds, test_ds, x, y, goal, digest(y.tolist()))
+    return _context[key]
+
+
+def _checkpoint(path: Path, recipe: dict, log: Callable[[str], None], can_write: bool) -> tuple[Network, dict] | None:
+    """The usable checkpoint at ``path`` (its network and metadata), or None when there is none: a file
+    that fails its integrity check or holds another model than its name says is moved aside (never
+    deleted)."""
+    if not path.exists():
+        return None
+    try:
+        net, meta = checkpoint.load_model(path)
+        if meta.get("recipe", recipe) != recipe:
+            raise SpikeAdvError(f"{path} holds another model than its name says (its recipe differs)")
+        return net, meta
+    except SpikeAdvError as e:
+        if not can_write:
+            raise
+        aside = path.with_name(f"{path.name}.{os.getpid()}.{int(time.time())}.rejected")
+        path.rename(aside)
+        log(f"{e}; moved it to {aside.name}, rebuilding it")
+        return None
+
+
+def _model(ctx: Context, out: Path, built: dict) -> tasks.Model:
+    """A model a task depends on, loaded once per process while its file is unchanged."""
+    path = out / built["path"]
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = ctx.models.get(built["path"])
+    if cached is None or cached[0] != version:
+        net, meta = checkpoint.load_model(path)
+        snn = checkpoint.spiking(meta, T=ctx.preset.study.snn1_T if built["kind"] == "snn1" else None)
+        model = tasks.Model(built["kind"], built["instance"], net, snn, path, checkpoint.model_digest(net, meta), meta)
+        if model.sha256 != built["sha256"]:
+            raise SpikeAdvError(f"{path} changed while the study ran (its content hash differs); rerun the study")
+        ctx.models[built["path"]] = cached = (version, model)
+    return cached[1]
+
+
+def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
+           log: Callable[[str], None]) -> dict:
+    """Train (ann, snn2) or convert (snn1, from its ANN) one model, or reuse its checkpoint."""
+    from ..convert import convert_file
+    from ..train import fit
+
+    kind, instance, seed = task.recipe["kind"], task.recipe["instance"], task.recipe["seed"]
+    parent = deps.get(f"ann{instance}") if kind == "snn1" else None
+    recipe = (json.loads(json.dumps({"kind": "snn1", "convert": as_dict(ctx.preset.snn1), "parent": parent["sha256"],
+                                     "seed": seed})) if parent else task.recipe["model"])
+    path = out / "models" / f"{task.name}-{digest(recipe)}.safetensors"
+    found = _checkpoint(path, recipe, log, can_write)
+    reused = found is not None and (kind == "snn1" or found[1].get("complete", False))
+    if reused:
+        log(f"reusing {path.name}")
+    elif not can_write:
+        raise SpikeAdvError(f"{out} is read-only and {path.name} needs building; make it writable or pass another --out")
+    elif parent:
+        convert_file(out / parent["path"], ctx.preset, ctx.train_ds, ctx.test_ds, seed, path, recipe=recipe)
+    else:
+        fit(kind, ctx.preset, seed, path, ctx.train_ds, ctx.test_ds, resume=True, log=log, recipe=recipe)
+    net, meta = checkpoint.load_model(path)
+    test_acc = [m["test_acc"] for m in meta.get("metrics", []) if "test_acc" in m]
+    return {"kind": kind, "instance": instance, "path": str(path.relative_to(out)), "reused": reused,
+            "sha256": checkpoint.model_digest(net, meta), "seed": meta.get("seed"),
+            "seconds": meta["seconds"] if parent else sum(m["seconds"] for m in meta["metrics"]),
+            "checkpoint_test_acc": test_acc[-1] if test_acc else None,
+            "augmentation": parent["augmentation"] if parent else meta.get("augmentation")}
+
+
+def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
+           log: Callable[[str], None]) -> dict:
+    """A model's clean predictions per evaluation repeat, and its run.json entry (Table I)."""
+    built = deps[task.recipe["model"]]
+    model = _model(ctx, out, built)
+    preds, found = tasks.clean_predictions(model, ctx.x, ctx.y, ctx.preset.study, out / "clean", can_write, log)
+    accs = [100.0 * (p == ctx.y).float().mean().item() for p in preds]
+    entry = {
+        "kind": model.kind, "instance": model.instance, "clean_acc": round(statistics.fmean(accs), 3),
+        "clean_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0, "repeats": len(accs),
+        "T": model.snn.T if model.snn else None, "images": len(ctx.y), "path": built["path"],
+        "sha256": model.sha256, "seed": built["seed"], "checkpoint_test_acc": built["checkpoint_test_acc"],
+        "build_seconds": round(built["seconds"], 1), "encoding": model.snn.encoding if model.snn else None,
+        "augmentation": built["augmentation"],
+        "clean_correct": [outcomes.pack((p == ctx.y).cpu().numpy()) for p in preds],
+    }
+    return {"path": str(found["path"].relative_to(out)), "seconds": found["seconds"], "entry": entry,
+            "reused": found["reused"]}
+
+
+def _cell(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
+          log: Callable[[str], None]) -> dict:
+    """One adversarial set crafted from its source and its result rows on every target (or reused)."""
+    job = Job(**{**task.recipe["job"], "targets": tuple(task.recipe["job"]["targets"])})
+    study = ctx.preset.study
+    source = _model(ctx, out, deps[f"{job.source}{job.instance}"])
+    targets = {t: _model(ctx, out, deps[f"{t}0"]) for t in job.targets}
+    fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "repeats")}
+    recipe = json.loads(json.dumps({
+        "job": asdict(job), "source": source.sha256, "targets": [targets[t].sha256 for t in job.targets],
+        "study": fixed, "images": len(ctx.y), "labels": ctx.labels, "version": __version__}))
+    path = out / "cells" / f"{digest(recipe)}.json"
+    saved = tasks.cached_record(path, recipe, log)
+    if saved is None:
+        if not can_write:
+            raise SpikeAdvError(f"{out} is read-only and the adversarial set {job} needs computing; "
+                                "make it writable or pass another --out")
+        clean = {t: [torch.tensor(p) for p in json.loads((out / deps[f"clean/{t}0"]["path"]).read_text())["preds"]]
+                 for t in job.targets}
+        t0 = time.perf_counter()
+        adv, aim = tasks.craft(job, source, ctx.x, ctx.y, ctx.goal, study)
+        t1 = time.perf_counter()
+        rows = [row for t in job.targets
+                for row in tasks.rows(job, targets[t], ctx.x, ctx.y, adv, aim, clean[t], study)]
+        saved = {"recipe": recipe, "rows": rows, "worker": f"{socket.gethostname()}:{os.getpid()}",
+                 "seconds": {"craft": round(t1 - t0, 3), "evaluate": round(time.perf_counter() - t1, 3)}}
+        checkpoint.write_record(path, saved)
+        return {"path": str(path.relative_to(out)), "reused": False, "worker": saved["worker"]}
+    return {"path": str(path.relative_to(out)), "reused": True, "worker": saved.get("worker")}
+
+
+RUN = {"model": _build, "clean": _clean, "cell": _cell}
+
+
+def execute(task: Task, out: Path, root: Path | None, deps: dict[str, dict], can_write: bool = True,
+            log: Callable[[str], None] = print) -> dict:
+    """Run one task from its recipe, the run directory ``out`` (its run.json names the preset) and the
+    results of the tasks it depends on (``deps``, by name). Returns its own result: a small JSON-ready
+    dict naming the artifact it wrote or reused (``path``, relative to ``out``) and whether it was
+    reused."""
+    return RUN[task.kind](task, context(out, root), out, deps, can_write, log)
