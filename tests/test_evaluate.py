@@ -163,14 +163,16 @@ def test_a_rerun_reuses_every_unit(evaluated, capsys):
     assert "broke" not in capsys.readouterr().out  # nothing attacked again
 
 
-def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(evaluated, tmp_path):
-    folder, out = evaluated / "evaluation" / "quick", tmp_path / "card"
-    result = subprocess.run([sys.executable, "-m", "spikeadv", "--threads", str(torch.get_num_threads()), "evaluate",
-                             str(evaluated), *QUICK, "--out", str(out), "--executor", "ray", "--workers", "2"],
-                            capture_output=True, text=True, timeout=600)
+def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(reference, tmp_path):
+    ann = reference / json.loads((reference / "run.json").read_text())["models"][0]["path"]
+    args = ["--threads", str(torch.get_num_threads()), "evaluate", str(ann), "--suite", "quick", "--images", "16",
+            "--eps", "4,8"]
+    assert cli.main([*args, "--out", str(tmp_path / "local")]) == 0
+    result = subprocess.run([sys.executable, "-m", "spikeadv", *args, "--out", str(tmp_path / "ray"),
+                             "--executor", "ray", "--workers", "2"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "evaluation units on ray" in result.stdout
-    assert (out / "rows.jsonl").read_bytes() == (folder / "rows.jsonl").read_bytes()
+    assert "3 evaluation units on ray" in result.stdout  # the ensemble at each eps and the curves
+    assert (tmp_path / "ray" / "rows.jsonl").read_bytes() == (tmp_path / "local" / "rows.jsonl").read_bytes()
 
     def timeless(value):
         if isinstance(value, dict):
@@ -180,7 +182,7 @@ def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(evaluated, tm
     def units(where: Path) -> dict:
         return {p.name: timeless(json.loads(p.read_text())) for p in (where / "cells").iterdir()}
 
-    assert units(out) == units(folder)
+    assert len(units(tmp_path / "ray")) == 3 and units(tmp_path / "ray") == units(tmp_path / "local")
 
 
 def test_report_rejudges_the_whitebox_claims_under_the_worst_case(evaluated):

@@ -251,7 +251,7 @@ def test_a_read_only_run_directory_serves_everything_that_needs_no_writing(read_
     assert cli.main(["report", str(out)]) == 2
     assert f"cannot write {out / 'report'}" in capsys.readouterr().err
     assert cli.main(["run", "--preset", "smoke", "--out", str(out), "--set", "study.extra_eps=8,16,24"]) == 2
-    assert "is read-only and 4 adversarial sets need computing" in capsys.readouterr().err
+    assert "is read-only and the adversarial set snn10/bptt fgsm eps 24 needs computing" in capsys.readouterr().err
     assert cli.main(["report", str(out), "--out", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "table1.md").read_text() == (out / "report" / "table1.md").read_text()
     assert files(out) == before

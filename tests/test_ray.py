@@ -1,8 +1,8 @@
 """The study on Ray: the same results as the local executor, retried when a worker dies, resumed after
 the driver is killed, one driver per run directory, and a cluster that is not there refused at once.
 
-Each run is the smoke preset on a smaller grid (one eps per figure, FGSM and I-FGSM, SNNAdv and BPTT;
-19 cells): its cells are a subset of the reference run's, so its results must be exactly the reference's rows of those cells, in order."""
+Each run is the smoke preset on a smaller grid (one eps per figure, no R-FGSM, SNNAdv and BPTT;
+22 cells, in the reference's order and with its targets): its cells are a subset of the reference run's, so its results must be exactly the reference's rows of those cells, in order."""
 
 import json
 import os
@@ -22,17 +22,17 @@ from spikeadv.data import load, to_float
 from spikeadv.presets import get_preset
 
 SMALL = [a for s in ("study.eps=8", "study.fig4_eps=8", "study.fig4_steps=2", "study.extra_eps=8",
-                      "study.attacks=fgsm,ifgsm", "study.gradients=snnadv,bptt") for a in ("--set", s)]
+                      "study.attacks=fgsm,ifgsm,tifgsm", "study.gradients=snnadv,bptt") for a in ("--set", s)]
 
 
 def expected(reference: Path) -> list[str]:
     """The reference's rows of the cells that the small grid crafts, in the reference's order."""
     preset = get_preset("smoke", [a for a in SMALL if a != "--set"])
-    keys = {(j.source, j.instance, j.gradient, j.attack, j.eps, j.steps)
-            for j in study.grid(preset.study, study.bounded_kinds(preset))}
+    targets = {(j.source, j.instance, j.gradient, j.attack, j.eps, j.steps): j.targets
+               for j in study.grid(preset.study, study.bounded_kinds(preset))}
     lines = (reference / "results.jsonl").read_text().splitlines(keepends=True)
-    return [line for line in lines if tuple(json.loads(line)[k] for k in (
-        "source_kind", "source_instance", "gradient", "attack", "eps", "steps")) in keys]
+    return [line for line in lines if (row := json.loads(line))["target"] in targets.get(tuple(row[k] for k in (
+        "source_kind", "source_instance", "gradient", "attack", "eps", "steps")), ())]
 
 
 def ray_run(reference: Path, out: Path, *extra: str) -> subprocess.Popen:

@@ -117,7 +117,10 @@ def connect(executor: Executor) -> Callable[[], None]:
         if executor.address:
             ray.init(address=executor.address, **options)
         else:
-            ray.init(num_cpus=executor.workers * executor.threads, object_store_memory=128 << 20, **options)
+            slots = executor.workers * executor.threads
+            if slots > (os.cpu_count() or 1):  # more threads than cores: idle OpenMP threads must sleep, not spin
+                options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+            ray.init(num_cpus=slots, object_store_memory=128 << 20, **options)
     except ConnectionError as e:
         raise SpikeAdvError(f"no Ray cluster at {executor.address}: {str(e).splitlines()[0]}") from None
     return ray.shutdown
