@@ -355,6 +355,7 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
         out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name
     setting = Setting(suite, eps, **recorded)
     if executor.kind == "ray":
+        executors.check(executor)
         leave = executors.connect(executor)
         try:
             todo = units(models, sources, setting, len(y))

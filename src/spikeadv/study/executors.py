@@ -105,14 +105,21 @@ def _reachable(address: str) -> None:
                             "or pass --address auto") from None
 
 
+def check(executor: Executor) -> None:
+    """Refuse an executor that cannot run, before anything is written: Ray missing, or no cluster at
+    ``--address``."""
+    if executor.kind == "ray":
+        _ray()
+        if executor.address and executor.address != "auto":
+            _reachable(executor.address)
+
+
 def connect(executor: Executor) -> Callable[[], None]:
-    """Start or join the executor's Ray before anything is written; returns how to leave it."""
+    """Start or join the executor's Ray (after :func:`check`); returns how to leave it."""
     if executor.kind != "ray":
         return lambda: None
     ray = _ray()
     options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    if executor.address and executor.address != "auto":
-        _reachable(executor.address)
     try:
         if executor.address:
             ray.init(address=executor.address, **options)

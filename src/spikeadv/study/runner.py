@@ -47,14 +47,15 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
             "pass e.g. --set seeds=0,1")
     out = Path(out)
     meta = open_run(out, preset, log)  # reads only: a directory of another config is refused untouched
-    leave = executors.connect(executor)  # a cluster that cannot be reached is refused before anything is written
-    try:
-        with lock(out) as can_write:
-            if not can_write and not meta:
-                raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
+    executors.check(executor)  # Ray missing or a cluster that cannot be reached: refused before anything is written
+    with lock(out) as can_write:
+        if not can_write and not meta:
+            raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
+        leave = executors.connect(executor) if can_write else (lambda: None)
+        try:
             return _run(preset, out, root, log, can_write, meta, executor)
-    finally:
-        leave()
+        finally:
+            leave()
 
 
 def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None], can_write: bool,
