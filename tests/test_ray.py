@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from spikeadv import cli, study
 from spikeadv.api import Model
@@ -109,8 +110,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_address_where_nothing_listens_is_one_line_and_writes_nothing(tmp_path):
-    address = f"127.0.0.1:{free_port()}"
+@pytest.mark.parametrize("address", ["HOST:PORT", "auto"])
+def test_an_address_where_nothing_listens_is_one_line_and_writes_nothing(tmp_path, address):
+    address = f"127.0.0.1:{free_port()}" if address == "HOST:PORT" else address  # auto: no Ray runs here
     result = subprocess.run([sys.executable, "-m", "spikeadv", "run", "--preset", "smoke", "--out",
                              str(tmp_path / "run"), "--executor", "ray", "--address", address],
                             capture_output=True, text=True, timeout=60)

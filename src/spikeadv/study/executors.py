@@ -46,7 +46,7 @@ class Progress:
     rate and ETA; a task whose artifact was found already done takes its cost off the total instead."""
 
     def __init__(self, tasks: list[Task]) -> None:
-        self.total, self.done, self.reused, self.failed = len(tasks), 0, 0, 0
+        self.total, self.done, self.failed = len(tasks), 0, 0
         self.bar = tqdm(total=sum(t.cost for t in tasks), desc=f"study ({len(tasks)} tasks)", dynamic_ncols=True,
                         mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
 
@@ -57,7 +57,6 @@ class Progress:
     def finish(self, task: Task, result: dict) -> None:
         self.done += 1
         if result.get("reused"):
-            self.reused += 1
             self.bar.total = max(self.bar.total - task.cost, self.bar.n)
             self.bar.refresh()
         else:

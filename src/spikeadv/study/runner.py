@@ -4,6 +4,7 @@ results table and the report. Reruns reuse what exists; one driver per run direc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -48,14 +49,15 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
     out = Path(out)
     meta = open_run(out, preset, log)  # reads only: a directory of another config is refused untouched
     executors.check(executor)  # Ray missing or a cluster that cannot be reached: refused before anything is written
-    with lock(out) as can_write:
+    with contextlib.ExitStack() as stack:
+        if executor.address:  # joining a cluster writes nothing here, so it is refused before the lock
+            stack.callback(executors.connect(executor))
+        can_write = stack.enter_context(lock(out))
         if not can_write and not meta:
             raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
-        leave = executors.connect(executor) if can_write else (lambda: None)
-        try:
-            return _run(preset, out, root, log, can_write, meta, executor)
-        finally:
-            leave()
+        if can_write and not executor.address:  # a Ray of our own starts only under the lock
+            stack.callback(executors.connect(executor))
+        return _run(preset, out, root, log, can_write, meta, executor)
 
 
 def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None], can_write: bool,

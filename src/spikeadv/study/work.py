@@ -38,6 +38,7 @@ class Context:
     goal: Tensor
     labels: str
     models: dict[str, tuple[tuple[int, int], tasks.Model]] = field(default_factory=dict)
+    clean: dict[str, list[Tensor]] = field(default_factory=dict)  # by file: named by digest, never rewritten
 
 
 _context: dict[tuple, Context] = {}
@@ -144,6 +145,13 @@ def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
             "reused": found["reused"]}
 
 
+def _clean_preds(ctx: Context, path: Path) -> list[Tensor]:
+    """A target's clean predictions per repeat, read once per process."""
+    if str(path) not in ctx.clean:
+        ctx.clean[str(path)] = [torch.tensor(p) for p in json.loads(path.read_text())["preds"]]
+    return ctx.clean[str(path)]
+
+
 def _cell(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
           log: Callable[[str], None]) -> dict:
     """One adversarial set crafted from its source and its result rows on every target (or reused)."""
@@ -161,8 +169,7 @@ def _cell(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write:
         if not can_write:
             raise SpikeAdvError(f"{out} is read-only and the adversarial set {job} needs computing; "
                                 "make it writable or pass another --out")
-        clean = {t: [torch.tensor(p) for p in json.loads((out / deps[f"clean/{t}0"]["path"]).read_text())["preds"]]
-                 for t in job.targets}
+        clean = {t: _clean_preds(ctx, out / deps[f"clean/{t}0"]["path"]) for t in job.targets}
         t0 = time.perf_counter()
         adv, aim = tasks.craft(job, source, ctx.x, ctx.y, ctx.goal, study)
         t1 = time.perf_counter()
