@@ -57,7 +57,7 @@ def bare(preset, ds) -> float:
         x = x_all[idx]
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.bf16):
+        with autocast(cfg.bf16, "cpu"):
             loss = F.cross_entropy(net(x).float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

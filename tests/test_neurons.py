@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikeadv import arch, neurons
+from spikeadv import devices, neurons
 from spikeadv.arch import Network
 from spikeadv.errors import SpikeAdvError
 from spikeadv.neurons import SURROGATES, Spiking, SpikeFn, encode, spike_train, surrogate_grad
@@ -241,7 +241,7 @@ def test_time_folding_in_chunks_equals_one_pass():
 def test_batchnorm_training_sees_all_timesteps_in_one_call(monkeypatch):
     # batch-norm statistics in training must pool all T steps: chunks of time would each be normalised
     # by their own statistics, which the running statistics used in evaluation do not reproduce
-    monkeypatch.setattr(arch, "CPU_FOLD_BYTES", 4 * 16 * 16 * 4 * 2)  # room for two frames per call
+    monkeypatch.setattr(devices, "CPU_FOLD_BYTES", 4 * 16 * 16 * 4 * 2)  # room for two frames per call
     net = Network("16x16-4c3-2s-8fc-3o", 2, (0.5, 0.5), (0.25, 0.25), dropout=0.0, batchnorm=True).train()
     calls = []
     net.layers[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))

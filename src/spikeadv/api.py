@@ -15,13 +15,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
-from . import checkpoint
+from . import checkpoint, devices
 from .attack import attacks
 from .attack import estimators as sources
 from .errors import SpikeAdvError
 from .presets import Preset, StudyConfig, get_preset
+from .study import Executor
 from .study import run as run_study
 from .study import tasks
 
@@ -32,18 +34,18 @@ class Model(tasks.Model):
     ``instance`` its index in a study (0 outside one)."""
 
     @classmethod
-    def load(cls, path: str | Path, T: int | None = None) -> Model:
-        """A checkpoint that spikeadv wrote (``train``, ``convert`` or a study); ``T`` overrides an
-        SNN's time steps."""
+    def load(cls, path: str | Path, T: int | None = None, device: torch.device | str = "cpu") -> Model:
+        """A checkpoint that spikeadv wrote (``train``, ``convert`` or a study), on ``device``; ``T``
+        overrides an SNN's time steps."""
         path = Path(path)
-        net, meta = checkpoint.load_model(path)
+        net, meta = checkpoint.load_model(path, device)
         return cls(meta.get("kind", ""), 0, net, checkpoint.spiking(meta, T=T), path,
                    checkpoint.model_digest(net, meta), meta)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, kind: str, instance: int = 0) -> Model:
-        """Model ``kind`` (ann, snn1, snn2), instance 0 or 1, of a study's run directory, with the T
-        the study ran it at; refused if its file is not the one the run recorded."""
+    def from_run(cls, run_dir: str | Path, kind: str, instance: int = 0, device: torch.device | str = "cpu") -> Model:
+        """Model ``kind`` (ann, snn1, snn2), instance 0 or 1, of a study's run directory, on ``device``,
+        with the T the study ran it at; refused if its file is not the one the run recorded."""
         record = Path(run_dir) / "run.json"
         try:
             entries = json.loads(record.read_text())["models"]
@@ -54,7 +56,8 @@ class Model(tasks.Model):
         if not found:
             have = ", ".join(f"{m.get('kind')} {m.get('instance')}" for m in entries) or "none yet"
             raise SpikeAdvError(f"{run_dir} has no model {kind} instance {instance} (it has: {have})")
-        model = dataclasses.replace(cls.load(Path(run_dir) / found[0]["path"], T=found[0].get("T")), instance=instance)
+        model = dataclasses.replace(cls.load(Path(run_dir) / found[0]["path"], T=found[0].get("T"), device=device),
+                                    instance=instance)
         if found[0].get("sha256", model.sha256) != model.sha256:
             raise SpikeAdvError(f"{model.path} is not the model {record} recorded (its digest differs); "
                                 "rerun the study to rebuild it")
@@ -81,8 +84,10 @@ class Model(tasks.Model):
 
 
 def run(preset: Preset | str, out: str | Path, root: str | Path | None = None,
-        log: Callable[[str], None] = print) -> list[Path]:
-    """The whole study of a preset (or preset name) in ``out`` (:func:`spikeadv.study.run`); a rerun
-    reuses what exists and resumes what was interrupted. Returns the report's files."""
+        log: Callable[[str], None] = print, device: str = "cpu") -> list[Path]:
+    """The whole study of a preset (or preset name) in ``out`` (:func:`spikeadv.study.run`) on ``device``
+    (auto, cpu, cuda or cuda:N); a rerun reuses what exists and resumes what was interrupted, on any
+    device. Returns the report's files."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    return run_study(preset, Path(out), None if root is None else Path(root), log)
+    return run_study(preset, Path(out), None if root is None else Path(root), log,
+                     Executor(device=str(devices.resolve(device))))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import devices
 from .distributed import Rows, bernoulli, dropout
 from .errors import SpikeAdvError
 from .neurons import Spiking, encode, spike_train
@@ -33,13 +34,6 @@ SPECS: dict[str, str] = {
     # the authors' public VGG9 code uses 3x3 kernels
     "vgg9-k3": "32x32-64c3-64c3-2s-128c3-128c3-2s-256c3-256c3-256c3-2s-1024fc-10o",
 }
-
-MAX_FOLD = 4096  # frames (timesteps x images) per layer call when Spiking.chunk = 0: bounds memory
-# On CPU, also keep the largest float32 activation of one call under this many bytes: the C allocator
-# maps bigger blocks fresh from the OS at every allocation, and first touching their pages cost more
-# than the whole neuron update (README, Benchmarks). Chunking changes no result: the membrane carries
-# over and the Poisson encoder draws the same stream.
-CPU_FOLD_BYTES = 16 * 2**20
 
 _TOKEN = re.compile(r"^(?:(?P<conv>\d+)c(?P<k>\d+)|(?P<pool>\d+)s|(?P<maxpool>\d+)m|(?P<fc>\d+)fc|(?P<out>\d+)o)$")
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
@@ -226,9 +220,7 @@ class Network(nn.Module):
         """The SNN's output currents ``[t, B, ...]`` chunk by chunk of time (neuron state carried over);
         with ``upto`` the input currents of that layer's activation site instead of the output layer's."""
         state: dict = {}
-        fold = MAX_FOLD
-        if x.device.type == "cpu":
-            fold = min(fold, CPU_FOLD_BYTES // (4 * self._largest_activation()))
+        fold = devices.fold(x.device, 4 * self._largest_activation())  # a policy of the device
         step = snn.chunk or max(1, min(snn.T, fold // (rows.total if rows else x.shape[0])))
         if self.training and self.batchnorm:
             # batch-norm in training normalises each call by its own statistics: all T steps in one
@@ -326,7 +318,7 @@ def fold_batchnorm(net: Network) -> Network:
         if not isinstance(src, (nn.Conv2d, nn.Linear)):
             continue
         weight = src.weight.float()
-        bias = src.bias.float() if src.bias is not None else torch.zeros(weight.shape[0])
+        bias = src.bias.float() if src.bias is not None else weight.new_zeros(weight.shape[0])
         if str(i) in net.norms:
             bn = net.norms[str(i)]
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

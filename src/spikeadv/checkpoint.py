@@ -183,8 +183,8 @@ def model_state(net: Network) -> dict[str, torch.Tensor]:
     return {f"model.{k}": v for k, v in net.state_dict().items()}
 
 
-def load_model(path: Path) -> tuple[Network, dict]:
-    """Rebuild a network from a checkpoint (weights + the shape recorded in its metadata)."""
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Network, dict]:
+    """Rebuild a network from a checkpoint (weights + the shape recorded in its metadata) on ``device``."""
     tensors, meta = load(path)
     if "network" not in meta:
         raise SpikeAdvError(f"{path} holds no network (it is a {meta.get('kind', 'different')} artifact)")
@@ -196,7 +196,7 @@ def load_model(path: Path) -> tuple[Network, dict]:
             f"{path}: weights do not match the network its metadata describes "
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
         )
-    return net.eval(), meta
+    return net.to(device).eval(), meta
 
 
 def spiking(meta: dict, **overrides) -> Spiking | None:

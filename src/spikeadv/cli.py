@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, data
+from . import __version__, checkpoint, data, devices
 from .errors import SpikeAdvError
 from .presets import PRESETS, Preset, as_dict, get_preset, recorded
 
@@ -29,6 +29,18 @@ def _preset_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> Non
                    + ("(default: cpu)" if default else "(default: the one recorded in the checkpoint)"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set ann.epochs=3 (repeatable; see `spikeadv presets`)")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (the first CUDA GPU if there is one, else the CPU), "
+                   "cpu, cuda or cuda:N (default: auto); not part of a result's identity: resume on any device")
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    """``--device`` resolved (one line and nothing written if this machine lacks it), and printed."""
+    device = devices.resolve(args.device)
+    print(f"device: {devices.describe(device)}")
+    return device
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
@@ -53,12 +65,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import fit
 
     preset = get_preset(args.preset, args.overrides)
+    device = _device(args) if is_main() else devices.resolve(args.device)
     train_ds, test_ds = _datasets(preset, args.root)
     seed = preset.seeds[0] if args.seed is None else args.seed
     kind = "ann" if args.kind == "ann" else "snn2"
     out = args.out or Path("runs") / preset.name / f"{kind}-seed{seed}.safetensors"
     start = time.perf_counter()
-    _, meta = fit(kind, preset, seed, out, train_ds, test_ds, resume=args.resume)
+    _, meta = fit(kind, preset, seed, out, train_ds, test_ds, resume=args.resume, device=device)
     final = meta["metrics"][-1]
     if is_main():  # under torchrun: rank 0
         print(f"done: {out}: test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
@@ -76,13 +89,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
         if not isinstance(meta.get("preset"), dict):
             raise SpikeAdvError(f"{args.ann} records no preset; pass --preset")
         preset = recorded(meta["preset"], args.overrides)
+    device = _device(args)
     train_ds, test_ds = _datasets(preset, args.root)
     out = args.out or args.ann.with_name(args.ann.name.replace("ann", "snn1", 1) if "ann" in args.ann.name
                                          else f"snn1-{args.ann.name}")
     if out.exists() and not args.force:
         raise SpikeAdvError(f"{out} exists; pass --force to replace it, or choose another --out")
     start = time.perf_counter()
-    net = convert_file(args.ann, preset, train_ds, test_ds, args.seed, out)
+    net = convert_file(args.ann, preset, train_ds, test_ds, args.seed, out, device=device)
     c = preset.snn1
     print(f"converted {args.ann} -> {out} ({c.method} balancing on {c.images} images, T={c.T}, "
           f"{time.perf_counter() - start:.0f} s); thresholds " + ", ".join(f"{t:.3g}" for t in net.thresholds.tolist()))
@@ -93,7 +107,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from .train import accuracy
 
-    net, meta = checkpoint.load_model(args.checkpoint)
+    device = _device(args)
+    net, meta = checkpoint.load_model(args.checkpoint, device)
     snn = checkpoint.spiking(meta, T=args.T)
     name = args.dataset or meta.get("data", {}).get("dataset")
     if name is None:
@@ -108,11 +123,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         ds = ds.subset(args.subset)
     where = f"{name}/{args.split} ({len(ds)} images)"
     if snn is None:
-        print(f"{args.checkpoint}: ann accuracy {accuracy(net, ds, bf16=args.bf16):.2f}% on {where}")
+        print(f"{args.checkpoint}: ann accuracy {accuracy(net, ds, bf16=args.bf16, device=device):.2f}% on {where}")
         return
     spikes: dict = {}
-    accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16)
-            for r in range(args.repeats)]
+    accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16,
+                     device=device) for r in range(args.repeats)]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}) accuracy "
           f"{statistics.mean(accs):.2f}% +- {std:.2f} over {len(accs)} encoder seeds on {where}")
@@ -133,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
+    _device_arg(p)
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: every task in this process (default); ray: each task a Ray task")
     p.add_argument("--address", help="ray: a running cluster, auto or HOST:PORT (default: start a local Ray)")
@@ -141,8 +157,9 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
 
 
 def _executor(args: argparse.Namespace):
-    """Where the tasks run (:class:`spikeadv.study.Executor`), each with this process's torch threads."""
-    from .study import Executor
+    """Where the tasks run (:class:`spikeadv.study.Executor`), each with this process's torch threads,
+    on ``--device`` (refused here if this machine lacks it: before anything is written)."""
+    from .study import Executor, executors
 
     if args.executor == "local" and (args.address or args.workers or args.gpus_per_task):
         raise SpikeAdvError("--address, --workers and --gpus-per-task apply to --executor ray")
@@ -150,7 +167,7 @@ def _executor(args: argparse.Namespace):
         raise SpikeAdvError(f"--gpus-per-task must be >= 0, got {args.gpus_per_task}")
     threads = torch.get_num_threads()
     return Executor(args.executor, args.address, args.workers or max(1, (os.cpu_count() or 1) // threads),
-                    args.gpus_per_task, threads)
+                    args.gpus_per_task, threads, executors.task_device(args.device, args.executor, args.gpus_per_task))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -161,11 +178,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     chosen = evaluate.custom_suite(chosen, args.pairs) if args.pairs else chosen
     chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
     eps = evaluate.eps_values(_numbers(args.eps or ["8"], "--eps"))
+    executor = _executor(args)
     if not args.path.exists():
         raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
     start = time.perf_counter()
-    written = evaluate.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root,
-                                     executor=_executor(args))
+    written = evaluate.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root, executor=executor)
     print(f"done in {time.perf_counter() - start:.0f} s: card {written[1]}, rows {written[2]}")
 
 
@@ -239,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, help="checkpoint path (default: runs/PRESET/KIND-seedN.safetensors)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
         p.add_argument("--root", type=Path, help="data directory")
+        _device_arg(p)
         p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("convert", help="SNN-I: convert a trained ANN by threshold balancing (III-A)")
@@ -248,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="default: the ANN's name with ann -> snn1")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--root", type=Path, help="data directory")
+    _device_arg(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("eval", help="clean accuracy of a checkpoint")
@@ -260,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive, default=1, help="SNN: mean and std over R encoder seeds")
     p.add_argument("--seed", type=int, default=0, help="SNN: first encoder seed")
     p.add_argument("--root", type=Path, help="data directory")
+    _device_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="the whole study: models, attacks, every scenario, the report")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, devices
 from .arch import Network
 from .data import Dataset, to_float
 from .errors import SpikeAdvError
@@ -82,7 +82,7 @@ def convert(
         if pool:  # a neuron after pooling (or none, threshold unused): rates scale by 1 / threshold
             threshold = torch.tensor(pool_threshold if snn.spike_after_pool else 1.0)
         elif method == "spike":
-            gen = torch.Generator(images.device).manual_seed(seed)  # the same input spikes for every layer
+            gen = devices.generator(seed, images.device)  # the same input spikes for every layer
             threshold = max(c.max() for c in net.timesteps(images, snn, gen, upto=i)).float().cpu()
         else:
             threshold = activations[i] / below
@@ -103,7 +103,7 @@ def _relu_maxima(net: Network, images: Tensor, percentile: float) -> dict[int, T
         if isinstance(layer, nn.AvgPool2d):
             continue
         h = net._run(net.normalise(images), None, 1, {}, None, upto=i).clamp(min=0).flatten().float()
-        out[i] = h.kthvalue(max(1, round(percentile / 100 * h.numel()))).values
+        out[i] = h.kthvalue(max(1, round(percentile / 100 * h.numel()))).values.cpu()
     return out
 
 
@@ -114,28 +114,31 @@ def proxy_scales(net: Network) -> list[float]:
 
 
 def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dataset, seed: int, out: Path,
-                 recipe: dict | None = None) -> Network:
-    """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed``), written to ``out``
-    with its thresholds, proxy scales, balancing images and the parent's SHA-256."""
+                 recipe: dict | None = None, device: torch.device | str = "cpu") -> Network:
+    """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed``, balanced on
+    ``device``), written to ``out`` with its thresholds, proxy scales, balancing images and the
+    parent's SHA-256."""
     from .train import record
 
     c = preset.snn1
     start = time.perf_counter()
-    ann, parent = checkpoint.load_model(ann_path)
+    ann, parent = checkpoint.load_model(ann_path, device)
     if parent.get("kind") != "ann":
         raise SpikeAdvError(f"{ann_path} is a {parent.get('kind')} checkpoint; convert needs an ANN")
     if parent["data"]["train"] != train_ds.digest:
         raise SpikeAdvError(f"{ann_path} was trained on other data than the preset's {preset.dataset}")
     snn = c.spiking()
-    idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed))[:c.images]
-    net = convert(ann, to_float(train_ds.images[idx]), snn, method=c.method, pool_threshold=c.pool_threshold,
+    held = train_ds.images.device
+    idx = torch.randperm(len(train_ds), generator=devices.generator(seed, held), device=held)[:c.images]
+    net = convert(ann, to_float(train_ds.images[idx].to(device)), snn, method=c.method, pool_threshold=c.pool_threshold,
                   percentile=c.percentile, seed=seed)
     meta = {
         **record("snn1", preset, train_ds, test_ds, recipe),
         "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
         "parent": {"path": str(ann_path), "sha256": checkpoint.file_digest(ann_path), "seed": parent["seed"]},
         "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
-        "proxy_scales": proxy_scales(net), "seconds": round(time.perf_counter() - start, 2), "versions": checkpoint.versions(), "command": checkpoint.command_line(),
+        "proxy_scales": proxy_scales(net), "seconds": round(time.perf_counter() - start, 2),
+        "versions": checkpoint.versions(), "command": checkpoint.command_line(), "device": str(device),
     }
     checkpoint.save(out, checkpoint.model_state(net), meta)
     return net

@@ -25,6 +25,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 from torch import Tensor
 
+from . import devices
 from .distributed import Rows, take
 from .errors import SpikeAdvError
 from .fetchers import SOURCES, SPLITS, Arrays
@@ -101,6 +102,11 @@ class Dataset:
         if n >= len(self):
             return self
         return Dataset(self.info, self.split, self.images[:n], self.labels[:n], f"{self.digest}[:{n}]")
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same split held on ``device`` (uint8, as stored: CIFAR-10's training set is 150 MB), so
+        batches are gathered and augmented there."""
+        return Dataset(self.info, self.split, self.images.to(device), self.labels.to(device), self.digest)
 
 
 def data_root() -> Path:
@@ -284,7 +290,7 @@ def synthetic(split: str = "train", n: int | None = None, seed: int = 0,
         raise SpikeAdvError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     n = n or (2048 if split == "train" else 500)
     c, h, w = shape
-    g = torch.Generator().manual_seed(seed)
+    g = devices.generator(seed, "cpu")  # the data is made on the CPU, the same on every machine
     layout = torch.arange(classes) % 5
     angle = torch.tensor([0.0, 0.5, 0.25, 0.0, 0.25])[layout] * math.pi
     period = torch.tensor([4.0, 7.0])[(torch.arange(classes) // 5) % 2]
@@ -342,16 +348,17 @@ def augmentation(info: DatasetInfo, enabled: bool = True, flip: bool | None = No
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True, rows: Rows | None = None
             ) -> Tensor:
     """Random horizontal flip, then a random crop of the zero-padded image, for a whole float batch
-    [B, C, H, W] at once (one gather with per-sample offsets). ``generator`` is a CPU generator. With
-    ``rows``, x is that share of a global batch: the flips and offsets are drawn for the global batch."""
+    [B, C, H, W] at once (one gather with per-sample offsets), drawn by ``generator`` on x's device.
+    With ``rows``, x is that share of a global batch: the flips and offsets are drawn for the global
+    batch."""
     b, c, h, w = x.shape
     n = rows.total if rows else b
     if flip:
-        mirrored = take(torch.rand(n, generator=generator), rows) < 0.5
-        x = torch.where(mirrored.to(x.device)[:, None, None, None], x.flip(3), x)
+        mirrored = take(torch.rand(n, generator=generator, device=x.device), rows) < 0.5
+        x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
     if pad:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy, dx = take(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), rows, 1).to(x.device)
+        dy, dx = take(torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=x.device), rows, 1)
         ys = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         xs = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         x = padded[torch.arange(b, device=x.device)[:, None, None, None],
@@ -362,16 +369,18 @@ def augment(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = Tr
 def batches(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
             augmentation: Augmentation | None = None, drop_last: bool = False, device: torch.device | str = "cpu",
             start: int = 0, rows: Rows | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """(pixels float [B, C, H, W] in [0, 1], int64 labels) per batch. The order and one augmentation
-    seed per batch are drawn up front from ``generator``, so skipping ``start`` batches yields exactly
-    the batches an uninterrupted pass would. With ``rows`` (data-parallel training, ``drop_last``,
-    ``rows.total == batch_size``) only those rows of every batch, augmented as in the whole batch."""
-    n = len(ds)
-    generator = generator or torch.Generator().manual_seed(0)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    """(pixels float [B, C, H, W] in [0, 1], int64 labels) on ``device``, per batch. The order and one
+    augmentation seed per batch are drawn up front from ``generator`` (on the device that holds
+    ``ds``), so skipping ``start`` batches yields exactly the batches an uninterrupted pass would.
+    Augmentation is drawn on ``device``: hold ``ds`` there too (:meth:`Dataset.to`) and no pixel
+    crosses devices. With ``rows`` (data-parallel training, ``drop_last``, ``rows.total ==
+    batch_size``) only those rows of every batch, augmented as in the whole batch."""
+    n, held = len(ds), ds.images.device
+    generator = generator or devices.generator(0, held)
+    order = torch.randperm(n, generator=generator, device=held) if shuffle else torch.arange(n, device=held)
     count = n // batch_size if drop_last else -(-n // batch_size)
-    seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
-    aug_gen = torch.Generator()
+    seeds = torch.randint(0, 2**62, (count,), generator=generator, device=held).tolist()
+    aug_gen = devices.generator(0, device)
     for i in range(start, count):
         idx = take(order[i * batch_size:(i + 1) * batch_size], rows)
         x = to_float(ds.images[idx].to(device, non_blocking=True))

@@ -142,11 +142,11 @@ class Group:
 def join(device: torch.device | str = "cpu") -> Group:
     """The process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), initialised here
     unless the caller did (backend nccl on CUDA, gloo on CPU), or the group of this process alone.
-    On CUDA each process trains on the GPU numbered by its local rank unless ``device`` names one."""
+    On CUDA each process of a group trains on the GPU numbered by its local rank."""
     device = torch.device(device)
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Group(device=device)
-    if device.type == "cuda" and device.index is None:
+    if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():

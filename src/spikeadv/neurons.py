@@ -18,10 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import kernels
 from .distributed import Rows, take
 from .errors import SpikeAdvError
 
 SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
+BACKENDS = ("auto", "reference", "triton")
+BACKEND = "auto"  # spike_train's default: auto = the Triton kernels where kernels.available(), else the loop
 
 
 def surrogate_grad(u: Tensor, name: str, alpha: float, out: Tensor | None = None) -> Tensor:
@@ -80,7 +83,7 @@ class Spiking:
     ``reset`` by ``subtract`` (default) or to ``zero``; the surrogate derivative and its sharpness
     ``alpha``; input ``encoding`` ``poisson`` (rate coding) or ``direct``; ``spike_after_pool``: a
     spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
-    ``chunk``: timesteps folded into one batch per call (0 = as many as keep t * B <= arch.MAX_FOLD);
+    ``chunk``: timesteps folded into one batch per call (0 = as many as the device allows, :func:`.devices.fold`);
     ``v_init``: the membrane potential at t = 0 as a fraction of the threshold (0: the paper; 0.5 halves
     the quantisation error of a converted SNN at small T, Bu et al. 2022); ``rate_mix``: the share of
     the rate path in the backward pass (0: backpropagation through time; 1: through the rate relation
@@ -122,11 +125,17 @@ class Spiking:
             raise SpikeAdvError(f"rate_mix (the rate path's share of the gradient) must be in [0, 1], got {self.rate_mix}")
 
 
-def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None) -> tuple[Tensor, Tensor]:
+def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None,
+                   fused: bool = False) -> tuple[Tensor, Tensor]:
     """The membrane recursion over t, in place on a copy of ``v``; spikes in the currents' dtype (bf16
     currents are added to the float32 membrane exactly). With ``u`` given, u_t = (h_t - V_th) / V_th
     is kept there for the backward pass and the spike is H(u_t); without, it is v >= V_th, the same
-    test for V_th > 0."""
+    test for V_th > 0. ``fused``: the same recursion in one Triton kernel (:mod:`spikeadv.kernels`)."""
+    if fused:
+        spikes, v, u_t = kernels.forward(current, v, threshold, snn, save_u=u is not None)
+        if u is not None:
+            u.copy_(u_t)
+        return spikes, v
     spikes = torch.empty_like(current)
     v = v.clone()
     for t in range(current.shape[0]):
@@ -161,29 +170,34 @@ class _SpikeTrain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking):  # type: ignore[override]
-        u = torch.empty_like(current, dtype=v.dtype)  # the currents' memory format (channels_last too)
-        spikes, v = _membrane_loop(current, v, threshold, snn, u)
+    def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, fused: bool = False
+                ):  # type: ignore[override]
+        if fused:  # the Triton kernels (spikeadv.kernels): the same arithmetic, one launch
+            spikes, v, u = kernels.forward(current, v, threshold, snn, save_u=True)
+        else:
+            u = torch.empty_like(current, dtype=v.dtype)  # the currents' memory format (channels_last too)
+            spikes, v = _membrane_loop(current, v, threshold, snn, u)
         ctx.save_for_backward(u, threshold)
-        ctx.snn, ctx.dtype = snn, current.dtype
+        ctx.snn, ctx.dtype, ctx.fused = snn, current.dtype, fused
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor, grad_v: Tensor):  # type: ignore[override]
         u, threshold = ctx.saved_tensors
         snn: Spiking = ctx.snn
+        temporal = kernels.temporal if ctx.fused else _SpikeTrain.temporal
         if snn.rate_mix == 0:
-            grad, grad_v0 = _SpikeTrain.temporal(u, threshold, snn, grad_spikes, grad_v)
+            grad, grad_v0 = temporal(u, threshold, snn, grad_spikes, grad_v)
         else:
             fired = (u >= 0).any(0)
             rate = grad_spikes.to(u.dtype).mean(0).div_(threshold).mul_(fired).mul_(snn.rate_mix)
             if snn.rate_mix == 1:
                 grad, grad_v0 = rate.expand_as(u), torch.zeros_like(u[0])
             else:
-                grad, grad_v0 = _SpikeTrain.temporal(u, threshold, snn, grad_spikes, grad_v)
+                grad, grad_v0 = temporal(u, threshold, snn, grad_spikes, grad_v)
                 grad = grad.mul_(1 - snn.rate_mix).add_(rate)
                 grad_v0 = grad_v0.mul_(1 - snn.rate_mix)
-        return grad.to(ctx.dtype), grad_v0 if ctx.needs_input_grad[1] else None, None, None
+        return grad.to(ctx.dtype), grad_v0 if ctx.needs_input_grad[1] else None, None, None, None
 
     @staticmethod
     def temporal(u: Tensor, threshold: Tensor, snn: Spiking, grad_spikes: Tensor, grad_v: Tensor
@@ -204,13 +218,34 @@ class _SpikeTrain(torch.autograd.Function):
         return grad, g_v.clone()
 
 
-def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiking) -> tuple[Tensor, Tensor]:
+def _fused(backend: str | None, current: Tensor, v: Tensor, threshold: Tensor) -> bool:
+    """Whether spike_train runs the Triton kernels: ``auto`` where they are available (CUDA tensors,
+    or TRITON_INTERPRET=1) and take the operands, ``triton`` always (an error where they cannot)."""
+    backend = BACKEND if backend is None else backend
+    if backend not in BACKENDS:
+        raise SpikeAdvError(f"unknown neuron backend {backend!r} (known: {', '.join(BACKENDS)})")
+    if backend == "reference" or (backend == "auto" and not kernels.available(current.device)):
+        return False
+    if backend == "triton" and not kernels.available(current.device):
+        raise SpikeAdvError("the triton neuron backend needs CUDA tensors and triton (or TRITON_INTERPRET=1)")
+    if kernels.supports(current, v, threshold):
+        return True
+    if backend == "triton":
+        raise SpikeAdvError(f"the triton neuron backend takes float32/bf16/fp16 currents, a float32 membrane "
+                            f"and threshold, got {current.dtype}, {v.dtype}, {threshold.dtype}")
+    return False
+
+
+def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiking, backend: str | None = None
+                ) -> tuple[Tensor, Tensor]:
     """Run one layer of IF/LIF neurons over time: currents ``[T, B, ...]`` -> (spikes ``[T, B, ...]``,
     final membrane potential). ``v`` carries the membrane over from an earlier chunk of time.
 
     Spikes are 0/1 in the currents' dtype; the membrane is float32 at least (bf16 currents are added
     to it exactly). The threshold scaling of SNN-I lives in the thresholds themselves. With gradients
     enabled the whole loop is one autograd node (:class:`_SpikeTrain`); without, nothing is saved.
+    ``backend`` (default :data:`BACKEND`): ``auto``, ``reference`` (the Python loop) or ``triton``
+    (:mod:`spikeadv.kernels`, the same results).
     """
     dtype = torch.promote_types(current.dtype, torch.float32)  # bf16 currents, float32 membrane
     threshold = torch.as_tensor(threshold, dtype=dtype, device=current.device)
@@ -220,10 +255,11 @@ def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiki
         v = torch.zeros_like(current[0], dtype=dtype)
         if snn.v_init:
             v.add_(threshold.detach() * snn.v_init)
+    fused = _fused(backend, current, v, threshold)
     if torch.is_grad_enabled() and (current.requires_grad or v.requires_grad):
-        return _SpikeTrain.apply(current, v, threshold.detach(), snn)
+        return _SpikeTrain.apply(current, v, threshold.detach(), snn, fused)
     with torch.no_grad():
-        return _membrane_loop(current, v, threshold, snn, None)
+        return _membrane_loop(current, v, threshold, snn, None, fused)
 
 
 class _StraightThrough(torch.autograd.Function):

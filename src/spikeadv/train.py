@@ -22,12 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, devices, distributed
 from .arch import Network, fold_batchnorm
 from .data import Dataset, augmentation, batches
 from .errors import SpikeAdvError
 from .neurons import Spiking
 from .presets import Preset, TrainConfig, as_dict
+
+CHECK_EVERY = 32  # training steps between checks for a diverged loss (each check waits for the device)
+
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at a global optimizer step: the paper's step annealing or a one-cycle ramp."""
@@ -45,7 +48,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def autocast(bf16: bool, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
+def autocast(bf16: bool, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` (or nothing)."""
     device_type = torch.device(device).type
     return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -70,14 +74,14 @@ def accuracy(
     SNN, its encoder seeded by ``seed``. ``spikes`` accumulates per-site spike counts (see Network)."""
     was_training = net.training
     net.eval()
-    gen = torch.Generator(device).manual_seed(seed)
-    correct = torch.zeros((), dtype=torch.long)
+    gen = devices.generator(seed, device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     with autocast(bf16, device):
         for x, y in tqdm(batches(ds, batch_size, shuffle=False, device=device), desc="evaluating", unit="img",
                          unit_scale=batch_size, total=-(-len(ds) // batch_size), leave=False, dynamic_ncols=True,
                          mininterval=1.0):
             logits = net(x) if snn is None else net(x, snn, gen, spikes)
-            correct += (logits.argmax(1) == y).sum().cpu()
+            correct += (logits.argmax(1) == y).sum()
     net.train(was_training)
     return 100.0 * correct.item() / len(ds)
 
@@ -103,12 +107,17 @@ def _optimizer_state(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> 
 
 
 def _restore(net: Network, opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    """Weights and optimizer state from a checkpoint, onto the net's device (the optimizer's own
+    loading puts each state tensor where its parameter is, and keeps Adam's step count on the CPU)."""
     net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    ids = {p: i for i, p in enumerate(p for group in opt.param_groups for p in group["params"])}
+    saved = opt.state_dict()
     for i, p in enumerate(net.parameters()):
         prefix = f"optim.{i}."
-        state = {k[len(prefix):]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if state:
-            opt.state[p] = state
+            saved["state"][ids[p]] = state
+    opt.load_state_dict(saved)
 
 
 def _identity(meta: dict) -> dict:
@@ -140,6 +149,7 @@ def train(
     """
     world = distributed.join(device)
     device, log, rows = world.device, distributed.on_main(log), world.rows(cfg.batch_size)
+    train_ds, eval_ds = train_ds.to(device), eval_ds.to(device)  # batches and augmentation on the device
     aug = augmentation(train_ds.info, cfg.augment, cfg.flip)
     meta = {
         **meta,
@@ -152,6 +162,7 @@ def train(
         "seed": seed,
         "versions": checkpoint.versions(),
         "command": checkpoint.command_line(),
+        "device": str(device),
         "epochs_done": 0,
         "complete": False,
         "metrics": [],
@@ -172,7 +183,7 @@ def train(
             raise SpikeAdvError(f"{out} was written with a different {', '.join(diff)}; cannot resume it")
         if saved["complete"]:
             log(f"{out} is already trained ({saved['epochs_done']} epochs); nothing to do")
-            model, _ = checkpoint.load_model(out)
+            model, _ = checkpoint.load_model(out, device)
             return model, saved
         _restore(net, opt, tensors)
         meta.update(epochs_done=saved["epochs_done"], metrics=saved["metrics"])
@@ -186,11 +197,13 @@ def train(
     for epoch in range(meta["epochs_done"], cfg.epochs):
         es = epoch_seed(seed, epoch)
         torch.manual_seed(es)  # dropout
-        gen = torch.Generator().manual_seed(es)  # order and augmentation
+        gen = devices.generator(es, device)  # order and augmentation
         model.train()
         start, seen = time.perf_counter(), 0
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
+        # kept on the device and checked every CHECK_EVERY steps: no step waits for the device
+        losses = torch.zeros(steps_per_epoch, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         bar = tqdm(
             batches(train_ds, cfg.batch_size, shuffle=True, generator=gen, augmentation=aug,
                     drop_last=True, device=device, rows=rows),
@@ -208,14 +221,15 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step_loss = world.mean(loss.detach())
-            loss_sum += step_loss.cpu()
-            if not torch.isfinite(loss_sum):
+            losses[i] = world.mean(loss.detach())
+            loss_sum += losses[i]
+            if ((i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch) and not torch.isfinite(loss_sum):
                 bar.close()
+                bad = int(torch.isfinite(losses[:i + 1]).logical_not().nonzero()[0])
                 kept = f"the last good checkpoint (epoch {epoch}) is kept at {out}" if epoch else "nothing was saved"
-                raise SpikeAdvError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}, step {i + 1} (loss "
-                                    f"{step_loss.item()}); {kept}; lower the learning rate (lr = {cfg.lr:g})")
-            correct += (logits.argmax(1) == y).sum().cpu()
+                raise SpikeAdvError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}, step {bad + 1} (loss "
+                                    f"{losses[bad].item()}); {kept}; lower the learning rate (lr = {cfg.lr:g})")
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         bar.close()
         correct, seen = world.sum(correct).item(), world.sum(torch.tensor(seen)).item()
@@ -263,6 +277,7 @@ def record(kind: str, preset: Preset, train_ds: Dataset, test_ds: Dataset, recip
 def fit(
     kind: str, preset: Preset, seed: int, out: Path, train_ds: Dataset, test_ds: Dataset, *,
     resume: bool = False, log: Callable[[str], None] = print, recipe: dict | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[Network, dict]:
     """Train one model of the study, ``ann`` (paper IV-B) or ``snn2`` (LIF from scratch, paper III-B),
     as the preset says, into ``out`` (under torchrun: in data parallel, rank 0 logging)."""
@@ -281,4 +296,4 @@ def fit(
         + (f", LIF T={snn.T} leak {snn.leak} {snn.surrogate} surrogate" if snn else "")
         + f", {cfg.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
     return train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=record(kind, preset, train_ds, test_ds, recipe),
-                 resume=resume, snn=snn, log=log)
+                 resume=resume, snn=snn, device=device, log=log)

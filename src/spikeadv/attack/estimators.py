@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .. import devices
 from ..arch import Network
 from ..errors import SpikeAdvError
 from ..neurons import SURROGATES, Spiking, encode
@@ -100,11 +101,9 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
         return Source("snnadv-clean", lambda x: net.proxy(x, snn))
     if snn.encoding == "direct":  # every input frame is the image itself: X_rate = x exactly
         return Source("snnadv", lambda x: net.proxy(x, snn))
-    gen = torch.Generator().manual_seed(seed)
-
     def rate(x: Tensor) -> Tensor:
         with torch.no_grad():
-            return encode(x, snn.T, snn.encoding, gen.manual_seed(seed)).mean(0)
+            return encode(x, snn.T, snn.encoding, devices.generator(seed, x.device)).mean(0)
 
     return Source("snnadv", lambda x: net.proxy(x, snn), rate)
 
@@ -112,9 +111,16 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
 def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
     """Backpropagation through time: surrogate derivative at each spike (``snn.surrogate``,
     ``snn.alpha``; ``snn.rate_mix`` > 0 mixes in the rate path), straight-through encoder. Each call
-    draws fresh input spikes from one seeded generator, so a run is reproducible."""
-    gen = torch.Generator().manual_seed(seed)
-    return Source("bptt", lambda x: net(x, snn, gen), stochastic=snn.encoding == "poisson")
+    draws fresh input spikes from one seeded generator (made on the inputs' device at the first call),
+    so a run is reproducible."""
+    gens: dict[torch.device, torch.Generator] = {}
+
+    def logits(x: Tensor) -> Tensor:
+        if x.device not in gens:
+            gens[x.device] = devices.generator(seed, x.device)
+        return net(x, snn, gens[x.device])
+
+    return Source("bptt", logits, stochastic=snn.encoding == "poisson")
 
 
 def eot(source: Source, n: int) -> Source:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import __version__, checkpoint, data
+from .. import __version__, checkpoint, data, devices
 from ..api import Model as Loaded
 from ..errors import SpikeAdvError
 from ..presets import Preset, StudyConfig, from_dict
@@ -89,8 +89,8 @@ class Evaluation:
         """``pair`` on ``model`` for one batch: the source and generator seeded by what it serves."""
         seed = seed_of(self.setting.seed, model.sha256, pair.name, eps, tag)
         source = estimators.make(pair.estimator, model.net, model.snn, seed=seed)
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        with autocast(self.setting.bf16):
+        gen = devices.generator(seed, x.device)
+        with autocast(self.setting.bf16, x.device):
             if trace is not None:  # the curves' APGD-CE keeps its loss trace for the masking check
                 return apgd.apgd(source, x, y, eps / 255, pair.steps, generator=gen, trace=trace).float()
             return registry.get(pair.attack).run(source, x, y, eps / 255, steps=pair.steps, generator=gen).float()
@@ -148,7 +148,7 @@ class Evaluation:
                     trace = keep if keep is not None else trace
                     bar.update(len(y) * steps)
             source = estimators.make(estimator, model.net, model.snn, seed=seed_of(self.setting.seed, "zero"))
-            with autocast(self.setting.bf16):
+            with autocast(self.setting.bf16, x.device):
                 grad = source.grad(x, y).flatten(1)
             return {"eps": {f"{e:g}": acc[(e, steps)] for e, steps in on_eps.items()},
                     "steps": {str(s): acc[(eps, s)] for s in suite.steps_curve}, "trace": trace,
@@ -248,11 +248,12 @@ def eps_values(values: list[float]) -> tuple[float, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def targets(path: Path, images: int | None, root: Path | None) -> tuple[list[Model], dict[str, list[Model]], Tensor,
-                                                                        Tensor, dict]:
+def targets(path: Path, images: int | None, root: Path | None, device: torch.device = torch.device("cpu")
+            ) -> tuple[list[Model], dict[str, list[Model]], Tensor, Tensor, dict]:
     """The models to evaluate at ``path`` (a run directory: instance 0 of each kind, with instance 1 of
     its kind and the ANN's instance 1 as transfer sources; or one checkpoint), the test images (the
-    study's, or the first ``images`` of the checkpoint's test set) and the recorded settings."""
+    study's, or the first ``images`` of the checkpoint's test set) and the recorded settings, all on
+    ``device``."""
     if path.is_dir():
         try:
             preset = from_dict(Preset, json.loads((path / "run.json").read_text())["preset"])
@@ -261,13 +262,13 @@ def targets(path: Path, images: int | None, root: Path | None) -> tuple[list[Mod
         test = data.load(preset.dataset, "test", root)
         test = test.subset(preset.test_subset) if preset.test_subset else test
         n = images or preset.study.images
-        models = {(k, i): Loaded.from_run(path, k, i) for k in ("ann", "snn1", "snn2") for i in (0, 1)}
+        models = {(k, i): Loaded.from_run(path, k, i, device) for k in ("ann", "snn1", "snn2") for i in (0, 1)}
         evaluated = [models[(k, 0)] for k in ("ann", "snn1", "snn2")]
         sources = {m.name: [models[(m.kind, 1)], *([models[("ann", 1)]] if m.kind != "ann" else [])]
                    for m in evaluated}
         recorded = {"batch_size": preset.study.batch_size, "bf16": preset.study.bf16, "seed": preset.study.seed}
     else:
-        model = Loaded.load(path)
+        model = Loaded.load(path, device=device)
         name = model.meta.get("data", {}).get("dataset")
         if name is None:
             raise SpikeAdvError(f"{path} does not record its dataset, so its test images are unknown")
@@ -276,7 +277,7 @@ def targets(path: Path, images: int | None, root: Path | None) -> tuple[list[Mod
         recorded = {}
     if n > len(test):
         raise SpikeAdvError(f"--images {n} exceeds the {len(test)} test images")
-    x, y = data.to_float(test.images[:n]), test.labels[:n].long()
+    x, y = data.to_float(test.images[:n]).to(device), test.labels[:n].long().to(device)
     return evaluated, sources, x, y, recorded
 
 
@@ -319,15 +320,15 @@ def units(models: list[Model], sources: dict[str, list[Model]], setting: Setting
 
 
 @functools.lru_cache(maxsize=1)
-def _evaluation(path: str, setting: Setting, images: int | None, out: str, root: str | None) -> tuple:
-    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None)
+def _evaluation(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str) -> tuple:
+    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None, devices.resolve(device))
     return Evaluation(setting, x, y, Path(out), log=lambda line: None), models, sources
 
 
-def run_unit(path: str, setting: Setting, images: int | None, out: str, root: str | None, task: Task,
+def run_unit(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str, task: Task,
              deps: dict[str, dict]) -> dict:
-    """One unit of :func:`units` on any process, written to ``out``'s cache."""
-    evaluation, models, sources = _evaluation(path, setting, images, out, root)
+    """One unit of :func:`units` on any process (on ``device`` as it sees it), written to ``out``'s cache."""
+    evaluation, models, sources = _evaluation(path, setting, images, out, root, device)
     unit, by_name = task.recipe, {m.name: m for group in ([*models], *sources.values()) for m in group}
     if unit["unit"] == "transfer":
         for target in models:
@@ -348,7 +349,7 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
     """Evaluate a run directory's models (or one checkpoint) and write the card into ``out`` (default:
     RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE). On a Ray ``executor`` the
     units run as Ray tasks first; the card is then made here from their cached records."""
-    models, sources, x, y, recorded = targets(path, images, root)
+    models, sources, x, y, recorded = targets(path, images, root, executors.driver_device(executor))
     for model in models:  # every model's pairs accepted or refused before anything is written
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
     if out is None:
@@ -361,8 +362,8 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
             todo = units(models, sources, setting, len(y))
             log(f"{len(todo)} evaluation units on {executor.describe()}")
             executors.on_ray(todo, functools.partial(run_unit, str(path.resolve()), setting, images,
-                                                     str(out.resolve()), str(root.resolve()) if root else None),
-                             executor)
+                                                     str(out.resolve()), str(root.resolve()) if root else None,
+                                                     executor.device), executor)
         finally:
             leave()
     evaluation = Evaluation(setting, x, y, out, log)

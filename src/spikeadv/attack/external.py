@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint
+from .. import checkpoint, devices
 from ..neurons import encode
 from ..study.tasks import Model
 from . import card as cards_io
@@ -53,7 +53,7 @@ class TimeLoop(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.generator is None or self.generator.device != x.device:
-            self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            self.generator = devices.generator(self.seed, x.device)
         if self.reset is not None:
             self.reset(self.module)
         frames = encode(x, self.T, self.encoding, self.generator)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import devices
 from ..errors import SpikeAdvError
 from . import work
 from .plan import Task
@@ -26,19 +27,47 @@ from .plan import Task
 @dataclass(frozen=True)
 class Executor:
     """Where the tasks run: ``kind`` local or ray; for ray, the cluster ``address`` (None: start one
-    here with ``workers`` worker processes), ``gpus`` per task; ``threads``: torch threads per task."""
+    here with ``workers`` worker processes), ``gpus`` per task; ``threads``: torch threads per task;
+    ``device``: what each task computes on (:func:`task_device`)."""
 
     kind: str = "local"
     address: str | None = None
     workers: int = 1
     gpus: float = 0.0
     threads: int = field(default_factory=torch.get_num_threads)
+    device: str = "cpu"
 
     def describe(self) -> str:
         if self.kind == "local":
-            return "local (this process)"
+            return f"local (this process, on {devices.describe(torch.device(self.device))})"
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
-        return f"ray ({where}, {self.threads} torch threads per task" + (f", {self.gpus:g} GPU" if self.gpus else "") + ")"
+        return (f"ray ({where}, {self.threads} torch threads per task"
+                + (f", {self.gpus:g} GPU, on cuda" if self.gpus else ", on cpu") + ")")
+
+
+def task_device(spec: str | None, kind: str, gpus: float) -> str:
+    """The device the tasks compute on, from ``--device``. The local executor resolves it here, so a
+    device this machine lacks is refused before anything is written. A Ray task computes on the GPU
+    Ray gives it (``--gpus-per-task`` > 0) or on the CPU; its worker resolves ``cuda`` (the driver may
+    have no GPU)."""
+    if kind == "local":
+        return str(devices.resolve(spec))
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "cuda" if gpus else "cpu"
+    if spec == "cuda" and not gpus:
+        raise SpikeAdvError("--device cuda with --executor ray needs --gpus-per-task > 0 (Ray gives each task its GPU)")
+    if spec.startswith("cuda:"):
+        raise SpikeAdvError(f"--device {spec}: a Ray task computes on the GPU Ray gives it; pass --device cuda")
+    if spec == "cpu" and gpus:
+        raise SpikeAdvError("--gpus-per-task with --device cpu: the tasks would hold GPUs they never use")
+    return spec if spec in ("cpu", "cuda") else str(devices.resolve(spec))
+
+
+def driver_device(executor: Executor) -> torch.device:
+    """The device of what runs in this process: the tasks' device, or for Ray tasks on GPUs this
+    machine's GPU when it has one (a driver need not)."""
+    return devices.resolve("auto" if executor.device == "cuda" and executor.kind == "ray" else executor.device)
 
 
 class Progress:
@@ -69,15 +98,16 @@ class Progress:
         self.bar.close()
 
 
-def local(tasks: list[Task], out: Path, root: Path | None, can_write: bool, log: Callable[[str], None]) -> dict[str, dict]:
-    """Every task in plan order, in this process."""
+def local(tasks: list[Task], out: Path, root: Path | None, can_write: bool, log: Callable[[str], None],
+          device: torch.device) -> dict[str, dict]:
+    """Every task in plan order, in this process, on ``device``."""
     results: dict[str, dict] = {}
     progress = Progress(tasks)
     try:
         for task in tasks:
             progress.show(1, task.name)
             results[task.name] = work.execute(task, out, root, {d: results[d] for d in task.deps}, can_write,
-                                              progress.log if log is print else log)
+                                              progress.log if log is print else log, device)
             progress.finish(task, results[task.name])
     finally:
         progress.close()
@@ -163,9 +193,10 @@ def _remote(run: Callable[[Task, dict[str, dict]], dict], task: Task, threads: i
     return run(task, dict(zip(task.deps, deps)))
 
 
-def study_task(out: str, root: str | None, task: Task, deps: dict[str, dict]) -> dict:
-    """One task of the study on a worker (:func:`.work.execute`), its paths absolute."""
-    return work.execute(task, Path(out), Path(root) if root else None, deps)
+def study_task(out: str, root: str | None, device: str, task: Task, deps: dict[str, dict]) -> dict:
+    """One task of the study on a worker (:func:`.work.execute`), its paths absolute, on ``device``
+    as this worker sees it (``cuda``: the GPU Ray gave the task)."""
+    return work.execute(task, Path(out), Path(root) if root else None, deps, device=devices.resolve(device))
 
 
 def on_ray(tasks: list[Task], run: Callable[[Task, dict[str, dict]], dict], executor: Executor) -> dict[str, dict]:
@@ -220,10 +251,10 @@ def execute(tasks: list[Task], out: Path, root: Path | None, executor: Executor,
     it may be computed). Returns each task's result by name."""
     if executor.kind == "ray" and can_write:
         started = time.perf_counter()
-        results = on_ray(tasks, functools.partial(study_task, str(out.resolve()), str(root.resolve()) if root else None),
-                         executor)
+        results = on_ray(tasks, functools.partial(study_task, str(out.resolve()), str(root.resolve()) if root else None,
+                                                  executor.device), executor)
         workers = {r["worker"] for r in results.values() if r.get("worker") and not r.get("reused")}
         log(f"ray: {len(tasks)} tasks in {time.perf_counter() - started:.0f} s, new cells from {len(workers)} "
             "worker processes")
         return results
-    return local(tasks, out, root, can_write, log)
+    return local(tasks, out, root, can_write, log, driver_device(executor))

@@ -76,7 +76,8 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
     record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded_kinds(preset)),
               "labels": digest(y.tolist()), "versions": checkpoint.versions(),
               "command": checkpoint.command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
-              "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads},
+              "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads,
+                           "device": executor.device},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
     save = checkpoint.write_json if can_write else (lambda path, value: None)
     save(out / "run.json", record)  # first: every task reads the preset from it

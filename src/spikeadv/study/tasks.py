@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import __version__, checkpoint, outcomes
+from .. import __version__, checkpoint, devices, outcomes
 from ..attack import attacks, registry
 from ..attack import estimators as sources
 from ..arch import Network
@@ -58,12 +58,12 @@ def predict(model: Model, x: Tensor, study: StudyConfig, repeat: int) -> Tensor:
     """Predicted classes of ``x``; an SNN's encoder is seeded by (study seed, repeat, batch), so the clean
     and adversarial evaluations of one repeat see the same random draws (paired comparisons)."""
     out = []
-    with autocast(study.bf16):
+    with autocast(study.bf16, x.device):
         for b, part in _batches(len(x), study.batch_size):
             if model.snn is None:
                 logits = model.net(x[part])
             else:
-                gen = torch.Generator().manual_seed(seed_of(study.seed, "eval", repeat, b))
+                gen = devices.generator(seed_of(study.seed, "eval", repeat, b), x.device)
                 logits = model.net(x[part], model.snn, gen)
             out.append(logits.argmax(1))
     return torch.cat(out)
@@ -76,8 +76,10 @@ def repeats(model: Model, study: StudyConfig) -> int:
 
 
 def random_targets(y: Tensor, classes: int, study: StudyConfig) -> Tensor:
-    """The paper's random targets (II-C): one class != y per image, the same for every source model."""
-    return attacks.targets(y, classes, "random", torch.Generator().manual_seed(seed_of(study.seed, "targets")))
+    """The paper's random targets (II-C): one class != y per image, the same for every source model,
+    drawn on the labels' device (the study draws them from its CPU labels: part of its data, the same
+    targets on every device, so a run resumed on another device attacks the same targets)."""
+    return attacks.targets(y, classes, "random", devices.generator(seed_of(study.seed, "targets"), y.device))
 
 
 def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: StudyConfig) -> tuple[Tensor, Tensor | None]:
@@ -88,10 +90,10 @@ def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: Stu
     for b, part in _batches(len(x), study.batch_size):
         seed = seed_of(study.seed, job.seed_key(), b)
         source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot if model.snn else 1)
-        gen = torch.Generator().manual_seed(seed)
+        gen = devices.generator(seed, x.device)
         xb, yb, eps = x[part], y[part], job.eps / 255
         attack, aim = registry.get(job.attack), None
-        with autocast(study.bf16):
+        with autocast(study.bf16, x.device):
             if attack.targeted:
                 aim = goal[part]
                 if study.target == "least-likely":
@@ -152,6 +154,8 @@ def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, f
                                 "computing; make it writable or pass another --out")
         start = time.perf_counter()
         preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
-        saved = {"recipe": recipe, "preds": preds, "seconds": round(time.perf_counter() - start, 2)}
+        saved = {"recipe": recipe, "preds": preds, "seconds": round(time.perf_counter() - start, 2),
+                 "device": str(x.device)}
         checkpoint.write_record(path, saved)
-    return [torch.tensor(p) for p in saved["preds"]], {"path": path, "seconds": saved["seconds"], "reused": reused}
+    return ([torch.tensor(p, device=x.device) for p in saved["preds"]],
+            {"path": path, "seconds": saved["seconds"], "reused": reused})

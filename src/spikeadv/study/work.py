@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import __version__, checkpoint, data, outcomes
+from .. import __version__, checkpoint, data, devices, outcomes
 from ..arch import Network
 from ..errors import SpikeAdvError
 from ..presets import Preset, as_dict, recorded
@@ -28,9 +28,11 @@ from .plan import Job, Task, digest
 @dataclass
 class Context:
     """What every task of one run shares, loaded once per process: the preset (from run.json), the
-    data, the attacked test images, their labels and the paper's random targets."""
+    device, the data, the attacked test images, their labels and the paper's random targets (the
+    last three on the device)."""
 
     preset: Preset
+    device: torch.device
     train_ds: data.Dataset
     test_ds: data.Dataset
     x: Tensor
@@ -44,18 +46,19 @@ class Context:
 _context: dict[tuple, Context] = {}
 
 
-def context(out: Path, root: Path | None) -> Context:
+def context(out: Path, root: Path | None, device: torch.device) -> Context:
     """The run's shared inputs, cached for the life of the process (one run at a time)."""
     preset_json = json.loads((out / "run.json").read_text())["preset"]
-    key = (str(out.resolve()), str(root), json.dumps(preset_json, sort_keys=True))
+    key = (str(out.resolve()), str(root), json.dumps(preset_json, sort_keys=True), str(device))
     if key not in _context:
         preset = recorded(preset_json)
         train_ds, test_ds = data.load(preset.dataset, "train", root), data.load(preset.dataset, "test", root)
         test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
         x, y = data.to_float(test_ds.images[:preset.study.images]), test_ds.labels[:preset.study.images].long()
-        goal = tasks.random_targets(y, test_ds.info.classes, preset.study)
+        goal = tasks.random_targets(y, test_ds.info.classes, preset.study)  # from the CPU labels: data
         _context.clear()
-        _context[key] = Context(preset, train_ds, test_ds, x, y, goal, digest(y.tolist()))
+        _context[key] = Context(preset, device, train_ds, test_ds, x.to(device), y.to(device), goal.to(device),
+                                digest(y.tolist()))
     return _context[key]
 
 
@@ -86,7 +89,7 @@ def _model(ctx: Context, out: Path, built: dict) -> tasks.Model:
     version = (stat.st_mtime_ns, stat.st_size)
     cached = ctx.models.get(built["path"])
     if cached is None or cached[0] != version:
-        net, meta = checkpoint.load_model(path)
+        net, meta = checkpoint.load_model(path, ctx.device)
         snn = checkpoint.spiking(meta, T=ctx.preset.study.snn1_T if built["kind"] == "snn1" else None)
         model = tasks.Model(built["kind"], built["instance"], net, snn, path, checkpoint.model_digest(net, meta), meta)
         if model.sha256 != built["sha256"]:
@@ -113,9 +116,11 @@ def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
     elif not can_write:
         raise SpikeAdvError(f"{out} is read-only and {path.name} needs building; make it writable or pass another --out")
     elif parent:
-        convert_file(out / parent["path"], ctx.preset, ctx.train_ds, ctx.test_ds, seed, path, recipe=recipe)
+        convert_file(out / parent["path"], ctx.preset, ctx.train_ds, ctx.test_ds, seed, path, recipe=recipe,
+                     device=ctx.device)
     else:
-        fit(kind, ctx.preset, seed, path, ctx.train_ds, ctx.test_ds, resume=True, log=log, recipe=recipe)
+        fit(kind, ctx.preset, seed, path, ctx.train_ds, ctx.test_ds, resume=True, log=log, recipe=recipe,
+            device=ctx.device)
     net, meta = checkpoint.load_model(path)
     test_acc = [m["test_acc"] for m in meta.get("metrics", []) if "test_acc" in m]
     return {"kind": kind, "instance": instance, "path": str(path.relative_to(out)), "reused": reused,
@@ -148,7 +153,7 @@ def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
 def _clean_preds(ctx: Context, path: Path) -> list[Tensor]:
     """A target's clean predictions per repeat, read once per process."""
     if str(path) not in ctx.clean:
-        ctx.clean[str(path)] = [torch.tensor(p) for p in json.loads(path.read_text())["preds"]]
+        ctx.clean[str(path)] = [torch.tensor(p, device=ctx.device) for p in json.loads(path.read_text())["preds"]]
     return ctx.clean[str(path)]
 
 
@@ -172,10 +177,12 @@ def _cell(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write:
         clean = {t: _clean_preds(ctx, out / deps[f"clean/{t}0"]["path"]) for t in job.targets}
         t0 = time.perf_counter()
         adv, aim = tasks.craft(job, source, ctx.x, ctx.y, ctx.goal, study)
+        devices.synchronize(ctx.device)
         t1 = time.perf_counter()
         rows = [row for t in job.targets
                 for row in tasks.rows(job, targets[t], ctx.x, ctx.y, adv, aim, clean[t], study)]
         saved = {"recipe": recipe, "rows": rows, "worker": f"{socket.gethostname()}:{os.getpid()}",
+                 "device": str(ctx.device),
                  "seconds": {"craft": round(t1 - t0, 3), "evaluate": round(time.perf_counter() - t1, 3)}}
         checkpoint.write_record(path, saved)
         return {"path": str(path.relative_to(out)), "reused": False, "worker": saved["worker"]}
@@ -186,9 +193,9 @@ RUN = {"model": _build, "clean": _clean, "cell": _cell}
 
 
 def execute(task: Task, out: Path, root: Path | None, deps: dict[str, dict], can_write: bool = True,
-            log: Callable[[str], None] = print) -> dict:
-    """Run one task from its recipe, the run directory ``out`` (its run.json names the preset) and the
-    results of the tasks it depends on (``deps``, by name). Returns its own result: a small JSON-ready
-    dict naming the artifact it wrote or reused (``path``, relative to ``out``) and whether it was
-    reused."""
-    return RUN[task.kind](task, context(out, root), out, deps, can_write, log)
+            log: Callable[[str], None] = print, device: torch.device = torch.device("cpu")) -> dict:
+    """Run one task on ``device`` from its recipe, the run directory ``out`` (its run.json names the
+    preset) and the results of the tasks it depends on (``deps``, by name). Returns its own result: a
+    small JSON-ready dict naming the artifact it wrote or reused (``path``, relative to ``out``) and
+    whether it was reused."""
+    return RUN[task.kind](task, context(out, root, device), out, deps, can_write, log)

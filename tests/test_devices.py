@@ -1,0 +1,165 @@
+"""The device as a runtime choice (DESIGN section 6): ``--device`` resolved once with one-line refusals,
+every random generator made on the device of the tensors it draws for, timestep folding a policy of
+the device, and a run directory that resumes on another device than it started on."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeadv import checkpoint, cli, data, devices, study
+from spikeadv.arch import Network
+from spikeadv.convert import convert_file
+from spikeadv.errors import SpikeAdvError
+from spikeadv.neurons import Spiking
+from spikeadv.presets import get_preset
+from spikeadv.study import executors, tasks
+from spikeadv.study.plan import Job
+from spikeadv.train import fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_faults import one_line_error, spikeadv  # noqa: E402
+
+
+def one_gpu(monkeypatch):
+    """This process sees one CUDA device (the CPU build's torch.cuda answers as on a one-GPU machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+# --device ------------------------------------------------------------------------------------------
+
+def test_auto_is_the_cpu_without_cuda_and_the_current_gpu_with_it(monkeypatch):
+    assert not torch.cuda.is_available()  # the CI machine
+    assert devices.resolve("auto") == devices.resolve(None) == devices.resolve("cpu") == torch.device("cpu")
+    one_gpu(monkeypatch)
+    assert devices.resolve("auto") == devices.resolve("cuda") == devices.resolve("CUDA:0") == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("spec, needle", [("cuda", "CPU build"), ("cuda:0", "CPU build"), ("gpu", "not a device"),
+                                          ("mps", "auto, cpu, cuda or cuda:N")])
+def test_a_device_this_machine_lacks_is_one_line(spec, needle):
+    with pytest.raises(SpikeAdvError, match=needle):
+        devices.resolve(spec)
+
+
+def test_a_gpu_index_past_the_last_names_the_ones_there_are(monkeypatch):
+    one_gpu(monkeypatch)
+    with pytest.raises(SpikeAdvError, match=r"cuda:7: this machine has 1 CUDA device \(cuda:0\)"):
+        devices.resolve("cuda:7")
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--preset", "smoke", "--out", "{out}"],
+    ["train", "ann", "--preset", "smoke", "--out", "{out}/ann.safetensors"],
+    ["evaluate", "{out}", "--suite", "quick"],
+])
+def test_every_computing_command_refuses_a_missing_gpu_in_one_line_and_writes_nothing(tmp_path, command):
+    out = tmp_path / "out"
+    one_line_error(spikeadv(*[c.format(out=out) for c in command], "--device", "cuda"), "--device cuda", "CPU build")
+    assert not out.exists()
+
+
+def test_cuda_7_on_a_one_gpu_machine_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    one_gpu(monkeypatch)
+    out = tmp_path / "run"
+    assert cli.main(["run", "--preset", "smoke", "--out", str(out), "--device", "cuda:7"]) == 2
+    assert capsys.readouterr().err.strip() == ("spikeadv: error: --device cuda:7: this machine has 1 CUDA device "
+                                               "(cuda:0)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, gpus, expected", [("auto", 0, "cpu"), ("auto", 0.5, "cuda"), ("cuda", 1, "cuda"),
+                                                  ("cpu", 0, "cpu")])
+def test_ray_tasks_compute_on_the_gpu_ray_gives_them_or_the_cpu(spec, gpus, expected):
+    assert executors.task_device(spec, "ray", gpus) == expected  # resolved on the worker, not here
+
+
+@pytest.mark.parametrize("spec, gpus, needle", [("cuda", 0, "needs --gpus-per-task"), ("cuda:1", 1, "pass --device cuda"),
+                                                ("cpu", 1, "never use")])
+def test_ray_device_options_that_contradict_each_other_are_refused(spec, gpus, needle):
+    with pytest.raises(SpikeAdvError, match=needle):
+        executors.task_device(spec, "ray", gpus)
+
+
+# generators follow their tensors --------------------------------------------------------------------
+
+class Recording(torch.Generator):
+    """A torch.Generator that records the device it was asked for (None: not named, i.e. the CPU by
+    default, which cannot draw for CUDA tensors)."""
+
+    asked: list = []
+
+    def __init__(self, device=None):  # torch.Generator.__new__ made it on ``device``
+        Recording.asked.append(None if device is None else torch.device(device))
+
+
+def test_every_generator_is_made_on_the_device_of_what_it_draws(reference, tmp_path, monkeypatch):
+    """Train (order, augmentation), convert (balancing images, spikes), predict (encoder) and craft with
+    every gradient source and every attack (R-FGSM noise, PGD start, targets): every generator names
+    the device of its tensors. One made without a device would be a CPU generator, which fails on
+    CUDA ("Expected a 'cuda' device type for generator")."""
+    monkeypatch.setattr(torch, "Generator", Recording)
+    Recording.asked = []
+    device = devices.resolve("cpu")
+    preset = get_preset("smoke", ["ann.epochs=1", "snn2.train.epochs=1"])
+    train_ds, test_ds = data.load("synthetic", "train"), data.load("synthetic", "test").subset(50)
+    fit("ann", preset, 0, tmp_path / "ann.safetensors", train_ds, test_ds, device=device, log=lambda line: None)
+    fit("snn2", preset, 0, tmp_path / "snn2.safetensors", train_ds, test_ds, device=device, log=lambda line: None)
+    convert_file(tmp_path / "ann.safetensors", preset, train_ds, test_ds, 0, tmp_path / "snn1.safetensors",
+                 device=device)
+    x, y = data.to_float(test_ds.images[:8]).to(device), test_ds.labels[:8].long().to(device)
+    goal = tasks.random_targets(y, 10, preset.study)
+    for kind, gradient in [("ann", "ann"), ("snn1", "snnadv"), ("snn2", "bptt")]:
+        net, meta = checkpoint.load_model(tmp_path / f"{kind}.safetensors", device)
+        model = tasks.Model(kind, 0, net, checkpoint.spiking(meta), Path(), "", meta)
+        for attack, steps in (("fgsm", 1), ("rfgsm", 1), ("ifgsm", 2), ("tifgsm", 2)):
+            job = Job(kind, 0, gradient, attack, 8, steps, (kind,))
+            adv, _ = tasks.craft(job, model, x, y, goal, preset.study)
+            tasks.predict(model, adv, preset.study, 0)
+    assert len(Recording.asked) > 20
+    assert set(Recording.asked) == {device}, Recording.asked
+
+
+# the device's policies --------------------------------------------------------------------------------
+
+def test_timestep_folding_asks_the_device_and_cuda_folds_by_free_memory(monkeypatch):
+    net = Network("16x16-4c3-2s-8fc-3o", 2, (0.5, 0.5), (0.25, 0.25), dropout=0.0).eval()
+    asked = []
+    monkeypatch.setattr(devices, "fold", lambda device, frame_bytes: asked.append((device, frame_bytes)) or 10)
+    calls = []
+    net.layers[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    net(torch.rand(5, 2, 16, 16), Spiking(T=6, encoding="direct"))
+    assert asked == [(torch.device("cpu"), 4 * 4 * 16 * 16)] and calls == [10, 10, 10]  # 2 steps of 5 images
+    monkeypatch.undo()
+    assert devices.fold(torch.device("cpu"), 2**20) == devices.CPU_FOLD_BYTES // 2**20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 80 * 2**30))
+    assert devices.fold(torch.device("cuda", 0), 2**20) == 8 * 1024 * devices.CUDA_FOLD_SHARE
+
+
+# a run directory outlives its device -------------------------------------------------------------------
+
+def test_a_run_started_on_a_gpu_resumes_on_the_cpu_reusing_everything(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    record = json.loads((out / "run.json").read_text())
+    assert record["executor"]["device"] == "cpu"
+    for path in (out / "models").glob("*.safetensors"):  # as if trained on a GPU
+        tensors, meta = checkpoint.load(path)
+        assert meta["device"] == "cpu"
+        checkpoint.save(path, tensors, {**meta, "device": "cuda:0"})
+    for path in (out / "cells").glob("*.json"):
+        saved, _ = checkpoint.read_record(path)
+        assert saved["device"] == "cpu"
+        checkpoint.write_record(path, {**saved, "device": "cuda:0"})
+    lines = []
+    study.run(get_preset("smoke"), out, log=lines.append)
+    assert (out / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
+    assert any("adversarial sets (0 crafted," in line for line in lines), lines
+    assert not any(line.startswith(("training", "converted")) for line in lines), lines
+    # the models were not rebuilt: their files still say cuda:0
+    assert all(checkpoint.load(p)[1]["device"] == "cuda:0" for p in (out / "models").glob("*.safetensors"))
