@@ -71,7 +71,7 @@ def spikingjelly_model(net: Network, snn: Spiking) -> Callable[[torch.Tensor], t
 
     def run(x: torch.Tensor) -> torch.Tensor:
         functional.reset_net(seq)
-        frames = (torch.rand((snn.T, *x.shape)) < x).to(x.dtype)
+        frames = (torch.rand((snn.T, *x.shape), device=x.device) < x).to(x.dtype)
         return seq(net.normalise(frames.flatten(0, 1)).view(snn.T, *x.shape)).mean(0)
 
     return run

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeadv.arch import Network
+from spikeadv.devices import synchronize
 from spikeadv.data import synthetic, to_float
 from spikeadv.presets import get_preset
 from spikeadv.train import autocast, train
@@ -32,36 +33,43 @@ def build(preset) -> Network:
                    batchnorm=preset.batchnorm)
 
 
-def ours(preset, ds, eval_ds, out: Path) -> float:
+def ours(preset, ds, eval_ds, out: Path, device: torch.device = torch.device("cpu")) -> float:
+    """Images/s of one epoch of our training loop on ``device`` (data moved there, as it does)."""
     net = build(preset)
+    synchronize(device)
     start = time.perf_counter()
-    train(net, ds, eval_ds, preset.ann, seed=0, out=out, meta={"kind": "ann", "data": {}}, log=lambda s: None)
+    train(net, ds, eval_ds, preset.ann, seed=0, out=out, meta={"kind": "ann", "data": {}}, log=lambda s: None,
+          device=device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
     out.unlink()
     return (len(ds) // preset.ann.batch_size) * preset.ann.batch_size / elapsed
 
 
-def bare(preset, ds) -> float:
+def bare(preset, ds, device: torch.device = torch.device("cpu")) -> float:
+    """Images/s of bare training steps on float tensors already resident on ``device``."""
     cfg = preset.ann
-    net = build(preset)
+    net = build(preset).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
-    x_all, y_all = to_float(ds.images), ds.labels
+    x_all, y_all = to_float(ds.images).to(device), ds.labels.to(device)
     steps = len(ds) // cfg.batch_size
+    synchronize(device)
     start = time.perf_counter()
-    perm = torch.randperm(len(ds))
+    perm = torch.randperm(len(ds), device=device)
     for i in range(steps):
         idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         x = x_all[idx]
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.bf16, "cpu"):
+        with autocast(cfg.bf16, device):
             loss = F.cross_entropy(net(x).float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    synchronize(device)
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 

@@ -4,7 +4,6 @@ the device, and a run directory that resumes on another device than it started o
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ from spikeadv.study import executors, tasks
 from spikeadv.study.plan import Job
 from spikeadv.train import fit
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_faults import one_line_error, spikeadv  # noqa: E402
+from test_faults import one_line_error, spikeadv
 
 
 def one_gpu(monkeypatch):

@@ -49,7 +49,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
-    for name in [args.name] if args.name else [n for n in data.DATASETS if n != "synthetic"]:
+    for name in [args.name] if args.name else [n for n in data.DATASETS if n not in data.GENERATED]:
         print(json.dumps(data.info(name, args.root), indent=2, default=str))
 
 
@@ -237,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="prepare and inspect datasets").add_subparsers(dest="data_command", required=True)
     p = d.add_parser("prepare", help="download, decode and verify a dataset")
-    p.add_argument("name", help=", ".join(n for n in data.DATASETS if n != "synthetic"))
+    p.add_argument("name", help=", ".join(n for n in data.DATASETS if n not in data.GENERATED))
     p.set_defaults(func=cmd_data_prepare)
     p = d.add_parser("info", help="where a dataset is and whether it verifies")
     p.add_argument("name", nargs="?", help="one dataset (default: all)")
