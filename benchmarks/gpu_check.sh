@@ -6,17 +6,18 @@
 #   bash benchmarks/gpu_check.sh tests OUT    # pytest -m cuda: the CUDA path, the kernels vs the loop
 #   bash benchmarks/gpu_check.sh bench OUT    # benchmarks/gpu.py: throughput, memory, paper GPU-hours
 #   bash benchmarks/gpu_check.sh study OUT    # spikeadv run --preset gpu, timed stage by stage
+#   bash benchmarks/gpu_check.sh "tests bench" OUT   # several parts in one call
 #
 # The study uses CIFAR-10 where $SPIKEADV_DATA holds it prepared, else synthetic-cifar (CIFAR-10's sizes
 # and shapes: the same time, no accuracy). Its run directory ($STUDY_DIR, default /tmp/gpu-run) resumes
 # when the part is run again. DRY=1 runs every part on the CPU at toy sizes, to check the script.
 set -uo pipefail
-part=${1:?usage: gpu_check.sh prepare|tests|bench|study [OUT]}
+parts=${1:?usage: gpu_check.sh prepare|tests|bench|study|"tests bench ..." [OUT]}
 out=${2:-${OUT:-gpu-check}}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1
 device=cuda dry=; [ "${DRY:-0}" = 1 ] && device=cpu dry=--dry-run
 
-if [ "$part" = prepare ]; then  # pure-Python wheels the GPU machine's image lacks (it has no index)
+if [ "$parts" = prepare ]; then  # pure-Python wheels the GPU machine's image lacks (it has no index)
     exec pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .devwheels \
         pytest pluggy iniconfig packaging pygments spikingjelly loguru
 fi
@@ -27,6 +28,7 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"; } > "$out/machine.txt"
 
+for part in $parts; do
 case "$part" in
 tests)
     if [ "$device" = cuda ]; then
@@ -57,4 +59,5 @@ study)
     echo "unknown part $part (prepare, tests, bench or study)" >&2; exit 2
     ;;
 esac
+done
 tail -n 5 "$out"/*.txt

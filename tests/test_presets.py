@@ -66,4 +66,14 @@ def test_bad_overrides_are_refused_clearly(bad, match):
 
 def test_unknown_preset():
     with pytest.raises(SpikeAdvError, match="unknown preset"):
-        get_preset("gpu")
+        get_preset("tpu")
+
+
+def test_the_gpu_preset_is_the_paper_s_study_on_its_encoding():
+    # the one-GPU preset: the paper's VGG-9 at full width, both SNNs on Poisson input (never direct),
+    # SNN-II with LIF neurons, two instances, at least 1,000 attacked images and the whole grid
+    p = get_preset("gpu")
+    assert (p.spec, p.width, p.dataset) == ("vgg9", 1.0, "cifar10")
+    assert p.snn1.encoding == p.snn2.encoding == "poisson" and p.snn1.T <= 256
+    assert p.snn2.spiking().neuron == "lif" and len(p.seeds) == 2 and p.study.images >= 1000
+    assert p.study.attacks == get_preset("paper").study.attacks and p.study.eps == get_preset("paper").study.eps
