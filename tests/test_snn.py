@@ -94,6 +94,12 @@ def test_convert_and_eval_commands(ann):
     assert "over 3 encoder seeds" in r.stdout and "mean spike rate per layer" in r.stdout
     rates = [float(tok.split()[-1]) for tok in r.stdout.splitlines()[-1].split(":", 1)[1].split(",")]
     assert all(0 < v <= 1 for v in rates)
+    single = [line for line in r.stdout.splitlines() if " accuracy " in line]
+    curve = spikeadv("eval", out, "--repeats", "3", "--T", "8,32")  # an accuracy-vs-T curve, one line per T
+    assert curve.returncode == 0, curve.stderr
+    lines = [line for line in curve.stdout.splitlines() if " accuracy " in line]
+    assert [line.split("T=")[1].split(")")[0] for line in lines] == ["8", "32"]
+    assert lines[1] == single[0]  # the same encoder seeds at every T
     r = spikeadv("convert", path, "--preset", "smoke")
     assert r.returncode == 2 and "--force" in r.stderr
 

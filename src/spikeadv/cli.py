@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     device = _device(args)
     net, meta = checkpoint.load_model(args.checkpoint, device)
-    snn = checkpoint.spiking(meta, T=args.T)
+    snn = checkpoint.spiking(meta)
     name = args.dataset or meta.get("data", {}).get("dataset")
     if name is None:
         raise SpikeAdvError(f"{args.checkpoint} does not record its dataset; pass --dataset")
@@ -125,14 +125,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if snn is None:
         print(f"{args.checkpoint}: ann accuracy {accuracy(net, ds, bf16=args.bf16, device=device):.2f}% on {where}")
         return
-    spikes: dict = {}
-    accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16,
-                     device=device) for r in range(args.repeats)]
-    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}) accuracy "
-          f"{statistics.mean(accs):.2f}% +- {std:.2f} over {len(accs)} encoder seeds on {where}")
-    rates = ", ".join(f"{i}:{net.spec.layers[i].kind} {float(v) / (snn.T * len(ds)):.3f}" for i, v in spikes.items())
-    print(f"mean spike rate per layer (spikes per neuron per step): {rates}")
+    for T in args.T or [snn.T]:  # several: the accuracy-vs-T curve, the same encoder seeds at every T
+        snn = dataclasses.replace(snn, T=T)
+        spikes: dict = {}
+        accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16,
+                         device=device) for r in range(args.repeats)]
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}) accuracy "
+              f"{statistics.mean(accs):.2f}% +- {std:.2f} over {len(accs)} encoder seeds on {where}")
+        rates = ", ".join(f"{i}:{net.spec.layers[i].kind} {float(v) / (snn.T * len(ds)):.3f}" for i, v in spikes.items())
+        print(f"mean spike rate per layer (spikes per neuron per step): {rates}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -214,6 +216,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _timesteps(text: str) -> list[int]:
+    """``--T``: one or more comma-separated timesteps, each >= 1."""
+    try:
+        return [_positive(v) for v in text.split(",") if v.strip()] or [_positive(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes whole numbers >= 1, e.g. 32 or 32,64,128, got {text!r}") from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in the same one-line form as every other error."""
 
@@ -275,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
     p.add_argument("--subset", type=_positive, help="first N images only")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16)")
-    p.add_argument("--T", type=_positive, help="SNN timesteps (default: the checkpoint's)")
+    p.add_argument("--T", type=_timesteps, help="SNN timesteps, or several for an accuracy-vs-T curve, e.g. "
+                   "32,64,128,256 (default: the checkpoint's)")
     p.add_argument("--repeats", type=_positive, default=1, help="SNN: mean and std over R encoder seeds")
     p.add_argument("--seed", type=int, default=0, help="SNN: first encoder seed")
     p.add_argument("--root", type=Path, help="data directory")
