@@ -53,9 +53,11 @@ study)
         --device "$device" --out "$run" > "$out/study.txt" 2>&1
     echo "exit $? after ${SECONDS} s (124: stopped by STUDY_SECONDS; rerun the part to resume)" >> "$out/study.txt"
     cp "$run/run.json" "$out/" 2>/dev/null
-    for model in "$run"/models/snn10-*.safetensors; do  # SNN-I's accuracy-vs-T curve (Poisson input)
-        [ -f "$model" ] && python -m spikeadv eval "$model" --T 32,64,128,256 --subset 2000 --device "$device" \
-            > "$out/snn1-curve.txt" 2>&1
+    for model in "$run"/models/snn10-*.safetensors; do  # SNN-I's accuracy-vs-T curves (Poisson input)
+        for reset in subtract signed; do
+            [ -f "$model" ] && python -m spikeadv eval "$model" --T 32,64,128,256 --reset $reset --subset 2000 \
+                --device "$device" >> "$out/snn1-curve.txt" 2>&1
+        done
     done
     python benchmarks/scaling.py "$run" --workers 1 > "$out/study-times.txt" 2>&1
     ;;

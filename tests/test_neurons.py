@@ -62,8 +62,26 @@ def test_membrane_carries_across_chunks_of_time():
     assert torch.equal(whole, torch.cat([a, b]))
 
 
+def test_signed_spikes_keep_the_net_count_at_the_cumulative_input():
+    # signed IF, v_0 = 0, |I_t| < V_th = 1: the net count is max(0, floor(sum_t I_t)) after every step
+    # (v = S_t - count V_th stays in [0, V_th) once the neuron has fired); currents in 1/64 steps, exact
+    gen = torch.Generator().manual_seed(0)
+    current = torch.randint(-40, 41, (200, 64), generator=gen).float() / 64
+    signed = Spiking(T=200, reset="signed")
+    spikes, (v, count) = spike_train(current, torch.tensor(1.0), None, signed)
+    expected = current.cumsum(0).floor().clamp(min=0)
+    assert torch.equal(spikes.cumsum(0), expected) and torch.equal(count, expected[-1])
+    assert (spikes < 0).any() and torch.equal(v, current.sum(0) - count)
+    plain, _ = spike_train(current, torch.tensor(1.0), None, Spiking(T=200))
+    assert (plain.sum(0) > expected[-1]).any()  # reset by subtraction keeps spikes early input drew
+    a, state = spike_train(current[:77], torch.tensor(1.0), None, signed)  # carried across chunks of time
+    b, _ = spike_train(current[77:], torch.tensor(1.0), state, signed)
+    assert torch.equal(torch.cat([a, b]), spikes)
+
+
 def reference_spike_train(current, threshold, v, snn):
-    """The plain loop, autograd through every step: what the fused neuron loop must reproduce."""
+    """The plain loop, autograd through every step: what the fused neuron loop must reproduce (signed
+    spikes: the spike taken back held constant, as the fused loop's backward does)."""
 
     class Spike(torch.autograd.Function):
         @staticmethod
@@ -77,18 +95,23 @@ def reference_spike_train(current, threshold, v, snn):
             return grad * surrogate_grad(u, snn.surrogate, snn.alpha)
 
     dtype = torch.promote_types(current.dtype, torch.float32)
+    v, count = (v if snn.reset == "signed" else (v, None)) if v is not None else (None, None)
     v = torch.zeros_like(current[0], dtype=dtype) if v is None else v
+    count = torch.zeros_like(v) if count is None else count
     spikes = []
     for i_t in current:
         v = snn.leak * v + i_t.to(dtype) if snn.leak != 1 else v + i_t.to(dtype)
         s = Spike.apply((v - threshold) / threshold)
-        v = v - s * threshold if snn.reset == "subtract" else v * (1 - s)
+        if snn.reset == "signed":
+            s = s - ((v < 0) & (count > 0)).to(s.dtype)
+            count = count + s.detach()
+        v = v * (1 - s) if snn.reset == "zero" else v - s * threshold
         spikes.append(s)
-    return torch.stack(spikes).to(current.dtype), v
+    return torch.stack(spikes).to(current.dtype), ((v, count) if snn.reset == "signed" else v)
 
 
-@pytest.mark.parametrize("reset", ["subtract", "zero"])
-@pytest.mark.parametrize("neuron, leak", [("if", 1.0), ("lif", 0.8)])
+@pytest.mark.parametrize("reset, neuron, leak", [("subtract", "if", 1.0), ("subtract", "lif", 0.8), ("zero", "if", 1.0),
+                                                 ("zero", "lif", 0.8), ("signed", "if", 1.0)])
 @pytest.mark.parametrize("surrogate, alpha", [("fast-sigmoid", 4.0), ("lee", 1.0), ("atan", 2.0), ("triangle", 1.5)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_neuron_loop_matches_the_step_by_step_reference(reset, neuron, leak, surrogate, alpha, dtype):
@@ -99,24 +122,28 @@ def test_fused_neuron_loop_matches_the_step_by_step_reference(reset, neuron, lea
     gen = torch.Generator().manual_seed(0)
     current = (torch.rand(11, 3, 4, 5, generator=gen, dtype=dtype) * 1.2 - 0.1).requires_grad_()
     weights = torch.randn(11, 3, 4, 5, generator=gen, dtype=dtype)
+    if reset == "signed":  # inputs that fall after they rose, so spikes are taken back
+        current = (current.detach() - torch.linspace(-0.3, 0.6, 11, dtype=dtype).view(11, 1, 1, 1)).requires_grad_()
+    membrane = (lambda state: state[0]) if reset == "signed" else (lambda state: state)
     results = []
     for fn in (spike_train, reference_spike_train):
         current.grad = None
         a, v = fn(current[:6], threshold, None, snn)
         b, v = fn(current[6:], threshold, v, snn)
-        spikes = torch.cat([a, b])
+        spikes, v = torch.cat([a, b]), membrane(v)
         ((spikes * weights).sum() + (v * v).sum()).backward()
         results.append((spikes.detach(), v.detach(), current.grad.clone()))
     (s1, v1, g1), (s2, v2, g2) = results
     assert torch.equal(s1, s2)
     assert 0 < s1.mean() < 1  # some spikes, some silence
+    assert (s1 < 0).any() == (reset == "signed")
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     assert torch.allclose(v1, v2, **tol)
     assert torch.allclose(g1, g2, **tol) and g1.abs().sum() > 0
     with torch.no_grad():  # the inference path: nothing saved, same spikes and membrane
         a, v = spike_train(current[:6], threshold, None, snn)
         b, v = spike_train(current[6:], threshold, v, snn)
-    assert torch.equal(torch.cat([a, b]), s1) and torch.allclose(v, v1, **tol)
+    assert torch.equal(torch.cat([a, b]), s1) and torch.allclose(membrane(v), v1, **tol)
 
 
 def test_channels_last_currents_give_the_same_spikes_grads_and_keep_their_layout():
@@ -303,6 +330,7 @@ def test_bptt_gradient_matches_finite_differences_with_a_smooth_spike(monkeypatc
 @pytest.mark.parametrize("bad, match", [
     (dict(T=0), "T"), (dict(neuron="lif", leak=0.0), "leak"), (dict(neuron="lif", leak=1.5), "leak"),
     (dict(leak=0.9), "IF neurons have no leak"), (dict(reset="soft"), "reset"),
+    (dict(neuron="lif", leak=0.9, reset="signed"), "for converted IF neurons"),
     (dict(surrogate="relu"), "surrogate"), (dict(encoding="latency"), "encoding"),
     (dict(v_init=1.0), "v_init"), (dict(v_init=-0.5), "v_init"), (dict(rate_mix=1.5), "rate_mix"),
 ])

@@ -1,5 +1,6 @@
 """SNN-I (conversion) and SNN-II (spike-based training) on the synthetic set."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -100,6 +101,11 @@ def test_convert_and_eval_commands(ann):
     lines = [line for line in curve.stdout.splitlines() if " accuracy " in line]
     assert [line.split("T=")[1].split(")")[0] for line in lines] == ["8", "32"]
     assert lines[1] == single[0]  # the same encoder seeds at every T
+    signed = spikeadv("eval", out, "--T", "32", "--reset", "signed")  # the checkpoint's IF neurons, signed
+    assert signed.returncode == 0, signed.stderr
+    expected = accuracy(model, load("synthetic", "test"), snn=dataclasses.replace(checkpoint.spiking(meta), T=32,
+                                                                                reset="signed"))
+    assert f"(IF, T=32, signed reset) accuracy {expected:.2f}%" in signed.stdout
     r = spikeadv("convert", path, "--preset", "smoke")
     assert r.returncode == 2 and "--force" in r.stderr
 

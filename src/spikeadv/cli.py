@@ -126,12 +126,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"{args.checkpoint}: ann accuracy {accuracy(net, ds, bf16=args.bf16, device=device):.2f}% on {where}")
         return
     for T in args.T or [snn.T]:  # several: the accuracy-vs-T curve, the same encoder seeds at every T
-        snn = dataclasses.replace(snn, T=T)
+        snn = dataclasses.replace(snn, T=T, reset=args.reset or snn.reset)
         spikes: dict = {}
         accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16,
                          device=device) for r in range(args.repeats)]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}) accuracy "
+        reset = f", {snn.reset} reset" if snn.reset != "subtract" else ""
+        print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}{reset}) accuracy "
               f"{statistics.mean(accs):.2f}% +- {std:.2f} over {len(accs)} encoder seeds on {where}")
         rates = ", ".join(f"{i}:{net.spec.layers[i].kind} {float(v) / (snn.T * len(ds)):.3f}" for i, v in spikes.items())
         print(f"mean spike rate per layer (spikes per neuron per step): {rates}")
@@ -287,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16)")
     p.add_argument("--T", type=_timesteps, help="SNN timesteps, or several for an accuracy-vs-T curve, e.g. "
                    "32,64,128,256 (default: the checkpoint's)")
+    p.add_argument("--reset", choices=["subtract", "zero", "signed"],
+                   help="SNN: run with this reset instead of the checkpoint's (signed: IF neurons whose spikes are "
+                        "taken back when the membrane falls below zero)")
     p.add_argument("--repeats", type=_positive, default=1, help="SNN: mean and std over R encoder seeds")
     p.add_argument("--seed", type=int, default=0, help="SNN: first encoder seed")
     p.add_argument("--root", type=Path, help="data directory")

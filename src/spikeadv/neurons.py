@@ -6,6 +6,11 @@ layers ran on the folded ``[T*B, ...]`` batch), and loops over t only for the me
     v_t = leak * v_{t-1} + I_t,    s_t = H(v_t - V_th),    v_t -= s_t * V_th  (reset by subtraction)
                                                            v_t *= 1 - s_t     (reset to zero)
 
+and, for converted IF neurons, signed spikes (reset ``signed``; the signed neuron with memory of Wang
+et al. 2022): s_t = -1 where v_t < 0 and the neuron has net spikes to take back, then v_t -= s_t * V_th.
+A neuron's net spike count then follows its cumulative input, max(0, sum_t I_t) / V_th, at every step,
+instead of keeping the spikes that input fluctuations drew early on (Poisson input: README).
+
 IF neurons (SNN-I, section III-A) have leak = 1; LIF neurons (SNN-II, section III-B) leak < 1. The
 Heaviside step H has a surrogate derivative for backpropagation through time.
 """
@@ -23,6 +28,7 @@ from .distributed import Rows, take
 from .errors import SpikeAdvError
 
 SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
+RESETS = ("subtract", "zero", "signed")
 BACKENDS = ("auto", "reference", "triton")
 BACKEND = "auto"  # spike_train's default: auto = the Triton kernels where kernels.available(), else the loop
 
@@ -80,8 +86,8 @@ class Spiking:
     """How a weight set runs as an SNN (DESIGN section 2).
 
     ``neuron``: ``if`` (SNN-I, no leak) or ``lif`` (SNN-II, v <- leak * v + I). ``T`` timesteps;
-    ``reset`` by ``subtract`` (default) or to ``zero``; the surrogate derivative and its sharpness
-    ``alpha``; input ``encoding`` ``poisson`` (rate coding) or ``direct``; ``spike_after_pool``: a
+    ``reset`` by ``subtract`` (default), to ``zero`` or ``signed`` (IF only: spikes taken back, see
+    above); the surrogate derivative and its sharpness ``alpha``; input ``encoding`` ``poisson`` (rate coding) or ``direct``; ``spike_after_pool``: a
     spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
     ``chunk``: timesteps folded into one batch per call (0 = as many as the device allows, :func:`.devices.fold`);
     ``v_init``: the membrane potential at t = 0 as a fraction of the threshold (0: the paper; 0.5 halves
@@ -111,8 +117,10 @@ class Spiking:
             raise SpikeAdvError(f"leak must be in (0, 1], got {self.leak}")
         if self.neuron == "if" and self.leak != 1:
             raise SpikeAdvError(f"IF neurons have no leak (leak = 1); use neuron=lif for leak {self.leak}")
-        if self.reset not in ("subtract", "zero"):
-            raise SpikeAdvError(f"reset must be subtract or zero, got {self.reset!r}")
+        if self.reset not in RESETS:
+            raise SpikeAdvError(f"reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
+        if self.reset == "signed" and self.neuron != "if":
+            raise SpikeAdvError("reset=signed (signed spikes) is for converted IF neurons: set neuron=if")
         if self.surrogate not in SURROGATES:
             raise SpikeAdvError(f"unknown surrogate {self.surrogate!r} (known: {', '.join(SURROGATES)})")
         if self.alpha <= 0 or self.chunk < 0:
@@ -126,11 +134,12 @@ class Spiking:
 
 
 def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None,
-                   fused: bool = False) -> tuple[Tensor, Tensor]:
+                   fused: bool = False, count: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The membrane recursion over t, in place on a copy of ``v``; spikes in the currents' dtype (bf16
     currents are added to the float32 membrane exactly). With ``u`` given, u_t = (h_t - V_th) / V_th
     is kept there for the backward pass and the spike is H(u_t); without, it is v >= V_th, the same
-    test for V_th > 0. ``fused``: the same recursion in one Triton kernel (:mod:`spikeadv.kernels`)."""
+    test for V_th > 0. ``fused``: the same recursion in one Triton kernel (:mod:`spikeadv.kernels`).
+    ``count`` (reset ``signed``): each neuron's net spikes so far, updated in place."""
     if fused:
         spikes, v, u_t = kernels.forward(current, v, threshold, snn, save_u=u is not None)
         if u is not None:
@@ -146,7 +155,10 @@ def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, 
             s = torch.ge(v, threshold, out=spikes[t])
         else:
             s = heaviside(torch.sub(v, threshold, out=u[t]).div_(threshold), spikes[t])
-        v.addcmul_(s, threshold if snn.reset == "subtract" else v, value=-1)  # v - s V_th or v (1 - s)
+        if count is not None:  # signed: a spike taken back where the membrane fell below zero
+            s.sub_(((v < 0) & (count > 0)).to(s.dtype))
+            count.add_(s)
+        v.addcmul_(s, v if snn.reset == "zero" else threshold, value=-1)  # v - s V_th or v (1 - s)
     return spikes, v
 
 
@@ -170,13 +182,13 @@ class _SpikeTrain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, fused: bool = False
-                ):  # type: ignore[override]
+    def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, fused: bool = False,
+                count: Tensor | None = None):  # type: ignore[override]
         if fused:  # the Triton kernels (spikeadv.kernels): the same arithmetic, one launch
             spikes, v, u = kernels.forward(current, v, threshold, snn, save_u=True)
         else:
             u = torch.empty_like(current, dtype=v.dtype)  # the currents' memory format (channels_last too)
-            spikes, v = _membrane_loop(current, v, threshold, snn, u)
+            spikes, v = _membrane_loop(current, v, threshold, snn, u, count=count)
         ctx.save_for_backward(u, threshold)
         ctx.snn, ctx.dtype, ctx.fused = snn, current.dtype, fused
         return spikes, v
@@ -197,7 +209,7 @@ class _SpikeTrain(torch.autograd.Function):
                 grad, grad_v0 = temporal(u, threshold, snn, grad_spikes, grad_v)
                 grad = grad.mul_(1 - snn.rate_mix).add_(rate)
                 grad_v0 = grad_v0.mul_(1 - snn.rate_mix)
-        return grad.to(ctx.dtype), grad_v0 if ctx.needs_input_grad[1] else None, None, None, None
+        return grad.to(ctx.dtype), grad_v0 if ctx.needs_input_grad[1] else None, None, None, None, None
 
     @staticmethod
     def temporal(u: Tensor, threshold: Tensor, snn: Spiking, grad_spikes: Tensor, grad_v: Tensor
@@ -209,7 +221,7 @@ class _SpikeTrain(torch.autograd.Function):
         for t in range(u.shape[0] - 1, -1, -1):
             surrogate_grad(u[t], snn.surrogate, snn.alpha, out=sg)
             g = grad[t].copy_(grad_spikes[t]).div_(threshold)
-            if snn.reset == "subtract":
+            if snn.reset != "zero":  # subtract; signed, its taken-back spikes held constant
                 g.sub_(g_v).mul_(sg).add_(g_v)
             else:
                 s = heaviside(u[t], torch.empty_like(sg))
@@ -218,13 +230,16 @@ class _SpikeTrain(torch.autograd.Function):
         return grad, g_v.clone()
 
 
-def _fused(backend: str | None, current: Tensor, v: Tensor, threshold: Tensor) -> bool:
+def _fused(backend: str | None, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking) -> bool:
     """Whether spike_train runs the Triton kernels: ``auto`` where they are available (CUDA tensors,
-    or TRITON_INTERPRET=1) and take the operands, ``triton`` always (an error where they cannot)."""
+    or TRITON_INTERPRET=1) and take the operands, ``triton`` always (an error where they cannot).
+    Signed spikes (reset ``signed``) have no kernel yet: they run the loop."""
     backend = BACKEND if backend is None else backend
     if backend not in BACKENDS:
         raise SpikeAdvError(f"unknown neuron backend {backend!r} (known: {', '.join(BACKENDS)})")
-    if backend == "reference" or (backend == "auto" and not kernels.available(current.device)):
+    if backend == "triton" and snn.reset == "signed":
+        raise SpikeAdvError("the triton neuron backend has no signed spikes (reset=signed); use auto or reference")
+    if backend == "reference" or snn.reset == "signed" or (backend == "auto" and not kernels.available(current.device)):
         return False
     if backend == "triton" and not kernels.available(current.device):
         raise SpikeAdvError("the triton neuron backend needs CUDA tensors and triton (or TRITON_INTERPRET=1)")
@@ -249,17 +264,24 @@ def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiki
     """
     dtype = torch.promote_types(current.dtype, torch.float32)  # bf16 currents, float32 membrane
     threshold = torch.as_tensor(threshold, dtype=dtype, device=current.device)
+    signed, count = snn.reset == "signed", None
+    if signed and v is not None:  # a signed neuron's state: (membrane, net spikes so far)
+        v, count = v
     if v is None:
         # in the currents' memory format: mixing channels_last and contiguous operands in the loop's
         # elementwise ops costs 45% of a channels_last SNN-II training step
         v = torch.zeros_like(current[0], dtype=dtype)
         if snn.v_init:
             v.add_(threshold.detach() * snn.v_init)
-    fused = _fused(backend, current, v, threshold)
+    if signed:
+        count = torch.zeros_like(v) if count is None else count.clone()
+    fused = _fused(backend, current, v, threshold, snn)
     if torch.is_grad_enabled() and (current.requires_grad or v.requires_grad):
-        return _SpikeTrain.apply(current, v, threshold.detach(), snn, fused)
-    with torch.no_grad():
-        return _membrane_loop(current, v, threshold, snn, None, fused)
+        spikes, v = _SpikeTrain.apply(current, v, threshold.detach(), snn, fused, count)
+    else:
+        with torch.no_grad():
+            spikes, v = _membrane_loop(current, v, threshold, snn, None, fused, count)
+    return spikes, ((v, count) if signed else v)
 
 
 class _StraightThrough(torch.autograd.Function):

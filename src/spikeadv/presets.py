@@ -78,7 +78,7 @@ class ConvertConfig:
     method: str = "spike"
     images: int = 256
     pool_threshold: float = 0.75
-    reset: str = "subtract"
+    reset: str = "subtract"  # or zero, or signed (spikes taken back: neurons.Spiking)
     spike_after_pool: bool = True
     percentile: float = 100.0
     chunk: int = 0
