@@ -23,39 +23,58 @@ def interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def run(backend, current, threshold, v0, snn, weights, split):
+def run(backend, current, threshold, v0, snn, weights, split, count0=None):
     """Two chunks of time, the membrane carried over; a loss on all spikes and the final membrane, so
-    gradients cross reset, leak, the chunk boundary and reach v0. Also the no-grad path (v_init)."""
+    gradients cross reset, leak, the chunk boundary and reach v0. Also the no-grad path (v_init).
+    Signed spikes: the state is (membrane, net spike count), ``count0`` the count at the start."""
+    signed = snn.reset == "signed"
+    unpack = (lambda state: state) if signed else (lambda state: (state, None))
     current = current.detach().requires_grad_()
     v0 = v0.detach().requires_grad_()
-    a, v = spike_train(current[:split], threshold, v0, snn, backend=backend)
-    b, v = spike_train(current[split:], threshold, v, snn, backend=backend)
+    before = count0.clone() if signed else None
+    a, state = spike_train(current[:split], threshold, (v0, count0) if signed else v0, snn, backend=backend)
+    b, state = spike_train(current[split:], threshold, state, snn, backend=backend)
+    v, count = unpack(state)
     spikes = torch.cat([a, b])
     ((spikes * weights).sum() + (v * v).sum()).backward()
+    if signed:
+        assert torch.equal(count0, before)  # the caller's state is left alone
     with torch.no_grad():
-        s, w = spike_train(current[:split], threshold, None, snn, backend=backend)
-        s, w = spike_train(current[split:], threshold, w, snn, backend=backend)
-    return {"spikes": spikes, "v": v, "v_strides": v.stride(), "s_strides": a.stride(), "grad": current.grad,
-            "grad_v0": v0.grad, "nograd": (s, w)}
+        s1, w = spike_train(current[:split], threshold, None, snn, backend=backend)
+        s2, w = spike_train(current[split:], threshold, w, snn, backend=backend)
+    return {"spikes": spikes, "v": v, "count": count, "v_strides": v.stride(), "s_strides": a.stride(),
+            "c_strides": None if count is None else count.stride(), "grad": current.grad, "grad_v0": v0.grad,
+            "nograd": (s1, s2, *w) if signed else (s1, s2, w)}
 
 
 def compare(snn, dtype, channels_last, per_channel, device="cpu", T=6, shape=(4, 8, 8, 8)):
     gen = torch.Generator(device).manual_seed(0)
     B, C, H, W = shape
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    current = (torch.rand(T * B, C, H, W, generator=gen, device=device) * 1.2 - 0.1).to(dtype)
-    current = current.contiguous(memory_format=layout).view(T, B, C, H, W)
+    current = torch.rand(T * B, C, H, W, generator=gen, device=device) * 1.2 - 0.1
+    signed = snn.reset == "signed"
+    if signed:  # inputs that fall after they rose, so spikes are taken back
+        current = current.view(T, -1).sub_(torch.linspace(-0.4, 0.8, T, device=device).view(T, 1)).view_as(current)
+    current = current.to(dtype).contiguous(memory_format=layout).view(T, B, C, H, W)
     threshold = (torch.rand(C, 1, 1, generator=gen, device=device) * 0.5 + 0.5 if per_channel
                  else torch.tensor(0.7, device=device))
     v0 = torch.rand(B, C, H, W, generator=gen, device=device).contiguous(memory_format=layout) * 0.5
     weights = torch.randn(T, B, C, H, W, generator=gen, device=device)
-    fused = run("triton", current, threshold, v0, snn, weights, split=T - 2)
-    ref = run("reference", current, threshold, v0, snn, weights, split=T - 2)
-    assert 0 < ref["spikes"].float().mean() < 1  # some spikes, some silence
+    # signed: a count carried in from an earlier chunk (0, 1 or 2 net spikes), in the currents' layout
+    count0 = (torch.randint(0, 3, (B, C, H, W), generator=gen, device=device).float()
+              .contiguous(memory_format=layout)) if signed else None
+    fused = run("triton", current, threshold, v0, snn, weights, split=T - 2, count0=count0)
+    ref = run("reference", current, threshold, v0, snn, weights, split=T - 2, count0=count0)
+    assert 0 < ref["spikes"].float().mean() < 1 and (ref["spikes"] > 0).any()  # some spikes, some silence
+    assert (ref["spikes"] < 0).any() == signed and (ref["nograd"][0] < 0).any() == signed  # taken back
     # the forward pass is the same float32 operations in the same order (kernels' doc-string): identical
-    for key in ("spikes", "v", "v_strides", "s_strides"):
-        assert torch.equal(fused[key], ref[key]) if key in ("spikes", "v") else fused[key] == ref[key], key
+    for key in ("spikes", "v", "count") if signed else ("spikes", "v"):
+        assert torch.equal(fused[key], ref[key]), key
+    for key in ("v_strides", "s_strides", "c_strides"):
+        assert fused[key] == ref[key], key
     assert fused["spikes"].dtype == dtype and fused["v"].dtype == torch.float32
+    assert not signed or fused["count"].dtype == torch.float32
+    assert len(fused["nograd"]) == len(ref["nograd"]) == (4 if signed else 3)
     assert all(torch.equal(x, y) for x, y in zip(fused["nograd"], ref["nograd"]))
     for key in ("grad", "grad_v0"):
         g1, g2 = fused[key].float(), ref[key].float()
@@ -78,7 +97,7 @@ def compare(snn, dtype, channels_last, per_channel, device="cpu", T=6, shape=(4,
 
 
 CASES = [(n, leak, reset, sur) for n, leak in (("if", 1.0), ("lif", 0.8)) for reset in ("subtract", "zero")
-         for sur in SURROGATES]
+         for sur in SURROGATES] + [("if", 1.0, "signed", sur) for sur in SURROGATES]
 
 
 @pytest.mark.parametrize("neuron, leak, reset, surrogate", CASES)
@@ -106,6 +125,26 @@ def test_strided_and_mismatched_layouts_are_copied_and_outputs_keep_the_referenc
         assert torch.equal(results[0][key], results[1][key]), key
         assert results[0][key].stride() == results[1][key].stride(), key
     assert results[0]["v_strides"] == results[1]["v_strides"] and results[0]["s_strides"] == results[1]["s_strides"]
+
+
+def test_signed_counts_in_another_layout_are_updated_through_a_buffer(interpret):
+    # the count (carried state of signed spikes) stored in neither the currents' order nor the membrane's:
+    # the kernel writes a buffer in its own order, copied back into the count the caller's state holds
+    snn = Spiking(T=6, reset="signed", surrogate="lee")
+    gen = torch.Generator().manual_seed(1)
+    base = torch.rand(6, 3, 8, 12, generator=gen) - torch.linspace(-0.5, 0.7, 6).view(6, 1, 1, 1)
+    current = base[..., ::2].transpose(1, 2)  # [T, 8, 3, 6], no step dense
+    v0 = torch.rand(8, 3, 6, generator=gen).transpose(0, 1).contiguous().transpose(0, 1) * 0.3
+    count0 = torch.randint(0, 3, (6, 3, 8), generator=gen).float().permute(2, 1, 0)  # [8, 3, 6], a third order
+    weights = torch.randn(6, 8, 3, 6, generator=gen)
+    results = [run(b, current, torch.tensor(0.6), v0, snn, weights, split=4, count0=count0)
+               for b in ("triton", "reference")]
+    assert (results[1]["spikes"] < 0).any()
+    for key in ("spikes", "v", "count", "grad", "grad_v0"):
+        assert torch.equal(results[0][key], results[1][key]), key
+        assert results[0][key].stride() == results[1][key].stride(), key
+    assert results[0]["count"].stride() == count0.stride()
+    assert all(torch.equal(x, y) for x, y in zip(results[0]["nograd"], results[1]["nograd"]))
 
 
 def count_calls(monkeypatch):
@@ -137,13 +176,20 @@ def test_auto_dispatch_takes_the_kernels_where_available(interpret, monkeypatch)
     with torch.no_grad():
         spike_train(current, torch.tensor(0.5), None, Spiking(T=4))
     assert calls["forward"] == 2
+    signed = Spiking(T=4, reset="signed")  # signed spikes run in the kernels too, auto and triton
+    for backend in (None, "triton"):
+        spike_train(current - 0.3, torch.tensor(0.5), None, signed, backend)  # inference: forward only
+        x = (current - 0.3).requires_grad_()
+        spike_train(x, torch.tensor(0.5), None, signed, backend)[0].sum().backward()
+    assert calls == {"forward": 6, "temporal": 3}
     assert kernels.available(torch.device("cuda")) and kernels.available("cpu")  # CUDA tensors: the kernels
     reference = train_step(current, "reference")
-    assert calls["forward"] == 2 and all(torch.equal(a, b) for a, b in zip(fused, reference))
+    assert calls["forward"] == 6 and all(torch.equal(a, b) for a, b in zip(fused, reference))
     monkeypatch.setattr(neurons, "BACKEND", "reference")  # the module switch forces the loop everywhere
     train_step(current)
     train_step(current.double(), "auto")  # float64: the kernels do not take it, the loop runs
-    assert calls["forward"] == 2
+    spike_train(current, torch.tensor(0.5), None, Spiking(T=4, reset="signed"))
+    assert calls["forward"] == 6
     with pytest.raises(SpikeAdvError, match="float32"):
         train_step(current.double(), "triton")
     with pytest.raises(SpikeAdvError, match="unknown neuron backend"):
@@ -157,6 +203,7 @@ def test_cpu_without_the_interpreter_never_touches_the_kernels(monkeypatch):
     monkeypatch.setattr(kernels, "temporal", None)
     assert not kernels.available("cpu")
     train_step(torch.rand(4, 2, 50))
+    spike_train(torch.rand(4, 2, 50) - 0.3, torch.tensor(0.5), None, Spiking(T=4, reset="signed"))
     with pytest.raises(SpikeAdvError, match="needs CUDA"):
         train_step(torch.rand(4, 2, 50), "triton")
 

@@ -5,7 +5,9 @@ same float32 operations in the same order (module doc-string of :mod:`spikeadv.n
 
     h_t = leak * v_{t-1} + I_t,  u_t = (h_t - V_th) / V_th,  s_t = H(u_t),  v_t = h_t - s_t V_th | h_t - s_t h_t
 
-and backward over t in reverse (``_SpikeTrain``'s doc-string), with g_v the gradient of v_t:
+With signed spikes (``count``, each neuron's net spikes so far) s_t -= [h_t < 0 and count > 0], count += s_t,
+then the reset by subtraction. Backward over t in reverse (``_SpikeTrain``'s doc-string), with g_v the
+gradient of v_t (signed as subtract, the spikes taken back held constant):
 
     subtract: dL/dh_t = (g_s / V_th - g_v) H'(u_t) + g_v
     zero:     dL/dh_t = (g_s / V_th - (u_t + 1) g_v) H'(u_t) + g_v (1 - s_t),  g_v <- leak dL/dh_t
@@ -37,13 +39,16 @@ BLOCK = 1024  # neurons per program
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # currents; the membrane is float32
 
 
-def _forward_kernel(cur, v0, th, spikes, u, v_out, n, stride_c, stride_s, stride_u, leak, T,
+def _forward_kernel(cur, v0, th, spikes, u, v_out, cnt, n, stride_c, stride_s, stride_u, leak, T,
                     TH_STRIDE: tl.constexpr, LEAKY: tl.constexpr, SUBTRACT: tl.constexpr,
-                    SAVE_U: tl.constexpr, BLOCK: tl.constexpr):
-    """h_t = leak v_{t-1} + I_t, s_t = H((h_t - V_th) / V_th) (or h_t >= V_th), the reset; u_t if SAVE_U."""
+                    SAVE_U: tl.constexpr, SIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """h_t = leak v_{t-1} + I_t, s_t = H((h_t - V_th) / V_th) (or h_t >= V_th), the reset; u_t if SAVE_U;
+    SIGNED: a spike taken back (s_t -= 1) where h_t < 0 and the count of net spikes ``cnt`` is > 0."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     v = tl.load(v0 + offs, mask=mask, other=0.0)
+    if SIGNED:
+        c = tl.load(cnt + offs, mask=mask, other=0.0)
     vth = tl.load(th + offs * TH_STRIDE, mask=mask, other=1.0)  # stride 0: one threshold for all
     cur, spikes, u = cur + offs, spikes + offs, u + offs  # pointers step by whole steps (64-bit)
     for _ in range(T):
@@ -57,6 +62,9 @@ def _forward_kernel(cur, v0, th, spikes, u, v_out, n, stride_c, stride_s, stride
             s = (ut >= 0.0).to(tl.float32)
         else:
             s = (v >= vth).to(tl.float32)
+        if SIGNED:
+            s = s - ((v < 0.0) & (c > 0.0)).to(tl.float32)
+            c = c + s
         tl.store(spikes, s.to(spikes.dtype.element_ty), mask=mask)
         if SUBTRACT:
             v = v - s * vth
@@ -64,6 +72,8 @@ def _forward_kernel(cur, v0, th, spikes, u, v_out, n, stride_c, stride_s, stride
             v = v - s * v
         cur, spikes, u = cur + stride_c, spikes + stride_s, u + stride_u
     tl.store(v_out + offs, v, mask=mask)
+    if SIGNED:
+        tl.store(cnt + offs, c, mask=mask)  # in place: each program reads and writes its own neurons
 
 
 def _backward_kernel(u, th, g_s, g_v0, grad, grad_v0, n, stride_u, stride_g, stride_i, leak, T,
@@ -211,20 +221,23 @@ def _launch(name: str, n: int, device: torch.device, *args: Any, **constants: An
         kernel[grid](*args, **constants, BLOCK=block, enable_fp_fusion=False)
 
 
-def forward(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, save_u: bool
-            ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The membrane recursion: (spikes in the currents' dtype and layout, final membrane, u_t or None)."""
+def forward(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, save_u: bool,
+            count: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The membrane recursion: (spikes in the currents' dtype and layout, final membrane, u_t or None).
+    ``count`` (reset ``signed``; shape of ``v``): each neuron's net spikes so far, updated in place."""
     ref = _layout(current[0])
     cur = _src(current, ref)
     spikes, v_out = torch.empty_like(current), torch.empty_like(v)
     u = torch.empty_like(current, dtype=torch.float32) if save_u else None
     s_buf, v_buf = _dst(spikes, ref), _dst(v_out, ref)
     u_buf = _dst(u, ref) if u is not None else s_buf  # not written without save_u
+    c_buf = _src(count, ref, torch.float32) if count is not None else None  # read and written in place
     th, scalar = _threshold(threshold, ref)
     _launch("_forward_kernel", ref.numel(), current.device, cur, _src(v, ref), th, s_buf, u_buf, v_buf,
-            ref.numel(), cur.stride(0), s_buf.stride(0), u_buf.stride(0), snn.leak, current.shape[0],
-            TH_STRIDE=0 if scalar else 1, LEAKY=snn.leak != 1, SUBTRACT=snn.reset == "subtract", SAVE_U=save_u)
-    for out, buf in ((spikes, s_buf), (v_out, v_buf), (u, u_buf)):
+            v_buf if c_buf is None else c_buf, ref.numel(), cur.stride(0), s_buf.stride(0), u_buf.stride(0),
+            snn.leak, current.shape[0], TH_STRIDE=0 if scalar else 1, LEAKY=snn.leak != 1,
+            SUBTRACT=snn.reset != "zero", SAVE_U=save_u, SIGNED=c_buf is not None)
+    for out, buf in ((spikes, s_buf), (v_out, v_buf), (u, u_buf), (count, c_buf)):
         if out is not None and buf is not out:
             out.copy_(buf)
     return spikes, v_out, u
@@ -241,7 +254,7 @@ def temporal(u: Tensor, threshold: Tensor, snn: Spiking, grad_spikes: Tensor, gr
     th, scalar = _threshold(threshold, ref)
     _launch("_backward_kernel", ref.numel(), u.device, u_in[-1], th, g_s[-1], _src(grad_v, ref, torch.float32),
             g_buf[-1], v0_buf, ref.numel(), u_in.stride(0), g_s.stride(0), g_buf.stride(0), snn.leak, u.shape[0],
-            TH_STRIDE=0 if scalar else 1, LEAKY=snn.leak != 1, SUBTRACT=snn.reset == "subtract",
+            TH_STRIDE=0 if scalar else 1, LEAKY=snn.leak != 1, SUBTRACT=snn.reset != "zero",
             SURROGATE=snn.surrogate, ALPHA=float(snn.alpha))
     for out, buf in ((grad, g_buf), (grad_v0, v0_buf)):
         if buf is not out:

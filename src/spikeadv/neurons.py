@@ -141,7 +141,7 @@ def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, 
     test for V_th > 0. ``fused``: the same recursion in one Triton kernel (:mod:`spikeadv.kernels`).
     ``count`` (reset ``signed``): each neuron's net spikes so far, updated in place."""
     if fused:
-        spikes, v, u_t = kernels.forward(current, v, threshold, snn, save_u=u is not None)
+        spikes, v, u_t = kernels.forward(current, v, threshold, snn, save_u=u is not None, count=count)
         if u is not None:
             u.copy_(u_t)
         return spikes, v
@@ -185,7 +185,7 @@ class _SpikeTrain(torch.autograd.Function):
     def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, fused: bool = False,
                 count: Tensor | None = None):  # type: ignore[override]
         if fused:  # the Triton kernels (spikeadv.kernels): the same arithmetic, one launch
-            spikes, v, u = kernels.forward(current, v, threshold, snn, save_u=True)
+            spikes, v, u = kernels.forward(current, v, threshold, snn, save_u=True, count=count)
         else:
             u = torch.empty_like(current, dtype=v.dtype)  # the currents' memory format (channels_last too)
             spikes, v = _membrane_loop(current, v, threshold, snn, u, count=count)
@@ -230,16 +230,14 @@ class _SpikeTrain(torch.autograd.Function):
         return grad, g_v.clone()
 
 
-def _fused(backend: str | None, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking) -> bool:
+def _fused(backend: str | None, current: Tensor, v: Tensor, threshold: Tensor) -> bool:
     """Whether spike_train runs the Triton kernels: ``auto`` where they are available (CUDA tensors,
     or TRITON_INTERPRET=1) and take the operands, ``triton`` always (an error where they cannot).
-    Signed spikes (reset ``signed``) have no kernel yet: they run the loop."""
+    Every reset runs in them, signed spikes included (the count of net spikes updated in place)."""
     backend = BACKEND if backend is None else backend
     if backend not in BACKENDS:
         raise SpikeAdvError(f"unknown neuron backend {backend!r} (known: {', '.join(BACKENDS)})")
-    if backend == "triton" and snn.reset == "signed":
-        raise SpikeAdvError("the triton neuron backend has no signed spikes (reset=signed); use auto or reference")
-    if backend == "reference" or snn.reset == "signed" or (backend == "auto" and not kernels.available(current.device)):
+    if backend == "reference" or (backend == "auto" and not kernels.available(current.device)):
         return False
     if backend == "triton" and not kernels.available(current.device):
         raise SpikeAdvError("the triton neuron backend needs CUDA tensors and triton (or TRITON_INTERPRET=1)")
@@ -275,7 +273,7 @@ def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiki
             v.add_(threshold.detach() * snn.v_init)
     if signed:
         count = torch.zeros_like(v) if count is None else count.clone()
-    fused = _fused(backend, current, v, threshold, snn)
+    fused = _fused(backend, current, v, threshold)
     if torch.is_grad_enabled() and (current.requires_grad or v.requires_grad):
         spikes, v = _SpikeTrain.apply(current, v, threshold.detach(), snn, fused, count)
     else:
