@@ -220,9 +220,12 @@ def _positive(text: str) -> int:
 def _timesteps(text: str) -> list[int]:
     """``--T``: one or more comma-separated timesteps, each >= 1."""
     try:
-        return [_positive(v) for v in text.split(",") if v.strip()] or [_positive(text)]
+        values = [_positive(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"takes whole numbers >= 1, e.g. 32 or 32,64,128, got {text!r}") from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"takes whole numbers >= 1, e.g. 32 or 32,64,128, got {text!r}")
+    return values
 
 
 class _Parser(argparse.ArgumentParser):

@@ -87,7 +87,8 @@ class Spiking:
 
     ``neuron``: ``if`` (SNN-I, no leak) or ``lif`` (SNN-II, v <- leak * v + I). ``T`` timesteps;
     ``reset`` by ``subtract`` (default), to ``zero`` or ``signed`` (IF only: spikes taken back, see
-    above); the surrogate derivative and its sharpness ``alpha``; input ``encoding`` ``poisson`` (rate coding) or ``direct``; ``spike_after_pool``: a
+    above); the surrogate derivative and its sharpness ``alpha``; input ``encoding`` ``poisson`` (rate
+    coding) or ``direct``; ``spike_after_pool``: a
     spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
     ``chunk``: timesteps folded into one batch per call (0 = as many as the device allows, :func:`.devices.fold`);
     ``v_init``: the membrane potential at t = 0 as a fraction of the threshold (0: the paper; 0.5 halves
@@ -134,17 +135,12 @@ class Spiking:
 
 
 def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None,
-                   fused: bool = False, count: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   count: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The membrane recursion over t, in place on a copy of ``v``; spikes in the currents' dtype (bf16
     currents are added to the float32 membrane exactly). With ``u`` given, u_t = (h_t - V_th) / V_th
     is kept there for the backward pass and the spike is H(u_t); without, it is v >= V_th, the same
-    test for V_th > 0. ``fused``: the same recursion in one Triton kernel (:mod:`spikeadv.kernels`).
-    ``count`` (reset ``signed``): each neuron's net spikes so far, updated in place."""
-    if fused:
-        spikes, v, u_t = kernels.forward(current, v, threshold, snn, save_u=u is not None, count=count)
-        if u is not None:
-            u.copy_(u_t)
-        return spikes, v
+    test for V_th > 0. ``count`` (reset ``signed``): each neuron's net spikes so far, updated in place.
+    :func:`spikeadv.kernels.forward` is the same recursion in one Triton kernel."""
     spikes = torch.empty_like(current)
     v = v.clone()
     for t in range(current.shape[0]):
@@ -278,7 +274,8 @@ def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiki
         spikes, v = _SpikeTrain.apply(current, v, threshold.detach(), snn, fused, count)
     else:
         with torch.no_grad():
-            spikes, v = _membrane_loop(current, v, threshold, snn, None, fused, count)
+            spikes, v = (kernels.forward(current, v, threshold, snn, save_u=False, count=count)[:2] if fused
+                         else _membrane_loop(current, v, threshold, snn, None, count))
     return spikes, ((v, count) if signed else v)
 
 
