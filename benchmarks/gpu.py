@@ -37,13 +37,14 @@ import scaling  # noqa: E402
 import snn_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 
-from spikeadv import devices, neurons  # noqa: E402
-from spikeadv.arch import Network  # noqa: E402
+from spikeadv import runtime
+from spikeadv.models import neurons  # noqa: E402
+from spikeadv.models.network import Network  # noqa: E402
 from spikeadv.data import synthetic  # noqa: E402
-from spikeadv.neurons import Spiking  # noqa: E402
-from spikeadv.presets import get_preset  # noqa: E402
+from spikeadv.config.spiking import Spiking  # noqa: E402
+from spikeadv.config.presets import get_preset  # noqa: E402
 from spikeadv.study import plan  # noqa: E402
-from spikeadv.train import autocast  # noqa: E402
+from spikeadv.runtime import autocast  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -71,10 +72,10 @@ def measure(fn: Callable[[], None], device: torch.device, repeats: int) -> tuple
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
-        devices.synchronize(device)
+        runtime.synchronize(device)
         start = time.perf_counter()
         fn()
-        devices.synchronize(device)
+        runtime.synchronize(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return statistics.median(times), peak
@@ -103,7 +104,7 @@ def inference(net: Network, s: Sizes, device: torch.device, bf16: bool) -> dict:
     """SNN-I (IF, Poisson) forward vs the ANN forward on one batch: seconds and cost per image-timestep."""
     snn = Spiking(neuron="if", T=s.infer_T, encoding="poisson", v_init=0.5)
     x = torch.rand(s.infer_batch, 3, 32, 32, device=device)
-    gen = devices.generator(0, device)
+    gen = runtime.generator(0, device)
 
     def run(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
         def go() -> None:
@@ -190,12 +191,12 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: nothing to measure (run on a GPU machine, or --device cpu --dry-run)")
         return
-    device = devices.resolve(args.device)
+    device = runtime.resolve(args.device)
     s = DRY if args.dry_run else Sizes()
     torch.manual_seed(0)
-    print(f"device {devices.describe(device)}, torch {torch.__version__}, {s.spec} width {s.width}"
+    print(f"device {runtime.describe(device)}, torch {torch.__version__}, {s.spec} width {s.width}"
           + (" (dry run: toy sizes)" if args.dry_run else ""))
-    out: dict = {"device": devices.describe(device), "torch": torch.__version__, "sizes": dataclasses.asdict(s)}
+    out: dict = {"device": runtime.describe(device), "torch": torch.__version__, "sizes": dataclasses.asdict(s)}
     net = Network(s.spec, 3, MEAN, STD, width=s.width, dropout=0.0).to(device)
 
     out["inference"] = inference(net.eval(), s, device, bf16=True)

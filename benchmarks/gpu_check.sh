@@ -35,7 +35,7 @@ tests)
         python -m pytest -m cuda -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_kernels.py
     else  # the CPU stand-in: the same tests with the GPU replaced by the CPU
         sed -e 's/GPU = torch.device("cuda", 0)/GPU = torch.device("cpu")/' -e 's/not torch.cuda.is_available()/False/' \
-            -e 's/"cuda:0"/"cpu"/g' -e 's/"--device", "cuda"/"--device", "cpu"/' -e 's/> devices.MAX_FOLD/>= 1/' \
+            -e 's/"cuda:0"/"cpu"/g' -e 's/"--device", "cuda"/"--device", "cpu"/' -e 's/> runtime.MAX_FOLD/>= 1/' \
             tests/test_cuda.py > tests/test_cuda_dry.py
         python -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda_dry.py; status=$?
         rm -f tests/test_cuda_dry.py; (exit $status)

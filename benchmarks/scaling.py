@@ -34,8 +34,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from spikeadv import checkpoint
-from spikeadv.presets import Preset, get_preset, recorded
+from spikeadv import records
+from spikeadv.config.presets import Preset, get_preset, recorded
 from spikeadv.study import Job, Task, plan
 
 RATES = {  # H200 probe throughputs (the project's GPU issue)
@@ -80,14 +80,14 @@ def measured(run: Path, meta: dict, tasks: list[Task]) -> tuple[dict[str, float]
     for name, m in models.items():
         secs[name] = float(m["build_seconds"])
         files = sorted((run / "clean").glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        records = [r for r in (checkpoint.read_record(p)[0] for p in files) if r]
+        records = [r for r in (records.read_record(p)[0] for p in files) if r]
         match = [r for r in records if r["recipe"].get("model") == m.get("sha256")] or records
         if match:
             secs[f"clean/{name}"] = float(match[0]["seconds"])
     cells: dict[str, tuple[bool, float]] = {}  # name -> (crafted from the recorded source?, seconds)
     bad = 0
     for path in sorted((run / "cells").glob("*.json"), key=lambda p: p.stat().st_mtime):
-        record, _ = checkpoint.read_record(path)
+        record, _ = records.read_record(path)
         try:
             job = Job(**{**record["recipe"]["job"], "targets": tuple(record["recipe"]["job"]["targets"])})
         except (TypeError, KeyError):

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikeadv.arch import Network
-from spikeadv.neurons import Spiking
+from spikeadv.models.network import Network
+from spikeadv.config.spiking import Spiking
 
 LEAK = 0.9
 

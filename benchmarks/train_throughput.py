@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikeadv.arch import Network
-from spikeadv.devices import synchronize
+from spikeadv.models.network import Network
+from spikeadv.runtime import synchronize
 from spikeadv.data import synthetic, to_float
-from spikeadv.presets import get_preset
-from spikeadv.train import autocast, train
+from spikeadv.config.presets import get_preset
+from spikeadv.runtime import autocast
+from spikeadv.models.train import train
 
 
 def build(preset) -> Network:

@@ -1,4 +1,7 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and how a test takes an optional dependency."""
+
+import importlib
+import platform
 
 import pytest
 from fake_run import make_run
@@ -9,9 +12,9 @@ from spikeadv import cli, report
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """One uninterrupted smoke study, run once per session (the tests that share it must not change it;
-    copy it to change it)."""
+    copy it to change it). On the CPU on every machine: the tests that compare with it run there."""
     out = tmp_path_factory.mktemp("study") / "run"
-    assert cli.main(["run", "--preset", "smoke", "--out", str(out)]) == 0
+    assert cli.main(["run", "--preset", "smoke", "--out", str(out), "--device", "cpu"]) == 0
     return out
 
 
@@ -30,3 +33,16 @@ def written(run_dir):
 def run(run_dir):
     return report.load_run(run_dir)
 
+
+
+def dependency(module: str, linux_x86_only: bool = False):
+    """A test dependency the test extra installs (pyproject ``[test]``): missing where the extra installs
+    it is a failure, not a silent skip; on a platform where it cannot install (``linux_x86_only``:
+    Triton's wheels) the test is skipped and says why."""
+    if linux_x86_only and (platform.system(), platform.machine()) != ("Linux", "x86_64"):
+        return pytest.importorskip(module, reason=f"{module} installs on Linux x86_64 only, not on "
+                                                  f"{platform.system()} {platform.machine()}")
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"{module} is missing ({e}); install the test extra: pip install -e '.[test]'")

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from test_attacks import FLOAT_TOL, MEAN, SPEC, STD, assert_in_ball, labels, linear, one_thread, small_images  # noqa: F401
 
-from spikeadv.arch import Network
-from spikeadv.attack import STUDY_ATTACKS, registry
+from conftest import dependency
+from spikeadv.models.network import Network
+from spikeadv.config.grid import STUDY_ATTACKS
+from spikeadv.attack import registry
 from spikeadv.attack import estimators as sources
 from spikeadv.attack.apgd import apgd, apgd_t, checkpoints
 from spikeadv.attack.attacks import ifgsm, pgd, targets
@@ -319,7 +321,7 @@ def test_square_breaks_a_model_without_gradients(trained):
 # --- L2 ---------------------------------------------------------------------------------------------------
 
 def test_l2_pgd_matches_art(trained):
-    art = pytest.importorskip("art.estimators.classification")
+    art = dependency("art.estimators.classification")
     from art.attacks.evasion import ProjectedGradientDescent
 
     net, x, y = trained

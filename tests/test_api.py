@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import spikeadv
-from spikeadv import data, outcomes
+from spikeadv import data
+from spikeadv.records import outcomes
 from spikeadv.attack.estimators import Source
 
 README = Path(__file__).parents[1] / "README.md"
@@ -32,7 +33,7 @@ def test_every_exported_name_resolves():
         assert getattr(spikeadv, name) is namespace[name] is not None, name
         assert name in dir(spikeadv)
     assert spikeadv.source is spikeadv.attack.estimators.make and spikeadv.fgsm is spikeadv.attack.attacks.fgsm
-    assert issubclass(spikeadv.Model, spikeadv.study.Model)
+    assert issubclass(spikeadv.Model, spikeadv.models.trained.Trained)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         spikeadv.nothing  # noqa: B018
 

@@ -14,14 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import dependency
 from spikeadv.attack import attacks
 from spikeadv.attack import estimators as sources
-from spikeadv.arch import Network
-from spikeadv.attack import STUDY_ATTACKS, check
+from spikeadv.models.network import Network
+from spikeadv.config.grid import STUDY_ATTACKS, check
 from spikeadv.attack.attacks import fgsm, ifgsm, pgd, rfgsm, targets
-from spikeadv.convert import convert
+from spikeadv.models.convert import convert
 from spikeadv.errors import SpikeAdvError
-from spikeadv.neurons import Spiking
+from spikeadv.config.spiking import Spiking
 from spikeadv.attack.estimators import Source
 
 SPEC = "16x16-8c3-2s-16c3-2s-32fc-10o"
@@ -74,7 +75,7 @@ def assert_in_ball(x_adv, x0, eps):
 def art_setup():
     """ART's PyTorchClassifier on the same ANN: pixels in [0, 1] clipped there, mean cross-entropy (its
     gradient is ours / B; B = 8 is a power of two, so the scaling is exact and the signs are identical)."""
-    art_pytorch = pytest.importorskip("art.estimators.classification")
+    art_pytorch = dependency("art.estimators.classification")
     net = network()
     clf = art_pytorch.PyTorchClassifier(
         model=net, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 16, 16), nb_classes=10,

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeadv import checkpoint, cli, data, devices
-from spikeadv.arch import Network, fold_batchnorm
-from spikeadv.presets import get_preset
-from spikeadv.train import fit
+from spikeadv import report, cli, data
+from spikeadv.records import checkpoint
+from spikeadv import runtime
+from spikeadv.models.network import Network, fold_batchnorm
+from spikeadv.config.presets import get_preset
+from spikeadv.models.train import fit
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on one: pytest -m cuda)")]
@@ -47,14 +49,14 @@ def test_a_cpu_run_resumes_on_the_gpu_reusing_everything(tmp_path, reference):
     shutil.copytree(reference, out)
     lines: list[str] = []
     from spikeadv import study
-    study.run(get_preset("smoke"), out, log=lines.append, executor=study.Executor(device="cuda:0"))
+    study.run(get_preset("smoke"), out, report.write_report, log=lines.append, executor=study.Executor(device="cuda:0"))
     assert (out / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
     assert any("adversarial sets (0 crafted," in line for line in lines), lines
 
 
 def test_every_generator_is_made_on_the_gpu(reference, tmp_path, monkeypatch):
     from test_devices import test_every_generator_is_made_on_the_device_of_what_it_draws as on_cpu
-    monkeypatch.setattr(devices, "resolve", lambda spec="auto": GPU)
+    monkeypatch.setattr(runtime, "resolve", lambda spec="auto": GPU)
     on_cpu(reference, tmp_path, monkeypatch)
 
 
@@ -111,10 +113,10 @@ def test_folding_batchnorm_on_the_gpu_keeps_the_function():
 
 
 def test_timestep_folding_on_the_gpu_changes_no_result():
-    from spikeadv.neurons import Spiking
+    from spikeadv.config.spiking import Spiking
     net = Network("16x16-8c3-2s-10o", 3, (0.5,) * 3, (0.25,) * 3, dropout=0.0).to(GPU).eval()
     x = torch.rand(16, 3, 16, 16, device=GPU)
-    assert devices.fold(GPU, 4 * 8 * 16 * 16) > devices.MAX_FOLD  # a GPU folds far more than the CPU
+    assert runtime.fold(GPU, 4 * 8 * 16 * 16) > runtime.MAX_FOLD  # a GPU folds far more than the CPU
     with torch.no_grad():
         whole = net(x, Spiking(T=12, encoding="direct"))
         chunked = net(x, Spiking(T=12, encoding="direct", chunk=5))

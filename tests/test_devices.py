@@ -3,23 +3,38 @@ every random generator made on the device of the tensors it draws for, timestep 
 the device, and a run directory that resumes on another device than it started on."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from spikeadv import checkpoint, cli, data, devices, study
-from spikeadv.arch import Network
-from spikeadv.convert import convert_file
+from spikeadv.models import trained
+from spikeadv import report, records
+from spikeadv import cli, data, study
+from spikeadv.records import checkpoint
+from spikeadv import runtime
+from spikeadv.models.network import Network
+from spikeadv.models.convert import convert_file
 from spikeadv.errors import SpikeAdvError
-from spikeadv.neurons import Spiking
-from spikeadv.presets import get_preset
-from spikeadv.study import executors, tasks
+from spikeadv.config.spiking import Spiking
+from spikeadv.config.presets import get_preset
+from spikeadv.study import compute, executors
 from spikeadv.study.plan import Job
-from spikeadv.train import fit
+from spikeadv.models.trained import Trained
+from spikeadv.models.train import fit
 
 from test_faults import one_line_error, spikeadv
+
+
+def cpu_build(monkeypatch):
+    """This process runs a torch built without CUDA, on any machine (a GPU machine's tests included)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+
+
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # a child process that sees no GPU, on any machine
 
 
 def one_gpu(monkeypatch):
@@ -32,23 +47,24 @@ def one_gpu(monkeypatch):
 # --device ------------------------------------------------------------------------------------------
 
 def test_auto_is_the_cpu_without_cuda_and_the_current_gpu_with_it(monkeypatch):
-    assert not torch.cuda.is_available()  # the CI machine
-    assert devices.resolve("auto") == devices.resolve(None) == devices.resolve("cpu") == torch.device("cpu")
+    cpu_build(monkeypatch)
+    assert runtime.resolve("auto") == runtime.resolve(None) == runtime.resolve("cpu") == torch.device("cpu")
     one_gpu(monkeypatch)
-    assert devices.resolve("auto") == devices.resolve("cuda") == devices.resolve("CUDA:0") == torch.device("cuda", 0)
+    assert runtime.resolve("auto") == runtime.resolve("cuda") == runtime.resolve("CUDA:0") == torch.device("cuda", 0)
 
 
 @pytest.mark.parametrize("spec, needle", [("cuda", "CPU build"), ("cuda:0", "CPU build"), ("gpu", "not a device"),
                                           ("mps", "auto, cpu, cuda or cuda:N")])
-def test_a_device_this_machine_lacks_is_one_line(spec, needle):
+def test_a_device_this_machine_lacks_is_one_line(spec, needle, monkeypatch):
+    cpu_build(monkeypatch)
     with pytest.raises(SpikeAdvError, match=needle):
-        devices.resolve(spec)
+        runtime.resolve(spec)
 
 
 def test_a_gpu_index_past_the_last_names_the_ones_there_are(monkeypatch):
     one_gpu(monkeypatch)
     with pytest.raises(SpikeAdvError, match=r"cuda:7: this machine has 1 CUDA device \(cuda:0\)"):
-        devices.resolve("cuda:7")
+        runtime.resolve("cuda:7")
 
 
 @pytest.mark.parametrize("command", [
@@ -58,7 +74,9 @@ def test_a_gpu_index_past_the_last_names_the_ones_there_are(monkeypatch):
 ])
 def test_every_computing_command_refuses_a_missing_gpu_in_one_line_and_writes_nothing(tmp_path, command):
     out = tmp_path / "out"
-    one_line_error(spikeadv(*[c.format(out=out) for c in command], "--device", "cuda"), "--device cuda", "CPU build")
+    result = spikeadv(*[c.format(out=out) for c in command], "--device", "cuda", env={**os.environ, **NO_GPU})
+    one_line_error(result, "--device cuda", "use --device cpu (or auto)")
+    assert "CPU build" in result.stderr or "sees no CUDA GPU" in result.stderr
     assert not out.exists()
 
 
@@ -103,7 +121,7 @@ def test_every_generator_is_made_on_the_device_of_what_it_draws(reference, tmp_p
     CUDA ("Expected a 'cuda' device type for generator")."""
     monkeypatch.setattr(torch, "Generator", Recording)
     Recording.asked = []
-    device = devices.resolve("cpu")
+    device = runtime.resolve("cpu")
     preset = get_preset("smoke", ["ann.epochs=1", "snn2.train.epochs=1"])
     train_ds, test_ds = data.load("synthetic", "train"), data.load("synthetic", "test").subset(50)
     fit("ann", preset, 0, tmp_path / "ann.safetensors", train_ds, test_ds, device=device, log=lambda line: None)
@@ -111,14 +129,14 @@ def test_every_generator_is_made_on_the_device_of_what_it_draws(reference, tmp_p
     convert_file(tmp_path / "ann.safetensors", preset, train_ds, test_ds, 0, tmp_path / "snn1.safetensors",
                  device=device)
     x, y = data.to_float(test_ds.images[:8]).to(device), test_ds.labels[:8].long().to(device)
-    goal = tasks.random_targets(y, 10, preset.study)
+    goal = compute.random_targets(y, 10, preset.study)
     for kind, gradient in [("ann", "ann"), ("snn1", "snnadv"), ("snn2", "bptt")]:
-        net, meta = checkpoint.load_model(tmp_path / f"{kind}.safetensors", device)
-        model = tasks.Model(kind, 0, net, checkpoint.spiking(meta), Path(), "", meta)
+        net, meta = trained.load_network(tmp_path / f"{kind}.safetensors", device)
+        model = Trained(kind, 0, net, trained.spiking(meta), Path(), "", meta)
         for attack, steps in (("fgsm", 1), ("rfgsm", 1), ("ifgsm", 2), ("tifgsm", 2)):
             job = Job(kind, 0, gradient, attack, 8, steps, (kind,))
-            adv, _ = tasks.craft(job, model, x, y, goal, preset.study)
-            tasks.predict(model, adv, preset.study, 0)
+            adv, _ = compute.craft(job, model, x, y, goal, preset.study)
+            compute.predict(model, adv, preset.study, 0)
     assert len(Recording.asked) > 20
     assert set(Recording.asked) == {device}, Recording.asked
 
@@ -128,15 +146,15 @@ def test_every_generator_is_made_on_the_device_of_what_it_draws(reference, tmp_p
 def test_timestep_folding_asks_the_device_and_cuda_folds_by_free_memory(monkeypatch):
     net = Network("16x16-4c3-2s-8fc-3o", 2, (0.5, 0.5), (0.25, 0.25), dropout=0.0).eval()
     asked = []
-    monkeypatch.setattr(devices, "fold", lambda device, frame_bytes: asked.append((device, frame_bytes)) or 10)
+    monkeypatch.setattr(runtime, "fold", lambda device, frame_bytes: asked.append((device, frame_bytes)) or 10)
     calls = []
     net.layers[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     net(torch.rand(5, 2, 16, 16), Spiking(T=6, encoding="direct"))
     assert asked == [(torch.device("cpu"), 4 * 4 * 16 * 16)] and calls == [10, 10, 10]  # 2 steps of 5 images
     monkeypatch.undo()
-    assert devices.fold(torch.device("cpu"), 2**20) == devices.CPU_FOLD_BYTES // 2**20
+    assert runtime.fold(torch.device("cpu"), 2**20) == runtime.CPU_FOLD_BYTES // 2**20
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 80 * 2**30))
-    assert devices.fold(torch.device("cuda", 0), 2**20) == 8 * 1024 * devices.CUDA_FOLD_SHARE
+    assert runtime.fold(torch.device("cuda", 0), 2**20) == 8 * 1024 * runtime.CUDA_FOLD_SHARE
 
 
 # a run directory outlives its device -------------------------------------------------------------------
@@ -151,11 +169,11 @@ def test_a_run_started_on_a_gpu_resumes_on_the_cpu_reusing_everything(reference,
         assert meta["device"] == "cpu"
         checkpoint.save(path, tensors, {**meta, "device": "cuda:0"})
     for path in (out / "cells").glob("*.json"):
-        saved, _ = checkpoint.read_record(path)
+        saved, _ = records.read_record(path)
         assert saved["device"] == "cpu"
-        checkpoint.write_record(path, {**saved, "device": "cuda:0"})
+        records.write_record(path, {**saved, "device": "cuda:0"})
     lines = []
-    study.run(get_preset("smoke"), out, log=lines.append)
+    study.run(get_preset("smoke"), out, report.write_report, log=lines.append)
     assert (out / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
     assert any("adversarial sets (0 crafted," in line for line in lines), lines
     assert not any(line.startswith(("training", "converted")) for line in lines), lines

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from spikeadv import cli, outcomes, report
+from spikeadv import cli, report
+from spikeadv.records import outcomes
 from spikeadv.api import Model
-from spikeadv.attack import checks, estimators, evaluate, suite
+from spikeadv.attack import checks, estimators, suite
+from spikeadv.study import evaluation, units
 from spikeadv.errors import SpikeAdvError
-from spikeadv.neurons import Spiking
+from spikeadv.config.spiking import Spiking
 
 QUICK = ["--suite", "quick", "--images", "24", "--eps", "8"]
 
@@ -59,14 +61,14 @@ def test_estimator_specs_build_sources_and_refuse_what_does_not_apply(reference)
 # --- the ensemble ------------------------------------------------------------------------------------------
 
 def _ann_and_images(reference, n=40):
-    models, _, x, y, _ = evaluate.targets(reference, n, None)
+    models, _, x, y, _ = evaluation.targets(reference, n, None)
     return models[0], x, y
 
 
 def test_worst_case_is_never_above_any_pair_alone_and_records_the_winner(reference):
     ann, x, y = _ann_and_images(reference)
     pairs = (suite.Pair("ann", "fgsm", 1), suite.Pair("ann", "apgd-ce", 5), suite.Pair("ann", "square", 40))
-    ev = evaluate.Evaluation(evaluate.Setting(suite.SUITES["quick"], (4,)), x, y, None)
+    ev = units.Evaluation(units.Setting(suite.SUITES["quick"], (4,)), x, y, None)
 
     def run(chosen, prune):
         return suite.worst_case(chosen, x, y, lambda v: ev.predict(ann, v),
@@ -108,7 +110,7 @@ def _card_of(model, x, y):
     chosen = suite.Suite("test", ann=(suite.Pair("ann", "apgd-ce", 10), suite.Pair("ann", "square", 300)),
                          snn=(), poisson=(), curve_images=len(y), curve_steps=10, eps_curve=(8, 255),
                          steps_curve=(1, 10))
-    return evaluate.Evaluation(evaluate.Setting(chosen, (8,), batch_size=64), x, y, None).card(model)
+    return units.Evaluation(units.Setting(chosen, (8,), batch_size=64), x, y, None).card(model)
 
 
 def test_masking_checks_pass_an_honest_ann_and_flag_a_hard_quantiser(reference):

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from spikeadv import checkpoint, cli, study
+from spikeadv import report, records
+from spikeadv import cli, study
+from spikeadv.records import checkpoint
 from spikeadv.errors import SpikeAdvError
-from spikeadv.presets import get_preset
+from spikeadv.config.presets import get_preset
 from spikeadv.report import load_run, sanity_checks
 
 
@@ -97,7 +99,7 @@ def test_temporary_files_belong_to_their_writer(tmp_path):
     stale = tmp_path / f".a.json.{dead.pid}.xyz789.tmp"
     live.write_text("half")
     stale.write_text("half")
-    checkpoint.write_json(target, {"a": 1})
+    records.write_json(target, {"a": 1})
     assert live.exists() and not stale.exists() and json.loads(target.read_text()) == {"a": 1}
 
 
@@ -263,7 +265,7 @@ def test_a_study_value_added_reuses_every_model(reference, copy, monkeypatch, ca
     def forbidden(*args, **kwargs):
         raise AssertionError("adding an eps must not train or convert")
 
-    for target in ("spikeadv.train.train", "spikeadv.convert.convert"):
+    for target in ("spikeadv.models.train.train", "spikeadv.models.convert.convert"):
         monkeypatch.setattr(target, forbidden)
     assert cli.main(["run", "--preset", "smoke", "--out", str(copy), "--set", "study.extra_eps=8,16,24"]) == 0
     out = capsys.readouterr().out
@@ -296,11 +298,11 @@ def test_every_argument_has_help_and_the_top_help_speaks_to_users():
 def test_files_are_written_with_the_users_umask(tmp_path):
     old = os.umask(0o002)
     try:
-        checkpoint.UMASK = 0o002
-        checkpoint.write_json(tmp_path / "a.json", {})
+        records.UMASK = 0o002
+        records.write_json(tmp_path / "a.json", {})
     finally:
         os.umask(old)
-        checkpoint.UMASK = checkpoint._umask()
+        records.UMASK = records._umask()
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o664
 
 
@@ -317,5 +319,5 @@ def test_the_eta_weighs_each_set_by_its_cost():
 
 def test_the_study_runner_refuses_one_seed_from_python_too(tmp_path):
     with pytest.raises(SpikeAdvError, match="two distinct seeds"):
-        study.run(get_preset("smoke", ["seeds=3"]), tmp_path / "run")
+        study.run(get_preset("smoke", ["seeds=3"]), tmp_path / "run", report.write_report)
     assert not (tmp_path / "run").exists()

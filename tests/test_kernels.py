@@ -8,12 +8,16 @@ is enough even when other modules imported spikeadv first. ``pytest -m cuda`` ru
 import pytest
 import torch
 
-from spikeadv import kernels, neurons
-from spikeadv.arch import Network
+from spikeadv.models import kernels
+from spikeadv.models import neurons
+from spikeadv.models.network import Network
 from spikeadv.errors import SpikeAdvError
-from spikeadv.neurons import SURROGATES, Spiking, spike_train
+from spikeadv.config.spiking import SURROGATES, Spiking
+from spikeadv.models.neurons import spike_train
 
-pytest.importorskip("triton")
+from conftest import dependency
+
+dependency("triton", linux_x86_only=True)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on one: pytest -m cuda)")
 

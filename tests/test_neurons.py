@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from spikeadv import devices, neurons
-from spikeadv.arch import Network
+from spikeadv import runtime
+from spikeadv.models import neurons
+from spikeadv.models.network import Network
 from spikeadv.errors import SpikeAdvError
-from spikeadv.neurons import SURROGATES, Spiking, SpikeFn, encode, spike_train, surrogate_grad
+from spikeadv.config.spiking import SURROGATES, Spiking
+from spikeadv.models.neurons import SpikeFn, encode, spike_train, surrogate_grad
 
 
 @pytest.mark.parametrize("wx, vth", [(0.375, 1.0), (0.8125, 1.0), (0.25, 0.75), (1.5, 2.0), (0.0625, 0.5)])
@@ -268,7 +270,7 @@ def test_time_folding_in_chunks_equals_one_pass():
 def test_batchnorm_training_sees_all_timesteps_in_one_call(monkeypatch):
     # batch-norm statistics in training must pool all T steps: chunks of time would each be normalised
     # by their own statistics, which the running statistics used in evaluation do not reproduce
-    monkeypatch.setattr(devices, "CPU_FOLD_BYTES", 4 * 16 * 16 * 4 * 2)  # room for two frames per call
+    monkeypatch.setattr(runtime, "CPU_FOLD_BYTES", 4 * 16 * 16 * 4 * 2)  # room for two frames per call
     net = Network("16x16-4c3-2s-8fc-3o", 2, (0.5, 0.5), (0.25, 0.25), dropout=0.0, batchnorm=True).train()
     calls = []
     net.layers[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))

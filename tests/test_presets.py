@@ -2,10 +2,10 @@
 
 import pytest
 
-from spikeadv.arch import Network
+from spikeadv.models.network import Network
 from spikeadv.errors import SpikeAdvError
-from spikeadv.presets import PRESETS, get_preset
-from spikeadv.train import lr_at
+from spikeadv.config.presets import PRESETS, get_preset
+from spikeadv.models.train import lr_at
 
 
 def test_paper_preset_is_the_paper():

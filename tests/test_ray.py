@@ -20,7 +20,7 @@ import pytest
 from spikeadv import cli, study
 from spikeadv.api import Model
 from spikeadv.data import load, to_float
-from spikeadv.presets import get_preset
+from spikeadv.config.presets import get_preset
 
 SMALL = [a for s in ("study.eps=8", "study.fig4_eps=8", "study.fig4_steps=2", "study.extra_eps=8",
                       "study.attacks=fgsm,ifgsm,tifgsm", "study.gradients=snnadv,bptt") for a in ("--set", s)]

@@ -7,14 +7,16 @@ import sys
 import pytest
 import torch
 
-from spikeadv import checkpoint
-from spikeadv.arch import Network
-from spikeadv.convert import convert, proxy_scales
+from spikeadv.models import trained
+from spikeadv import records
+from spikeadv.models.network import Network
+from spikeadv.models.convert import convert, proxy_scales
 from spikeadv.data import load, to_float
 from spikeadv.errors import SpikeAdvError
-from spikeadv.neurons import Spiking, encode
-from spikeadv.presets import get_preset
-from spikeadv.train import accuracy, train
+from spikeadv.config.spiking import Spiking
+from spikeadv.models.neurons import encode
+from spikeadv.config.presets import get_preset
+from spikeadv.models.train import accuracy, train
 
 
 def spikeadv(*args):
@@ -86,9 +88,9 @@ def test_convert_and_eval_commands(ann):
     r = spikeadv("convert", path, "--preset", "smoke")
     assert r.returncode == 0, r.stderr
     out = path.with_name("snn1-seed0.safetensors")
-    model, meta = checkpoint.load_model(out)
+    model, meta = trained.load_network(out)
     assert meta["kind"] == "snn1" and meta["spiking"]["neuron"] == "if"
-    assert meta["parent"]["sha256"] == checkpoint.file_digest(path)
+    assert meta["parent"]["sha256"] == records.file_digest(path)
     assert torch.equal(model.thresholds, torch.tensor(meta["thresholds"]))
     r = spikeadv("eval", out, "--repeats", "3", "--T", "32")
     assert r.returncode == 0, r.stderr
@@ -103,7 +105,7 @@ def test_convert_and_eval_commands(ann):
     assert lines[1] == single[0]  # the same encoder seeds at every T
     signed = spikeadv("eval", out, "--T", "32", "--reset", "signed")  # the checkpoint's IF neurons, signed
     assert signed.returncode == 0, signed.stderr
-    expected = accuracy(model, load("synthetic", "test"), snn=dataclasses.replace(checkpoint.spiking(meta), T=32,
+    expected = accuracy(model, load("synthetic", "test"), snn=dataclasses.replace(trained.spiking(meta), T=32,
                                                                                 reset="signed"))
     assert f"(IF, T=32, signed reset) accuracy {expected:.2f}%" in signed.stdout
     r = spikeadv("convert", path, "--preset", "smoke")
@@ -113,8 +115,8 @@ def test_convert_and_eval_commands(ann):
 def test_snn2_learns_the_synthetic_set(tmp_path):
     r = spikeadv("train", "snn", "--preset", "smoke", "--out", tmp_path / "snn2.safetensors")
     assert r.returncode == 0, r.stderr
-    net, meta = checkpoint.load_model(tmp_path / "snn2.safetensors")
-    snn = checkpoint.spiking(meta)
+    net, meta = trained.load_network(tmp_path / "snn2.safetensors")
+    snn = trained.spiking(meta)
     assert snn.neuron == "lif" and snn.leak == get_preset("smoke").snn2.leak
     acc = accuracy(net, load("synthetic", "test"), snn=snn)
     assert acc >= 50, acc  # chance is 10%

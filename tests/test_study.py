@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikeadv import cli, outcomes, study
-from spikeadv.arch import Network
+from spikeadv import cli, study
+from spikeadv.models.trained import Trained
+from spikeadv.records import outcomes
+from spikeadv.models.network import Network
 from spikeadv.data import load
-from spikeadv.neurons import Spiking
-from spikeadv.presets import StudyConfig, get_preset
+from spikeadv.config.spiking import Spiking
+from spikeadv.config.presets import StudyConfig, get_preset
 from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
 
 SMOKE = get_preset("smoke")
@@ -72,7 +74,7 @@ def test_grid_follows_table_iii():
 def test_only_poisson_coded_snns_are_evaluated_repeatedly():
     cfg = StudyConfig(repeats=3)
     net = Network(SMOKE.spec, 3, (0.5,) * 3, (0.25,) * 3)
-    model = lambda snn: study.Model("x", 0, net, snn, Path("x"), "0" * 64, {})  # noqa: E731
+    model = lambda snn: Trained("x", 0, net, snn, Path("x"), "0" * 64, {})  # noqa: E731
     assert study.repeats(model(None), cfg) == 1
     assert study.repeats(model(Spiking(encoding="direct")), cfg) == 1
     assert study.repeats(model(Spiking(encoding="poisson")), cfg) == 3
@@ -143,8 +145,8 @@ def test_second_run_reuses_everything(reference, monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("a rerun must not train, convert, craft or evaluate")
 
-    for target in ("spikeadv.train.train", "spikeadv.convert.convert", "spikeadv.study.tasks.craft",
-                   "spikeadv.study.tasks.predict"):
+    for target in ("spikeadv.models.train.train", "spikeadv.models.convert.convert", "spikeadv.study.compute.craft",
+                   "spikeadv.study.compute.predict"):
         monkeypatch.setattr(target, forbidden)
     assert cli.main(["run", "--preset", "smoke", "--out", str(reference)]) == 0
     assert (reference / "results.jsonl").read_bytes() == before

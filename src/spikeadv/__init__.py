@@ -7,29 +7,29 @@ study's run directory), the attacks ``fgsm``, ``rfgsm``, ``ifgsm``, ``pgd`` (eps
 :class:`SpikeAdvError`. The names are imported on first use, so ``import spikeadv`` stays light.
 """
 
-__version__ = "0.1.0"  # first: submodules import it
-
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .records.provenance import __version__
+
 _EXPORTS = {  # public name -> (module, its name there)
-    "Model": ("api", "Model"), "run": ("api", "run"), "get_preset": ("presets", "get_preset"),
+    "Model": ("api", "Model"), "run": ("api", "run"), "get_preset": ("config.presets", "get_preset"),
     "fgsm": ("attack.attacks", "fgsm"), "rfgsm": ("attack.attacks", "rfgsm"), "ifgsm": ("attack.attacks", "ifgsm"),
     "pgd": ("attack.attacks", "pgd"),
     "Source": ("attack.estimators", "Source"), "source": ("attack.estimators", "make"), "ann": ("attack.estimators", "ann"),
     "snnadv": ("attack.estimators", "snnadv"), "bptt": ("attack.estimators", "bptt"), "eot": ("attack.estimators", "eot"),
     "SpikeAdvError": ("errors", "SpikeAdvError"),
-    "evaluate": ("attack.external", "evaluate"), "TimeLoop": ("attack.external", "TimeLoop"),
+    "evaluate": ("api", "evaluate"), "TimeLoop": ("models.foreign", "TimeLoop"),
 }
 __all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "bptt", "eot", "evaluate", "fgsm", "get_preset",
            "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports each name when first used
-    from .api import Model, run
-    from .attack.external import TimeLoop, evaluate
+    from .api import Model, evaluate, run
     from .attack.attacks import fgsm, ifgsm, pgd, rfgsm
+    from .config.presets import get_preset
     from .errors import SpikeAdvError
-    from .presets import get_preset
+    from .models.foreign import TimeLoop
     from .attack.estimators import Source, ann, bptt, eot, snnadv
     from .attack.estimators import make as source
 

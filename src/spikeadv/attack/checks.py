@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from . import by_eps
+from ..config.grid import by_eps
 
 UNBOUNDED_MAX = 0.01  # an unbounded attack leaves at most 1% accuracy
 ZERO_GRADIENT_MAX = 0.1  # at most 10% of images with an input gradient that is exactly zero
@@ -45,7 +45,7 @@ def margin1(p: float, n: int) -> float:
     return max(1.96 * math.sqrt(p * (1 - p) / n), 1 / n)
 
 
-def _pct(p: float) -> str:
+def pct(p: float) -> str:
     return f"{100 * p:.1f}%"
 
 
@@ -59,8 +59,8 @@ def check_card(card: dict) -> list[Check]:
     top = max(float(e) for e in card["curves"][best]["eps"])
     out.append(Check("unbounded attack succeeds", model, best, unbounded[best] <= UNBOUNDED_MAX,
                      f"accuracy at eps {top:g}/255, APGD-CE {max(card['curves'][best]['steps'], key=int)} steps "
-                     f"(bar: <= {_pct(UNBOUNDED_MAX)} under the best estimator): "
-                     + ", ".join(f"{name} {_pct(acc)}" for name, acc in unbounded.items())))
+                     f"(bar: <= {pct(UNBOUNDED_MAX)} under the best estimator): "
+                     + ", ".join(f"{name} {pct(acc)}" for name, acc in unbounded.items())))
     for name, curve in card["curves"].items():
         def add(check: str, passed: bool | None, detail: str, estimator: str = name) -> None:
             out.append(Check(check, model, estimator, passed, detail))
@@ -69,17 +69,17 @@ def check_card(card: dict) -> list[Check]:
         rises = [(a, b) for a, b in zip(steps, steps[1:])
                  if curve["steps"][b] > curve["steps"][a] + margin(curve["steps"][a], curve["steps"][b], n_curve)]
         add("more steps never help the model", not rises,
-            ", ".join(f"{s} steps {_pct(curve['steps'][s])}" for s in steps)
+            ", ".join(f"{s} steps {pct(curve['steps'][s])}" for s in steps)
             + (f" at eps {eps:g}/255" if not rises else f"; more steps raised accuracy at {rises}"))
         one, most = curve["steps"][steps[0]], curve["steps"][steps[-1]]
         add("iterative >= single-step", most <= one + margin(one, most, n_curve),
-            f"{steps[-1]} steps {_pct(most)} vs {steps[0]} step {_pct(one)}")
+            f"{steps[-1]} steps {pct(most)} vs {steps[0]} step {pct(one)}")
         trace = curve["trace"]
         add("attack loss rises over iterations", trace[-1] > trace[0],
             f"mean best loss {trace[0]:.3f} after the first iteration, {trace[-1]:.3f} after {len(trace)}")
         zero = curve["zero_gradient_images"]
         add("input gradients are not zero", zero <= ZERO_GRADIENT_MAX,
-            f"{_pct(zero)} of images with an all-zero gradient, {_pct(curve['zero_gradient_entries'])} of entries")
+            f"{pct(zero)} of images with an all-zero gradient, {pct(curve['zero_gradient_entries'])} of entries")
     for e, result in by_eps(card["eps"]):
         n, worst = card["images"], result["worst_acc"]
         square = [p for p in result["pairs"] if p["attack"] == "square"]
@@ -88,10 +88,10 @@ def check_card(card: dict) -> list[Check]:
             out.append(Check("Square does not beat the gradient attacks", model, square[0]["estimator"],
                              won <= margin1(worst, n),
                              f"Square broke {square[0]['won']} of {n} images the gradient attacks left at eps "
-                             f"{float(e):g}/255 ({_pct(won)}; sampling error {_pct(margin1(worst, n))})"))
+                             f"{float(e):g}/255 ({pct(won)}; sampling error {pct(margin1(worst, n))})"))
         for source, acc in result.get("transfer", {}).items():
             out.append(Check("whitebox >= transfer", model, f"from {source}", worst <= acc + margin(worst, acc, n),
-                             f"worst case {_pct(worst)} vs transfer {_pct(acc)} at eps {float(e):g}/255"))
+                             f"worst case {pct(worst)} vs transfer {pct(acc)} at eps {float(e):g}/255"))
         if not result.get("transfer"):
             out.append(Check("whitebox >= transfer", model, "-", None, "no transfer source (evaluate a run "
                              "directory for its second instances)"))
@@ -99,7 +99,7 @@ def check_card(card: dict) -> list[Check]:
     if eot:
         (n1, a1), (n2, a2) = sorted(((int(k), v) for k, v in eot["acc"].items()))
         out.append(Check("EOT converged", model, eot["estimator"], a2 >= a1 - margin(a1, a2, n_curve),
-                         f"{n1} draws {_pct(a1)}, {n2} draws {_pct(a2)}"))
+                         f"{n1} draws {pct(a1)}, {n2} draws {pct(a2)}"))
     else:
         out.append(Check("EOT converged", model, "-", None, "no encoder randomness that spikeadv knows of (an ANN, "
                          "direct input, or a wrapped model: give it ann:eot=n pairs)"))

@@ -35,10 +35,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .. import devices
-from ..arch import Network
+from .. import runtime
+from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
-from ..neurons import SURROGATES, Spiking, encode
+from ..models.network import Network
+from ..models.neurons import encode
 from .losses import Loss, cross_entropy
 
 class Step(NamedTuple):
@@ -103,7 +104,7 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
         return Source("snnadv", lambda x: net.proxy(x, snn))
     def rate(x: Tensor) -> Tensor:
         with torch.no_grad():
-            return encode(x, snn.T, snn.encoding, devices.generator(seed, x.device)).mean(0)
+            return encode(x, snn.T, snn.encoding, runtime.generator(seed, x.device)).mean(0)
 
     return Source("snnadv", lambda x: net.proxy(x, snn), rate)
 
@@ -117,7 +118,7 @@ def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
 
     def logits(x: Tensor) -> Tensor:
         if x.device not in gens:
-            gens[x.device] = devices.generator(seed, x.device)
+            gens[x.device] = runtime.generator(seed, x.device)
         return net(x, snn, gens[x.device])
 
     return Source("bptt", logits, stochastic=snn.encoding == "poisson")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SpikeAdvError
-from ..neurons import Spiking
+from ..config.spiking import Spiking
 from . import estimators, registry
 
 ROBUST, WRONG_CLEAN = -1, -2  # winner codes: never broken; misclassified before any attack

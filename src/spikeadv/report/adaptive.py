@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attack import by_eps
+from ..config.grid import by_eps
 from .load import KINDS, LABEL, Run
 from .paired import Paired, compare
 

@@ -17,7 +17,7 @@ from matplotlib.markers import MarkerStyle
 from matplotlib.patches import Patch
 from matplotlib.transforms import Affine2D
 
-from ..checkpoint import atomic_write
+from ..records import atomic_write
 from .analysis import flagged, shown
 from .load import (FIG2_ATTACKS, FIG2_EPS, FIG3_EPS, FIG4_EPS, FIG4_STEPS, FIG4_STYLE, KINDS, LABEL, SCENARIO_SHORT,
                    SCENARIO_TITLE, SCENARIOS, SNNS, Cell, Run, fmt_eps, lowest)

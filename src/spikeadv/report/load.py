@@ -18,13 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attack import ITERATIVE
+from ..config.grid import ITERATIVE, KINDS, LABEL, SNNS, STUDY_ATTACKS
 from ..errors import SpikeAdvError
-from ..outcomes import unpack
+from ..records.outcomes import unpack
 
-KINDS = ("ann", "snn1", "snn2")
-SNNS = ("snn1", "snn2")
-LABEL = {"ann": "ANN", "snn1": "SNN-I", "snn2": "SNN-II"}
 SCENARIOS = ("whitebox", "bb-snn1", "bb-snn2", "bb-ann")
 SCENARIO_TITLE = {
     "whitebox": "Whitebox",
@@ -40,7 +37,6 @@ FIG2_ATTACKS = (
     ("ifgsm", 2, "I-FGSM (2-step)"),
     ("tifgsm", 2, "Targeted I-FGSM (2-step)"),
 )
-ATTACK_ORDER = ("fgsm", "rfgsm", "ifgsm", "tifgsm", "pgd")
 FIG2_EPS = (8, 16, 32)
 FIG3_EPS = 16
 FIG4_EPS = (8, 16, 32, 64)
@@ -254,7 +250,7 @@ def attack_name(attack: str, steps: int) -> str:
 
 def attack_key(attack_steps: tuple[str, int]) -> tuple[int, str, int]:
     attack, steps = attack_steps
-    return (ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER), attack, steps)
+    return (STUDY_ATTACKS.index(attack) if attack in STUDY_ATTACKS else len(STUDY_ATTACKS), attack, steps)
 
 
 def fmt_eps(eps: int) -> str:

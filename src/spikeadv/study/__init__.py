@@ -1,4 +1,5 @@
-"""The study: the paper's whole experiment grid (section V, Table III; DESIGN section 2 "Scenarios").
+"""The study: the paper's whole experiment grid (section V, Table III; DESIGN section 2 "Scenarios"),
+and the adaptive evaluation of its models (DESIGN section 8), both scheduled over a run directory.
 
 Six models (ann, snn1, snn2 x instances 0 and 1), attacks crafted from every one of them, and every
 target evaluated whitebox and under the three blackbox scenarios:
@@ -17,25 +18,30 @@ reuses what exists and an interrupted run resumes where it stopped::
     cells/<key>.json         one crafting job: its recipe and a result row per target and repeat
     results.jsonl            the tidy table (report.COLUMNS), gathered from cells/
     report/                  Table I, Fig. 2-4, Markdown and HTML (spikeadv.report)
+    evaluation/<suite>/      the adaptive evaluation: its units (cells/), card and rows
 
 An adversarial set is not stored: its recipe (source checkpoint hash, gradient, attack, eps, steps,
 seeds) in the cell file regenerates it exactly.
 
-The run is plan -> tasks -> gather: :func:`plan` lists every task (build a model, predict its clean
-classes, craft and evaluate one cell) with its dependencies; :func:`execute` runs one task from its
-recipe, the run directory and its dependencies' results, on any process; an executor (:class:`Executor`:
-``local``, or ``ray`` on a local Ray or a cluster) runs the graph; the driver gathers the cells into
-``results.jsonl`` and the report and is the one writer of ``run.json``.
+The run is plan -> tasks -> gather. :mod:`.plan` (pure) lists every task (build a model, predict its
+clean classes, craft and evaluate one cell) with its recipe, made there once, and its dependencies;
+:func:`.tasks.run_task` runs one task from its recipe, the run directory and its dependencies'
+results, on any process, through the computations of :mod:`.compute`; an executor
+(:mod:`.executors`: ``local``, or ``ray`` on a local Ray or a cluster) runs the graph; the driver
+(:mod:`.runner`) gathers the cells into ``results.jsonl``, hands the run to the report writer it was
+given and is the one writer of ``run.json`` (:mod:`.rundir`: identity, lock, models of a run).
+The adaptive evaluation: :mod:`.evaluation` (what to evaluate, units as tasks), :mod:`.units` (each
+unit), :mod:`.card` (the robustness card).
 """
 
+from .compute import clean_predictions, craft, predict, random_targets, repeats, rows
 from .executors import Executor
-from .plan import EXTRA_ATTACKS, KINDS, Job, Task, bounded_kinds, digest, grid, main_gradients, plan, seed_of
+from .plan import EXTRA_ATTACKS, Job, Task, bounded_kinds, cell_recipe, grid, main_gradients, plan
 from .plan import cost as plan_cost
-from .rundir import identity, lock, open_run
+from .rundir import identity, load_model, lock, open_run
 from .runner import run
-from .tasks import Model, clean_predictions, craft, predict, random_targets, repeats, rows
-from .work import execute
+from .tasks import run_task
 
-__all__ = ["EXTRA_ATTACKS", "KINDS", "Executor", "Job", "Model", "Task", "bounded_kinds", "clean_predictions", "craft",
-           "digest", "execute", "grid", "identity", "lock", "main_gradients", "open_run", "plan", "plan_cost", "predict",
-           "random_targets", "repeats", "rows", "run", "seed_of"]
+__all__ = ["EXTRA_ATTACKS", "Executor", "Job", "Task", "bounded_kinds", "cell_recipe", "clean_predictions", "craft",
+           "grid", "identity", "load_model", "lock", "main_gradients", "open_run", "plan", "plan_cost", "predict",
+           "random_targets", "repeats", "rows", "run", "run_task"]

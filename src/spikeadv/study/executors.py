@@ -1,7 +1,7 @@
 """Executors of the study's task graph: ``local`` runs the tasks one after another in this process;
 ``ray`` submits each as a Ray task (its CPU and GPU needs declared, its dependencies passed as object
 references, retried when its worker dies) to a Ray started here or to a running cluster. Both call
-:func:`.work.execute` on the same tasks with the same number of torch threads, so they write the same
+:func:`.tasks.run_task` on the same tasks with the same number of torch threads, so they write the same
 files: CPU float results depend on the thread count, not on the process."""
 
 from __future__ import annotations
@@ -18,28 +18,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import devices
+from .. import runtime
 from ..errors import SpikeAdvError
-from . import work
 from .plan import Task
+from .tasks import run_task
 
 
 @dataclass(frozen=True)
 class Executor:
     """Where the tasks run: ``kind`` local or ray; for ray, the cluster ``address`` (None: start one
     here with ``workers`` worker processes), ``gpus`` per task; ``threads``: torch threads per task;
-    ``device``: what each task computes on (:func:`task_device`)."""
+    ``device``: what each task computes on (:func:`task_device`; None: this process's device,
+    :func:`spikeadv.runtime.device`)."""
 
     kind: str = "local"
     address: str | None = None
     workers: int = 1
     gpus: float = 0.0
     threads: int = field(default_factory=torch.get_num_threads)
-    device: str = "cpu"
+    device: str | None = None
 
     def describe(self) -> str:
         if self.kind == "local":
-            return f"local (this process, on {devices.describe(torch.device(self.device))})"
+            return f"local (this process, on {runtime.describe(driver_device(self))})"
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
         return (f"ray ({where}, {self.threads} torch threads per task"
                 + (f", {self.gpus:g} GPU, on cuda" if self.gpus else ", on cpu") + ")")
@@ -51,7 +52,7 @@ def task_device(spec: str | None, kind: str, gpus: float) -> str:
     Ray gives it (``--gpus-per-task`` > 0) or on the CPU; its worker resolves ``cuda`` (the driver may
     have no GPU)."""
     if kind == "local":
-        return str(devices.resolve(spec))
+        return str(runtime.use(spec))
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return "cuda" if gpus else "cpu"
@@ -61,13 +62,13 @@ def task_device(spec: str | None, kind: str, gpus: float) -> str:
         raise SpikeAdvError(f"--device {spec}: a Ray task computes on the GPU Ray gives it; pass --device cuda")
     if spec == "cpu" and gpus:
         raise SpikeAdvError("--gpus-per-task with --device cpu: the tasks would hold GPUs they never use")
-    return spec if spec in ("cpu", "cuda") else str(devices.resolve(spec))
+    return spec if spec in ("cpu", "cuda") else str(runtime.resolve(spec))
 
 
 def driver_device(executor: Executor) -> torch.device:
     """The device of what runs in this process: the tasks' device, or for Ray tasks on GPUs this
     machine's GPU when it has one (a driver need not)."""
-    return devices.resolve("auto" if executor.device == "cuda" and executor.kind == "ray" else executor.device)
+    return runtime.device(None if executor.device == "cuda" and executor.kind == "ray" else executor.device)
 
 
 class Progress:
@@ -106,7 +107,7 @@ def local(tasks: list[Task], out: Path, root: Path | None, can_write: bool, log:
     try:
         for task in tasks:
             progress.show(1, task.name)
-            results[task.name] = work.execute(task, out, root, {d: results[d] for d in task.deps}, can_write,
+            results[task.name] = run_task(task, out, root, {d: results[d] for d in task.deps}, can_write,
                                               progress.log if log is print else log, device)
             progress.finish(task, results[task.name])
     finally:
@@ -194,9 +195,9 @@ def _remote(run: Callable[[Task, dict[str, dict]], dict], task: Task, threads: i
 
 
 def study_task(out: str, root: str | None, device: str, task: Task, deps: dict[str, dict]) -> dict:
-    """One task of the study on a worker (:func:`.work.execute`), its paths absolute, on ``device``
+    """One task of the study on a worker (:func:`.tasks.run_task`), its paths absolute, on ``device``
     as this worker sees it (``cuda``: the GPU Ray gave the task)."""
-    return work.execute(task, Path(out), Path(root) if root else None, deps, device=devices.resolve(device))
+    return run_task(task, Path(out), Path(root) if root else None, deps, device=runtime.resolve(device))
 
 
 def on_ray(tasks: list[Task], run: Callable[[Task, dict[str, dict]], dict], executor: Executor) -> dict[str, dict]:
@@ -245,7 +246,7 @@ def on_ray(tasks: list[Task], run: Callable[[Task, dict[str, dict]], dict], exec
     return results
 
 
-def execute(tasks: list[Task], out: Path, root: Path | None, executor: Executor, can_write: bool,
+def run_plan(tasks: list[Task], out: Path, root: Path | None, executor: Executor, can_write: bool,
             log: Callable[[str], None]) -> dict[str, dict]:
     """Every task of the plan on ``executor`` (a read-only run directory is served locally: nothing in
     it may be computed). Returns each task's result by name."""

@@ -3,25 +3,13 @@ Table III; DESIGN section 2 "Scenarios") and the content addresses and seeds der
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
-from .. import attack as attacks
-from ..presets import Preset, StudyConfig, as_dict
+from ..config.grid import ITERATIVE, KINDS
+from ..config.presets import Preset, StudyConfig, as_dict
+from ..records.provenance import __version__, canonical
 
-KINDS = ("ann", "snn1", "snn2")
 EXTRA_ATTACKS = (("fgsm", 1), ("ifgsm", 2))  # crafted with every further gradient source
-
-
-def digest(recipe: object) -> str:
-    """A short content address: the SHA-256 of a recipe's canonical JSON."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def seed_of(*parts: object) -> int:
-    """A 63-bit seed derived from a recipe, so every random draw is fixed by what it serves."""
-    return int(digest(parts), 16) >> 1
 
 
 @dataclass(frozen=True)
@@ -43,7 +31,7 @@ class Job:
     def seed_key(self) -> str:
         """What the crafting seeds derive from: the recipe's fields except the targets (which evaluate a
         set, not craft it), in a fixed form. Frozen: changing it changes every cell's random draws."""
-        steps = f"-{self.steps}" if self.attack in attacks.ITERATIVE else ""
+        steps = f"-{self.steps}" if self.attack in ITERATIVE else ""
         return f"{self.source}{self.instance}/{self.gradient} {self.attack}{steps} eps {self.eps}"
 
     def __str__(self) -> str:
@@ -87,7 +75,7 @@ def grid(study: StudyConfig, bounded: frozenset[str] = frozenset()) -> list[Job]
             for instance, targets in ((0, (kind,)), (1, KINDS)):
                 for attack in study.attacks:
                     for eps in study.eps:
-                        add(kind, instance, gradient, attack, study.steps if attack in attacks.ITERATIVE else 1,
+                        add(kind, instance, gradient, attack, study.steps if attack in ITERATIVE else 1,
                             eps, targets)
     for kind, instance in (("snn2", 0), ("snn2", 1), ("ann", 1)):
         for gradient in variants[kind]:
@@ -128,7 +116,7 @@ def model_recipe(kind: str, preset: Preset, seed: int, data: tuple[str, str]) ->
     if kind == "snn2":
         net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.snn2.width or preset.width,
                "snn2": as_dict(preset.snn2)}
-    return json.loads(json.dumps({"kind": kind, **net, "seed": seed, "data": list(data)}))
+    return canonical({"kind": kind, **net, "seed": seed, "data": list(data)})
 
 
 def _forward(preset: Preset) -> dict[str, float]:
@@ -150,10 +138,21 @@ def cost(job: Job, forward: dict[str, float], repeats: dict[str, int], images: i
     return images * (3 * job.steps * forward[through] + sum(repeats[t] * forward[t] for t in job.targets))
 
 
-def plan(preset: Preset, data: tuple[str, str], train_images: int) -> list[Task]:
+def cell_recipe(job: Job, study: StudyConfig, labels: str) -> dict:
+    """What determines one cell's result rows, but for the content hashes of its source and targets,
+    which its task adds once they are built: the job, the study settings its draws and batches depend
+    on, the attacked images and the version. The cell's file is named by the hash of the whole."""
+    fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "repeats")}
+    return canonical({"job": asdict(job), "study": fixed, "images": study.images, "labels": labels,
+                      "version": __version__})
+
+
+def plan(preset: Preset, data: tuple[str, str], train_images: int, labels: str) -> list[Task]:
     """The study's task graph in an order that respects its dependencies (``data``: the digests of the
-    training and test sets): per instance (one per preset seed) train the ANN, train SNN-II, convert SNN-I from the ANN; the clean predictions of every model;
-    then one cell per job of :func:`grid`, after its source, its targets and their clean predictions."""
+    training and test sets; ``labels``: of the attacked images' labels): per instance (one per preset
+    seed) train the ANN, train SNN-II, convert SNN-I from the ANN; the clean predictions of every
+    model; then one cell per job of :func:`grid` (its recipe: :func:`cell_recipe`), after its source,
+    its targets and their clean predictions. Every recipe is made here, once."""
     study, images, forward = preset.study, preset.study.images, _forward(preset)
     repeats = {k: repeats_of(preset, k) for k in KINDS}
     train = {"ann": preset.ann.epochs * 3.0, "snn2": preset.snn2.train.epochs * 3.0 * forward["snn2"]}
@@ -163,12 +162,13 @@ def plan(preset: Preset, data: tuple[str, str], train_images: int) -> list[Task]
             out.append(Task(f"{kind}{instance}", "model", {"kind": kind, "instance": instance, "seed": seed,
                                                         "model": model_recipe(kind, preset, seed, data)},
                             cost=train[kind] * train_images))
-        out.append(Task(f"snn1{instance}", "model", {"kind": "snn1", "instance": instance, "seed": seed},
+        snn1 = canonical({"kind": "snn1", "convert": as_dict(preset.snn1), "seed": seed})  # + its parent's hash
+        out.append(Task(f"snn1{instance}", "model", {"kind": "snn1", "instance": instance, "seed": seed, "model": snn1},
                         (f"ann{instance}",), cost=preset.snn1.images * forward["snn1"]))
     out += [Task(f"clean/{kind}{i}", "clean", {"model": f"{kind}{i}"}, (f"{kind}{i}",),
                  repeats[kind] * images * forward[kind]) for i in range(len(preset.seeds)) for kind in KINDS]
     for job in grid(study, bounded_kinds(preset)):
         deps = (f"{job.source}{job.instance}", *(f"{t}0" for t in job.targets), *(f"clean/{t}0" for t in job.targets))
-        out.append(Task(f"cell/{job}", "cell", {"job": asdict(job)}, tuple(dict.fromkeys(deps)),
+        out.append(Task(f"cell/{job}", "cell", cell_recipe(job, study, labels), tuple(dict.fromkeys(deps)),
                         cost(job, forward, repeats, images)))
     return out

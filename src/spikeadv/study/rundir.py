@@ -13,9 +13,13 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .. import __version__, checkpoint
+import torch
+
+from ..config.presets import Preset, as_dict
 from ..errors import SpikeAdvError
-from ..presets import Preset, as_dict
+from ..models.trained import Trained
+from ..records import read_json
+from ..records.provenance import __version__, canonical, command_line
 
 LOCK = ".lock"
 
@@ -30,7 +34,7 @@ def _differences(old: object, new: object, prefix: str = "") -> list[str]:
 
 def identity(preset: Preset) -> dict:
     """What a run directory is for: the version of this program and the whole preset (as JSON)."""
-    return json.loads(json.dumps({"version": __version__, "preset": as_dict(preset)}))
+    return canonical({"version": __version__, "preset": as_dict(preset)})
 
 
 def _shown(diff: list[str]) -> str:
@@ -44,11 +48,8 @@ def open_run(out: Path, preset: Preset, log: Callable[[str], None] = print) -> d
     path = out / "run.json"
     if not path.exists():
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SpikeAdvError(f"{path} is not valid JSON ({e}); move it away or choose another --out") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("preset"), dict):
+    meta = read_json(path, "; move it away or choose another --out")
+    if not isinstance(meta.get("preset"), dict):
         raise SpikeAdvError(f"{path} is not a spikeadv run record; move it away or choose another --out")
     new = identity(preset)
     old = {"version": meta.get("version"), "preset": {**meta["preset"], "study": new["preset"]["study"]}}
@@ -88,7 +89,28 @@ def lock(out: Path) -> Iterator[bool]:
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}: "
-                      f"{checkpoint.command_line()}\n".encode(), 0)
+                      f"{command_line()}\n".encode(), 0)
         yield True
     finally:
         os.close(fd)
+
+
+def load_model(run_dir: Path, kind: str, instance: int = 0, device: torch.device | str | None = None,
+               cls: type[Trained] = Trained) -> Trained:
+    """Model ``kind`` (ann, snn1, snn2), instance 0 or 1, of a study's run directory, on ``device``,
+    with the T the study ran it at; refused if its file is not the one the run recorded."""
+    record = Path(run_dir) / "run.json"
+    try:
+        entries = read_json(record)["models"]
+    except (SpikeAdvError, KeyError, TypeError) as e:
+        raise SpikeAdvError(f"cannot read the models of {record} ({e}); pass the --out directory of a "
+                            "study (spikeadv run, or spikeadv.run)") from None
+    found = [m for m in entries if (m.get("kind"), m.get("instance")) == (kind, instance)]
+    if not found:
+        have = ", ".join(f"{m.get('kind')} {m.get('instance')}" for m in entries) or "none yet"
+        raise SpikeAdvError(f"{run_dir} has no model {kind} instance {instance} (it has: {have})")
+    model = cls.load(Path(run_dir) / found[0]["path"], T=found[0].get("T"), device=device, instance=instance)
+    if found[0].get("sha256", model.sha256) != model.sha256:
+        raise SpikeAdvError(f"{model.path} is not the model {record} recorded (its digest differs); "
+                            "rerun the study to rebuild it")
+    return model

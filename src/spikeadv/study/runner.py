@@ -11,12 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import checkpoint, data
+from .. import data
+from ..config.presets import Preset
 from ..errors import SpikeAdvError
-from ..presets import Preset
+from ..records import atomic_write, read_record, write_json
+from ..records.provenance import command_line, digest, versions
 from . import executors
 from .executors import Executor
-from .plan import bounded_kinds, digest, main_gradients, plan
+from .plan import bounded_kinds, main_gradients, plan
 from .rundir import identity, lock, open_run
 
 
@@ -34,10 +36,14 @@ class Stages:
 STAGE = {"ann": "train ANN", "snn2": "train SNN-II", "snn1": "convert SNN-I"}
 
 
-def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str], None] = print,
+Report = Callable[[Path], list[Path]]  # writes a run directory's report, returns its files
+
+
+def run(preset: Preset, out: Path, report: Report, root: Path | None = None, log: Callable[[str], None] = print,
         executor: Executor = Executor()) -> list[Path]:
     """The whole study of ``preset`` in ``out``: plan its tasks (:func:`.plan.plan`), run them on
-    ``executor`` (:mod:`.executors`), gather the cells into ``results.jsonl`` and write the report.
+    ``executor`` (:mod:`.executors`), gather the cells into ``results.jsonl`` and write the report with
+    ``report`` (:func:`spikeadv.report.write_report`, given by the caller: the study reads no report).
     Returns the report's files. Holds ``out``'s lock throughout (the driver is the one writer of
     run.json; tasks write only their own artifacts); a read-only ``out`` serves a run that needs
     nothing computed."""
@@ -57,13 +63,11 @@ def run(preset: Preset, out: Path, root: Path | None = None, log: Callable[[str]
             raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
         if can_write and not executor.address:  # a Ray of our own starts only under the lock
             stack.callback(executors.connect(executor))
-        return _run(preset, out, root, log, can_write, meta, executor)
+        return _run(preset, out, report, root, log, can_write, meta, executor)
 
 
-def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None], can_write: bool,
+def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Callable[[str], None], can_write: bool,
          meta: dict, executor: Executor) -> list[Path]:
-    from ..report import write_report
-
     call = time.perf_counter()
     study = preset.study
     data.ensure(preset.dataset, root, log)
@@ -74,18 +78,18 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
         raise SpikeAdvError(f"study.images = {study.images} exceeds the {len(test_ds)} test images of the preset")
     y = test_ds.labels[:study.images].long()
     record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded_kinds(preset)),
-              "labels": digest(y.tolist()), "versions": checkpoint.versions(),
-              "command": checkpoint.command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
+              "labels": digest(y.tolist()), "versions": versions(),
+              "command": command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
               "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads,
-                           "device": executor.device},
+                           "device": executor.device or str(executors.driver_device(executor))},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
-    save = checkpoint.write_json if can_write else (lambda path, value: None)
+    save = write_json if can_write else (lambda path, value: None)
     save(out / "run.json", record)  # first: every task reads the preset from it
 
-    todo = plan(preset, (train_ds.digest, test_ds.digest), len(train_ds))
+    todo = plan(preset, (train_ds.digest, test_ds.digest), len(train_ds), record["labels"])
     log(f"{len(todo)} tasks on {executor.describe()}")
     start = time.perf_counter()
-    results = executors.execute(todo, out, root, executor, can_write, log)
+    results = executors.run_plan(todo, out, root, executor, can_write, log)
     stages = Stages()
     for task in todo:
         if task.kind == "model":
@@ -99,7 +103,7 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
     cells = [results[t.name] for t in todo if t.kind == "cell"]
     rows = []
     for cell in cells:
-        saved, why = checkpoint.read_record(out / cell["path"])
+        saved, why = read_record(out / cell["path"])
         if saved is None:
             raise SpikeAdvError(f"{out / cell['path']} cannot be read back ({why}); rerun the study")
         stages.add("craft", saved["seconds"]["craft"])
@@ -111,12 +115,12 @@ def _run(preset: Preset, out: Path, root: Path | None, log: Callable[[str], None
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     if not can_write:
         return _read_only(out, text, log)
-    checkpoint.atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))
+    atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))
 
     record.update(stages=stages.seconds, complete=True)
     save(out / "run.json", record)
     t0 = time.perf_counter()
-    written = write_report(out)
+    written = report(out)
     record.update(report_seconds=round(time.perf_counter() - t0, 2),
                   this_call_seconds=round(time.perf_counter() - call, 1))
     save(out / "run.json", record)

@@ -1,161 +1,197 @@
-"""The study's computations: a loaded model, its clean predictions, one adversarial set crafted and its
-result rows (with per-image outcomes) on each target."""
+"""One task of the study's plan (:func:`.plan.plan`), run from its recipe, the run directory and its
+dependencies' results alone, on whichever process an executor gives it. Every task is idempotent:
+what the run directory already holds (verified by its digest) is reused, what it computes is written
+atomically, so a task retried after its worker died, or run twice by two processes, leaves one
+correct file."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import statistics
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .. import __version__, checkpoint, devices, outcomes
-from ..attack import attacks, registry
-from ..attack import estimators as sources
-from ..arch import Network
+from .. import data, runtime
+from ..config.presets import Preset, recorded
 from ..errors import SpikeAdvError
-from ..neurons import Spiking
-from ..presets import StudyConfig
-from ..train import autocast
-from .plan import Job, digest, seed_of
+from ..models.network import Network
+from ..models.trained import Trained, load_network, model_digest, spiking
+from ..records import cached, outcomes, read_json
+from ..records.provenance import digest
+from . import compute
+from .plan import Job, Task
 
 @dataclass
-class Model:
-    """One trained model of the study, loaded, with how it runs (``snn`` None for the ANN)."""
+class Context:
+    """What every task of one run shares, loaded once per process: the preset (from run.json), the
+    device, the data, the attacked test images, their labels and the paper's random targets (the
+    last three on the device)."""
 
-    kind: str
-    instance: int
-    net: Network
-    snn: Spiking | None
-    path: Path
-    sha256: str
-    meta: dict
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}{self.instance}"
-
-
-def cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict | None:
-    """A cached JSON artifact made from ``recipe`` (:func:`checkpoint.read_record`), or None when it must
-    be computed; one that cannot be used (damaged, edited, another recipe's) is named in the log."""
-    saved, why = checkpoint.read_record(path)
-    if saved is not None and saved.get("recipe") != recipe:
-        saved, why = None, "it holds another recipe"
-    if saved is None and why != "missing":
-        log(f"{path} cannot be used: {why}; recomputing it")
-    return saved
+    preset: Preset
+    device: torch.device
+    train_ds: data.Dataset
+    test_ds: data.Dataset
+    x: Tensor
+    y: Tensor
+    goal: Tensor
+    labels: str
+    models: dict[str, tuple[tuple[int, int], Trained]] = field(default_factory=dict)
+    clean: dict[str, list[Tensor]] = field(default_factory=dict)  # by file: named by digest, never rewritten
 
 
-def _batches(n: int, size: int) -> Iterator[tuple[int, slice]]:
-    yield from enumerate(slice(i, min(i + size, n)) for i in range(0, n, size))
+_context: dict[tuple, Context] = {}
 
 
-@torch.no_grad()
-def predict(model: Model, x: Tensor, study: StudyConfig, repeat: int) -> Tensor:
-    """Predicted classes of ``x``; an SNN's encoder is seeded by (study seed, repeat, batch), so the clean
-    and adversarial evaluations of one repeat see the same random draws (paired comparisons)."""
-    out = []
-    with autocast(study.bf16, x.device):
-        for b, part in _batches(len(x), study.batch_size):
-            if model.snn is None:
-                logits = model.net(x[part])
-            else:
-                gen = devices.generator(seed_of(study.seed, "eval", repeat, b), x.device)
-                logits = model.net(x[part], model.snn, gen)
-            out.append(logits.argmax(1))
-    return torch.cat(out)
+def context(out: Path, root: Path | None, device: torch.device) -> Context:
+    """The run's shared inputs, cached for the life of the process (one run at a time)."""
+    preset_json = read_json(out / "run.json")["preset"]
+    key = (str(out.resolve()), str(root), json.dumps(preset_json, sort_keys=True), str(device))
+    if key not in _context:
+        preset = recorded(preset_json)
+        train_ds, test_ds = data.load(preset.dataset, "train", root), data.load(preset.dataset, "test", root)
+        test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
+        x, y = data.to_float(test_ds.images[:preset.study.images]), test_ds.labels[:preset.study.images].long()
+        goal = compute.random_targets(y, test_ds.info.classes, preset.study)  # from the CPU labels: data
+        _context.clear()
+        _context[key] = Context(preset, device, train_ds, test_ds, x.to(device), y.to(device), goal.to(device),
+                                digest(y.tolist()))
+    return _context[key]
 
 
-def repeats(model: Model, study: StudyConfig) -> int:
-    """Evaluations per target: ``study.repeats`` encoder seeds for Poisson-coded SNNs, one for the
-    deterministic ones (the ANN, direct-encoded SNNs)."""
-    return study.repeats if model.snn is not None and model.snn.encoding == "poisson" else 1
-
-
-def random_targets(y: Tensor, classes: int, study: StudyConfig) -> Tensor:
-    """The paper's random targets (II-C): one class != y per image, the same for every source model,
-    drawn on the labels' device (the study draws them from its CPU labels: part of its data, the same
-    targets on every device, so a run resumed on another device attacks the same targets)."""
-    return attacks.targets(y, classes, "random", devices.generator(seed_of(study.seed, "targets"), y.device))
-
-
-def craft(job: Job, model: Model, x: Tensor, y: Tensor, goal: Tensor, study: StudyConfig) -> tuple[Tensor, Tensor | None]:
-    """The adversarial set of one job, batch by batch, and its targets (targeted attack only: ``goal``,
-    the random targets, or the source's least-likely classes). Every random draw (SNN encoder, R-FGSM
-    noise, PGD start) is seeded by the job's recipe and the batch index."""
-    out, aims = [], []
-    for b, part in _batches(len(x), study.batch_size):
-        seed = seed_of(study.seed, job.seed_key(), b)
-        source = sources.make(job.gradient, model.net, model.snn, seed=seed, eot_n=study.eot if model.snn else 1)
-        gen = devices.generator(seed, x.device)
-        xb, yb, eps = x[part], y[part], job.eps / 255
-        attack, aim = registry.get(job.attack), None
-        with autocast(study.bf16, x.device):
-            if attack.targeted:
-                aim = goal[part]
-                if study.target == "least-likely":
-                    with torch.no_grad():
-                        aim = attacks.targets(yb, model.net.classes, study.target, gen, source.logits(xb))
-                aims.append(aim)
-            adv = attack.run(source, xb, yb, eps, steps=job.steps, generator=gen, target=aim)
-        out.append(adv.float())
-    return torch.cat(out), torch.cat(aims) if aims else None
-
-
-def rows(job: Job, target: Model, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor | None,
-         clean: list[Tensor], study: StudyConfig) -> list[dict]:
-    """The result rows of one adversarial set on one target, one per evaluation repeat (DESIGN
-    "Metrics"): accuracies in percent, loss = clean - adversarial accuracy (pp), success rate over the
-    initially correct images, target hit rate (targeted attacks), mean true L-inf (1/255) and L2; and
-    per image (:mod:`outcomes`) whether the target was right and, for targeted attacks, its predicted
-    class and whether that was the target."""
-    delta = (adv - x).flatten(1)
-    linf = round(delta.abs().amax(1).mean().item() * 255, 4)
-    l2 = round(delta.norm(dim=1).mean().item(), 5)
-    out = []
-    for r in range(repeats(target, study)):
-        pred = predict(target, adv, study, r)
-        correct = clean[r] == y
-        clean_acc = 100.0 * correct.float().mean().item()
-        adv_acc = 100.0 * (pred == y).float().mean().item()
-        fooled = (correct & (pred != y)).sum().item()
-        out.append({
-            "target": target.kind, "source_kind": job.source, "source_instance": job.instance,
-            "scenario": job.scenario(), "gradient": job.gradient, "attack": job.attack, "eps": job.eps,
-            "steps": job.steps, "repeat": r, "n": len(y), "clean_acc": round(clean_acc, 4),
-            "adv_acc": round(adv_acc, 4), "loss": round(clean_acc - adv_acc, 4),
-            "success_rate": round(100.0 * fooled / max(1, correct.sum().item()), 4),
-            "target_hit_rate": None if aim is None else round(100.0 * (pred == aim).float().mean().item(), 4),
-            "linf": linf, "l2": l2, "correct": outcomes.pack((pred == y).cpu().numpy()),
-            **({} if aim is None else {"pred": outcomes.pack_classes(pred.cpu().numpy()),
-                                       "hit": outcomes.pack((pred == aim).cpu().numpy())}),
-        })
-    return out
-
-
-
-def clean_predictions(target: Model, x: Tensor, y: Tensor, study: StudyConfig, folder: Path,
-                      can_write: bool = True, log: Callable[[str], None] = print) -> tuple[list[Tensor], dict]:
-    """Clean predictions of a target per repeat (cached by model hash and evaluation recipe, with an
-    integrity digest: an edited or corrupted file is recomputed), and where they are: ``path``, the
-    ``seconds`` they took and whether they were ``reused``."""
-    recipe = {"model": target.sha256, "T": target.snn.T if target.snn else None, "images": len(x),
-              "labels": digest(y.tolist()), "repeats": repeats(target, study), "seed": study.seed,
-              "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
-    path = folder / f"{target.name}-{digest(recipe)}.json"
-    saved = cached_record(path, recipe, log)
-    reused = saved is not None
-    if saved is None:
+def _checkpoint(path: Path, recipe: dict, log: Callable[[str], None], can_write: bool) -> tuple[Network, dict] | None:
+    """The usable checkpoint at ``path`` (its network and metadata), or None when there is none: a file
+    that fails its integrity check or holds another model than its name says is moved aside (never
+    deleted)."""
+    if not path.exists():
+        return None
+    try:
+        net, meta = load_network(path)
+        if meta.get("recipe", recipe) != recipe:
+            raise SpikeAdvError(f"{path} holds another model than its name says (its recipe differs)")
+        return net, meta
+    except SpikeAdvError as e:
         if not can_write:
-            raise SpikeAdvError(f"{folder.parent} is read-only and the clean predictions of {target.name} need "
-                                "computing; make it writable or pass another --out")
-        start = time.perf_counter()
-        preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
-        saved = {"recipe": recipe, "preds": preds, "seconds": round(time.perf_counter() - start, 2),
-                 "device": str(x.device)}
-        checkpoint.write_record(path, saved)
-    return ([torch.tensor(p, device=x.device) for p in saved["preds"]],
-            {"path": path, "seconds": saved["seconds"], "reused": reused})
+            raise
+        aside = path.with_name(f"{path.name}.{os.getpid()}.{int(time.time())}.rejected")
+        path.rename(aside)
+        log(f"{e}; moved it to {aside.name}, rebuilding it")
+        return None
+
+
+def _model(ctx: Context, out: Path, built: dict) -> Trained:
+    """A model a task depends on, loaded once per process while its file is unchanged."""
+    path = out / built["path"]
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = ctx.models.get(built["path"])
+    if cached is None or cached[0] != version:
+        net, meta = load_network(path, ctx.device)
+        snn = spiking(meta, T=ctx.preset.study.snn1_T if built["kind"] == "snn1" else None)
+        model = Trained(built["kind"], built["instance"], net, snn, path, model_digest(net, meta), meta)
+        if model.sha256 != built["sha256"]:
+            raise SpikeAdvError(f"{path} changed while the study ran (its content hash differs); rerun the study")
+        ctx.models[built["path"]] = cached = (version, model)
+    return cached[1]
+
+
+def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
+           log: Callable[[str], None]) -> dict:
+    """Train (ann, snn2) or convert (snn1, from its ANN) one model, or reuse its checkpoint."""
+    from ..models.convert import convert_file
+    from ..models.train import fit
+
+    kind, instance, seed = task.recipe["kind"], task.recipe["instance"], task.recipe["seed"]
+    parent = deps.get(f"ann{instance}") if kind == "snn1" else None
+    recipe = {**task.recipe["model"], "parent": parent["sha256"]} if parent else task.recipe["model"]
+    path = out / "models" / f"{task.name}-{digest(recipe)}.safetensors"
+    found = _checkpoint(path, recipe, log, can_write)
+    reused = found is not None and (kind == "snn1" or found[1].get("complete", False))
+    if reused:
+        log(f"reusing {path.name}")
+    elif not can_write:
+        raise SpikeAdvError(f"{out} is read-only and {path.name} needs building; make it writable or pass another --out")
+    elif parent:
+        convert_file(out / parent["path"], ctx.preset, ctx.train_ds, ctx.test_ds, seed, path, recipe=recipe,
+                     device=ctx.device)
+    else:
+        fit(kind, ctx.preset, seed, path, ctx.train_ds, ctx.test_ds, resume=True, log=log, recipe=recipe,
+            device=ctx.device)
+    net, meta = load_network(path)
+    test_acc = [m["test_acc"] for m in meta.get("metrics", []) if "test_acc" in m]
+    return {"kind": kind, "instance": instance, "path": str(path.relative_to(out)), "reused": reused,
+            "sha256": model_digest(net, meta), "seed": meta.get("seed"),
+            "seconds": meta["seconds"] if parent else sum(m["seconds"] for m in meta["metrics"]),
+            "checkpoint_test_acc": test_acc[-1] if test_acc else None,
+            "augmentation": parent["augmentation"] if parent else meta.get("augmentation")}
+
+
+def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
+           log: Callable[[str], None]) -> dict:
+    """A model's clean predictions per evaluation repeat, and its run.json entry (Table I)."""
+    built = deps[task.recipe["model"]]
+    model = _model(ctx, out, built)
+    preds, found = compute.clean_predictions(model, ctx.x, ctx.y, ctx.preset.study, out / "clean", can_write, log)
+    accs = [100.0 * (p == ctx.y).float().mean().item() for p in preds]
+    entry = {
+        "kind": model.kind, "instance": model.instance, "clean_acc": round(statistics.fmean(accs), 3),
+        "clean_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0, "repeats": len(accs),
+        "T": model.snn.T if model.snn else None, "images": len(ctx.y), "path": built["path"],
+        "sha256": model.sha256, "seed": built["seed"], "checkpoint_test_acc": built["checkpoint_test_acc"],
+        "build_seconds": round(built["seconds"], 1), "encoding": model.snn.encoding if model.snn else None,
+        "augmentation": built["augmentation"],
+        "clean_correct": [outcomes.pack((p == ctx.y).cpu().numpy()) for p in preds],
+    }
+    return {"path": str(found["path"].relative_to(out)), "seconds": found["seconds"], "entry": entry,
+            "reused": found["reused"]}
+
+
+def _clean_preds(ctx: Context, path: Path) -> list[Tensor]:
+    """A target's clean predictions per repeat, read once per process."""
+    if str(path) not in ctx.clean:
+        ctx.clean[str(path)] = [torch.tensor(p, device=ctx.device) for p in read_json(path)["preds"]]
+    return ctx.clean[str(path)]
+
+
+def _cell(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
+          log: Callable[[str], None]) -> dict:
+    """One adversarial set crafted from its source and its result rows on every target (or reused)."""
+    job = Job(**{**task.recipe["job"], "targets": tuple(task.recipe["job"]["targets"])})
+    study = ctx.preset.study
+    source = _model(ctx, out, deps[f"{job.source}{job.instance}"])
+    targets = {t: _model(ctx, out, deps[f"{t}0"]) for t in job.targets}
+    recipe = {**task.recipe, "source": source.sha256, "targets": [targets[t].sha256 for t in job.targets]}
+    path = out / "cells" / f"{digest(recipe)}.json"
+
+    def craft() -> dict:
+        clean = {t: _clean_preds(ctx, out / deps[f"clean/{t}0"]["path"]) for t in job.targets}
+        t0 = time.perf_counter()
+        adv, aim = compute.craft(job, source, ctx.x, ctx.y, ctx.goal, study)
+        runtime.synchronize(ctx.device)
+        t1 = time.perf_counter()
+        rows = [row for t in job.targets
+                for row in compute.rows(job, targets[t], ctx.x, ctx.y, adv, aim, clean[t], study)]
+        return {"rows": rows, "worker": f"{socket.gethostname()}:{os.getpid()}", "device": str(ctx.device),
+                "seconds": {"craft": round(t1 - t0, 3), "evaluate": round(time.perf_counter() - t1, 3)}}
+
+    saved, reused = cached(path, recipe, craft, log, None if can_write else (
+        f"{out} is read-only and the adversarial set {job} needs computing; make it writable or pass another --out"))
+    return {"path": str(path.relative_to(out)), "reused": reused, "worker": saved.get("worker")}
+
+
+RUN = {"model": _build, "clean": _clean, "cell": _cell}
+
+
+def run_task(task: Task, out: Path, root: Path | None, deps: dict[str, dict], can_write: bool = True,
+            log: Callable[[str], None] = print, device: torch.device | None = None) -> dict:
+    """Run one task on ``device`` from its recipe, the run directory ``out`` (its run.json names the
+    preset) and the results of the tasks it depends on (``deps``, by name). Returns its own result: a
+    small JSON-ready dict naming the artifact it wrote or reused (``path``, relative to ``out``) and
+    whether it was reused."""
+    return RUN[task.kind](task, context(out, root, runtime.device(device)), out, deps, can_write, log)

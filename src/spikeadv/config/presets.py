@@ -13,11 +13,11 @@ import math
 import typing
 from dataclasses import dataclass
 
-from .arch import parse_spec
-from .attack import check
-from .data import DATASETS
-from .errors import SpikeAdvError
-from .neurons import Spiking
+from ..errors import SpikeAdvError
+from .datasets import DATASETS
+from .grid import check
+from .spec import parse_spec
+from .spiking import Spiking
 
 
 def _finite(record: typing.Any) -> None:
@@ -48,7 +48,7 @@ class TrainConfig:
     warmup: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = True
-    flip: bool | None = None  # None: the dataset's convention (data.DatasetInfo.flip)
+    flip: bool | None = None  # None: the dataset's convention (config.datasets.DatasetInfo.flip)
     bf16: bool = False
     channels_last: bool = False
     eval_every: int = 1
@@ -78,7 +78,7 @@ class ConvertConfig:
     method: str = "spike"
     images: int = 256
     pool_threshold: float = 0.75
-    reset: str = "subtract"  # or zero, or signed (spikes taken back: neurons.Spiking)
+    reset: str = "subtract"  # or zero, or signed (spikes taken back: config.spiking.Spiking)
     spike_after_pool: bool = True
     percentile: float = 100.0
     chunk: int = 0

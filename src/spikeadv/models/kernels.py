@@ -24,13 +24,12 @@ Triton is imported on first use; with ``TRITON_INTERPRET=1`` the kernels run on 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .neurons import Spiking
+from ..config.spiking import Spiking
 
 triton: Any = None  # imported by _jit
 tl: Any = None

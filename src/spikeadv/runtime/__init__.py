@@ -1,4 +1,7 @@
-"""The compute device: chosen once (``--device``), and what follows from it (DESIGN section 6).
+"""The runtime (DESIGN sections 5 and 6): the compute device, chosen once per process (:func:`use`), and
+what follows from it: random
+generators on the device of the tensors they draw for, the chunking policy, bf16 autocast and
+synchronisation. Data-parallel process groups are in :mod:`.distributed`.
 
 The device is a runtime choice, not part of a run's identity: a run directory started on one device
 resumes on another. Every random draw is made by a generator on the device of the tensors it draws
@@ -8,9 +11,11 @@ for (:func:`generator`), and how many timesteps are folded into one batch is a p
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from .errors import SpikeAdvError
+from ..errors import SpikeAdvError
 
 CHOICES = "auto, cpu, cuda or cuda:N"
 
@@ -53,6 +58,25 @@ def resolve(spec: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+_chosen: torch.device | None = None  # this process's device, chosen once (use)
+
+
+def use(spec: str | torch.device | None = "auto") -> torch.device:
+    """Choose this process's device once, from ``--device`` (:func:`resolve`: one line, nothing written,
+    where this machine lacks it); every ``device=None`` default follows it from then on."""
+    global _chosen
+    _chosen = resolve(spec)
+    return _chosen
+
+
+def device(spec: str | torch.device | None = None) -> torch.device:
+    """``spec`` resolved, or with None this process's device: the one :func:`use` chose, else ``auto``
+    (resolved on first use and kept)."""
+    if spec is not None:
+        return resolve(spec)
+    return _chosen if _chosen is not None else use("auto")
+
+
 def describe(device: torch.device) -> str:
     """One line for logs and records: the device, its model and memory (CUDA) or threads (CPU)."""
     if device.type == "cuda":
@@ -81,3 +105,9 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for honest wall times); nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast(bf16: bool, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` (or nothing)."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,68 +26,11 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 from torch import Tensor
 
-from . import devices
-from .distributed import Rows, take
-from .errors import SpikeAdvError
+from .. import runtime
+from ..config.datasets import DATASETS, GENERATED, DatasetInfo
+from ..errors import SpikeAdvError
+from ..runtime.distributed import Rows, take
 from .fetchers import SOURCES, SPLITS, Arrays
-
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is: image shape (C, H, W), classes, normalisation, official digests per split and
-    whether a horizontal flip keeps an image's class (objects: yes; handwritten digits, clothing: no)."""
-
-    name: str
-    shape: tuple[int, int, int]
-    classes: int
-    class_names: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    digests: dict[str, tuple[str, str]] = field(default_factory=dict)  # split -> (images, labels) sha256
-    flip: bool = False
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        "cifar10", (3, 32, 32), 10, CIFAR_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        {
-            "train": ("9d5c2eddadb0deff02c14c350c0385aab7b1d5ff1edfeb4997c8dc8644960111",
-                      "2b7cd2f24487317614016b72ffd53071c3062f592f0eb300c18a770d41ae1253"),
-            "test": ("177777c33ba79825320efa646ad04a94bdc3c80e4ebe3bd21724f8cdfd4b9d56",
-                     "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5"),
-        },
-        flip=True,
-    ),
-    "mnist": DatasetInfo(
-        "mnist", (1, 28, 28), 10, tuple(str(i) for i in range(10)), (0.1307,), (0.3081,),
-        {
-            "train": ("741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
-                      "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13"),
-            "test": ("6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
-                     "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"),
-        },
-    ),
-    "fashion-mnist": DatasetInfo(
-        "fashion-mnist", (1, 28, 28), 10, FASHION_CLASSES, (0.2860,), (0.3530,),
-        {
-            "train": ("2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
-                      "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7"),
-            "test": ("c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
-                     "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9"),
-        },
-    ),
-    "synthetic": DatasetInfo("synthetic", (3, 32, 32), 10, tuple(f"class {i}" for i in range(10)),
-                             (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), flip=True),
-}
-DATASETS["synthetic-cifar"] = dataclasses.replace(DATASETS["synthetic"], name="synthetic-cifar")
-# generated, not read: images per split (synthetic-cifar: CIFAR-10's sizes, to time a study where the
-# real data cannot be brought; timing does not depend on pixel values)
-GENERATED = {"synthetic": {"train": 2048, "test": 500}, "synthetic-cifar": {"train": 50_000, "test": 10_000}}
-
-
 
 @dataclass
 class Dataset:
@@ -296,7 +239,7 @@ def synthetic(split: str = "train", n: int | None = None, seed: int = 0,
         raise SpikeAdvError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     n = n or (2048 if split == "train" else 500)
     c, h, w = shape
-    g = devices.generator(seed, "cpu")  # the data is made on the CPU, the same on every machine
+    g = runtime.generator(seed, "cpu")  # the data is made on the CPU, the same on every machine
     layout = torch.arange(classes) % 5
     angle = torch.tensor([0.0, 0.5, 0.25, 0.0, 0.25])[layout] * math.pi
     period = torch.tensor([4.0, 7.0])[(torch.arange(classes) // 5) % 2]
@@ -382,11 +325,11 @@ def batches(ds: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Gen
     crosses devices. With ``rows`` (data-parallel training, ``drop_last``, ``rows.total ==
     batch_size``) only those rows of every batch, augmented as in the whole batch."""
     n, held = len(ds), ds.images.device
-    generator = generator or devices.generator(0, held)
+    generator = generator or runtime.generator(0, held)
     order = torch.randperm(n, generator=generator, device=held) if shuffle else torch.arange(n, device=held)
     count = n // batch_size if drop_last else -(-n // batch_size)
     seeds = torch.randint(0, 2**62, (count,), generator=generator, device=held).tolist()
-    aug_gen = devices.generator(0, device)
+    aug_gen = runtime.generator(0, device)
     for i in range(start, count):
         idx = take(order[i * batch_size:(i + 1) * batch_size], rows)
         x = to_float(ds.images[idx].to(device, non_blocking=True))

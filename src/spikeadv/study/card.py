@@ -1,4 +1,4 @@
-"""The robustness card of an evaluation (:mod:`.evaluate`): ``card.json`` (every number, the settings,
+"""The robustness card of an evaluation (:mod:`.evaluation`): ``card.json`` (every number, the settings,
 versions and the checks), ``card.md`` (a table per model, the winners, the checks), one plot per model of
 accuracy vs eps and vs steps per estimator, and ``rows.jsonl`` in the study's results format
 (``report.COLUMNS``): for each model and eps the suite's first attack and the worst case."""
@@ -10,16 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint, outcomes
-from . import by_eps
-from .suite import ROBUST
-
-KIND_LABEL = {"ann": "ANN", "snn1": "SNN-I", "snn2": "SNN-II"}
-
-
-def _pct(p: float) -> str:
-    return f"{100 * p:.1f}"
-
+from ..attack.checks import pct
+from ..attack.suite import ROBUST
+from ..config.grid import by_eps
+from ..records import atomic_write, outcomes, write_json
 
 def rows(card: dict) -> list[dict]:
     """Result rows (whitebox) of one card: the first pair alone and the ensemble's worst case."""
@@ -57,8 +51,8 @@ def markdown(cards: list[dict], meta: dict) -> str:
         runs = "ANN" if "neuron" not in m else f"{m['neuron'].upper()}, T={m['T']}, {m['encoding']} input"
         for eps, e in by_eps(card["eps"]):
             best = max(e["pairs"], key=lambda p: p["won"])
-            lines.append(f"| {m['name']} | {runs} | {eps} | {_pct(e['clean_acc'])}% | {e['best_single']['pair']}: "
-                         f"{_pct(e['best_single']['acc'])}% | **{_pct(e['worst_acc'])}%** | {best['name']} ({best['won']}) |")
+            lines.append(f"| {m['name']} | {runs} | {eps} | {pct(e['clean_acc'])} | {e['best_single']['pair']}: "
+                         f"{pct(e['best_single']['acc'])} | **{pct(e['worst_acc'])}** | {best['name']} ({best['won']}) |")
     for card in cards:
         m = card["model"]
         lines += ["", f"## {m['name']} ({m['file']})", "", "Pairs in order (images each ran on, broke, broke first):", ""]
@@ -90,16 +84,16 @@ def plot(card: dict, path: Path) -> None:
     left.set_ylim(-2, 102)
     right.legend(fontsize=8)
     fig.tight_layout()
-    checkpoint.atomic_write(path, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
+    atomic_write(path, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
 
 
 def write(folder: Path, cards: list[dict], meta: dict) -> list[Path]:
     """card.json, card.md, rows.jsonl and a plot per model into ``folder`` (each written atomically)."""
     written = [folder / "card.json", folder / "card.md", folder / "rows.jsonl"]
-    checkpoint.write_json(written[0], {**meta, "cards": cards})
-    checkpoint.atomic_write(written[1], lambda tmp: tmp.write_text(markdown(cards, meta)))
+    write_json(written[0], {**meta, "cards": cards})
+    atomic_write(written[1], lambda tmp: tmp.write_text(markdown(cards, meta)))
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for c in cards for r in rows(c))
-    checkpoint.atomic_write(written[2], lambda tmp: tmp.write_text(lines))
+    atomic_write(written[2], lambda tmp: tmp.write_text(lines))
     for card in cards:
         written.append(folder / f"{card['model']['name']}.png")
         plot(card, written[-1])

@@ -18,17 +18,15 @@ Heaviside step H has a surrogate derivative for backpropagation through time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..config.spiking import SURROGATES, Spiking
+from ..errors import SpikeAdvError
+from ..runtime.distributed import Rows, take
 from . import kernels
-from .distributed import Rows, take
-from .errors import SpikeAdvError
 
-SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
-RESETS = ("subtract", "zero", "signed")
 BACKENDS = ("auto", "reference", "triton")
 BACKEND = "auto"  # spike_train's default: auto = the Triton kernels where kernels.available(), else the loop
 
@@ -81,66 +79,13 @@ class SpikeFn(torch.autograd.Function):
         return grad * surrogate_grad(u, ctx.name, ctx.alpha), None, None
 
 
-@dataclass(frozen=True)
-class Spiking:
-    """How a weight set runs as an SNN (DESIGN section 2).
-
-    ``neuron``: ``if`` (SNN-I, no leak) or ``lif`` (SNN-II, v <- leak * v + I). ``T`` timesteps;
-    ``reset`` by ``subtract`` (default), to ``zero`` or ``signed`` (IF only: spikes taken back, see
-    above); the surrogate derivative and its sharpness ``alpha``; input ``encoding`` ``poisson`` (rate
-    coding) or ``direct``; ``spike_after_pool``: a
-    spiking neuron after each average pooling (the authors' code) or averaged spikes passed on;
-    ``chunk``: timesteps folded into one batch per call (0 = as many as the device allows, :func:`.devices.fold`);
-    ``v_init``: the membrane potential at t = 0 as a fraction of the threshold (0: the paper; 0.5 halves
-    the quantisation error of a converted SNN at small T, Bu et al. 2022); ``rate_mix``: the share of
-    the rate path in the backward pass (0: backpropagation through time; 1: through the rate relation
-    only, BPTR / RGA; between: a HART-style mix; the forward pass is the same for every value).
-    """
-
-    neuron: str = "if"
-    T: int = 32
-    leak: float = 1.0
-    reset: str = "subtract"
-    surrogate: str = "fast-sigmoid"
-    alpha: float = 4.0
-    encoding: str = "poisson"
-    spike_after_pool: bool = True
-    chunk: int = 0
-    v_init: float = 0.0
-    rate_mix: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.neuron not in ("if", "lif"):
-            raise SpikeAdvError(f"neuron must be if or lif, got {self.neuron!r}")
-        if self.T < 1:
-            raise SpikeAdvError(f"T (timesteps) must be >= 1, got {self.T}")
-        if not 0 < self.leak <= 1:
-            raise SpikeAdvError(f"leak must be in (0, 1], got {self.leak}")
-        if self.neuron == "if" and self.leak != 1:
-            raise SpikeAdvError(f"IF neurons have no leak (leak = 1); use neuron=lif for leak {self.leak}")
-        if self.reset not in RESETS:
-            raise SpikeAdvError(f"reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
-        if self.reset == "signed" and self.neuron != "if":
-            raise SpikeAdvError("reset=signed (signed spikes) is for converted IF neurons: set neuron=if")
-        if self.surrogate not in SURROGATES:
-            raise SpikeAdvError(f"unknown surrogate {self.surrogate!r} (known: {', '.join(SURROGATES)})")
-        if self.alpha <= 0 or self.chunk < 0:
-            raise SpikeAdvError("alpha must be > 0 and chunk >= 0")
-        if self.encoding not in ("poisson", "direct"):
-            raise SpikeAdvError(f"unknown encoding {self.encoding!r} (known: poisson, direct)")
-        if not 0 <= self.v_init < 1:
-            raise SpikeAdvError(f"v_init (initial membrane / threshold) must be in [0, 1), got {self.v_init}")
-        if not 0 <= self.rate_mix <= 1:
-            raise SpikeAdvError(f"rate_mix (the rate path's share of the gradient) must be in [0, 1], got {self.rate_mix}")
-
-
 def _membrane_loop(current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, u: Tensor | None,
                    count: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The membrane recursion over t, in place on a copy of ``v``; spikes in the currents' dtype (bf16
     currents are added to the float32 membrane exactly). With ``u`` given, u_t = (h_t - V_th) / V_th
     is kept there for the backward pass and the spike is H(u_t); without, it is v >= V_th, the same
     test for V_th > 0. ``count`` (reset ``signed``): each neuron's net spikes so far, updated in place.
-    :func:`spikeadv.kernels.forward` is the same recursion in one Triton kernel."""
+    :func:`spikeadv.models.kernels.forward` is the same recursion in one Triton kernel."""
     spikes = torch.empty_like(current)
     v = v.clone()
     for t in range(current.shape[0]):
@@ -180,7 +125,7 @@ class _SpikeTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current: Tensor, v: Tensor, threshold: Tensor, snn: Spiking, fused: bool = False,
                 count: Tensor | None = None):  # type: ignore[override]
-        if fused:  # the Triton kernels (spikeadv.kernels): the same arithmetic, one launch
+        if fused:  # the Triton kernels (spikeadv.models.kernels): the same arithmetic, one launch
             spikes, v, u = kernels.forward(current, v, threshold, snn, save_u=True, count=count)
         else:
             u = torch.empty_like(current, dtype=v.dtype)  # the currents' memory format (channels_last too)
@@ -254,7 +199,7 @@ def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiki
     to it exactly). The threshold scaling of SNN-I lives in the thresholds themselves. With gradients
     enabled the whole loop is one autograd node (:class:`_SpikeTrain`); without, nothing is saved.
     ``backend`` (default :data:`BACKEND`): ``auto``, ``reference`` (the Python loop) or ``triton``
-    (:mod:`spikeadv.kernels`, the same results).
+    (:mod:`spikeadv.models.kernels`, the same results).
     """
     dtype = torch.promote_types(current.dtype, torch.float32)  # bf16 currents, float32 membrane
     threshold = torch.as_tensor(threshold, dtype=dtype, device=current.device)

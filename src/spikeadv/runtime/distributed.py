@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import SpikeAdvError
+from ..errors import SpikeAdvError
 
 # rank 0 evaluates and writes checkpoints while the others wait for it
 TIMEOUT = datetime.timedelta(hours=2)

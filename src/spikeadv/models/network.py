@@ -1,9 +1,5 @@
-"""The paper's network notation and the network it describes (paper section IV-B, DESIGN section 2).
-
-A spec string such as ``32x32-64c5-64c5-2s-128c5-128c5-2s-256c5-256c5-256c5-2s-1024fc-10o`` reads:
-input size, then ``Nc k`` (conv, N maps, k x k kernel, stride 1, same padding), ``2s`` (2x2 average
-pooling; ``2m`` max pooling, which ANNs and SNN-II can use but conversion cannot), ``Nfc`` (fully
-connected), ``No`` (output layer with N classes).
+"""The network a spec describes (paper section IV-B, DESIGN section 2; the notation is parsed by
+:mod:`spikeadv.config.spec`).
 
 One :class:`Network` is one weight set. Per-channel normalisation is its fixed first layer, so whatever
 enters it (pixels, rates or spikes) is in [0, 1]. Every conv and hidden fc layer is followed by an
@@ -15,91 +11,21 @@ same weights replace what happens at a site and fold time into the batch.
 from __future__ import annotations
 
 import math
-import re
+
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import devices
-from .distributed import Rows, bernoulli, dropout
-from .errors import SpikeAdvError
-from .neurons import Spiking, encode, spike_train
+from .. import runtime
+from ..config.spec import Spec, parse_spec
+from ..config.spiking import Spiking
+from ..errors import SpikeAdvError
+from ..runtime.distributed import Rows, bernoulli, dropout
+from .neurons import encode, spike_train
 
-SPECS: dict[str, str] = {
-    # the paper's VGG-9 (section IV-B, 5x5 kernels)
-    "vgg9": "32x32-64c5-64c5-2s-128c5-128c5-2s-256c5-256c5-256c5-2s-1024fc-10o",
-    # the authors' public VGG9 code uses 3x3 kernels
-    "vgg9-k3": "32x32-64c3-64c3-2s-128c3-128c3-2s-256c3-256c3-256c3-2s-1024fc-10o",
-}
-
-_TOKEN = re.compile(r"^(?:(?P<conv>\d+)c(?P<k>\d+)|(?P<pool>\d+)s|(?P<maxpool>\d+)m|(?P<fc>\d+)fc|(?P<out>\d+)o)$")
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One token of a spec: ``kind`` in conv/pool/fc/out, ``size`` = maps, pool size or units."""
-
-    kind: str
-    size: int
-    k: int = 0
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A parsed spec string: input height/width and the layers in order."""
-
-    text: str
-    height: int
-    width: int
-    layers: tuple[Layer, ...]
-
-    @property
-    def classes(self) -> int:
-        return self.layers[-1].size
-
-
-def parse_spec(text: str) -> Spec:
-    """Parse the paper's notation (or a name in :data:`SPECS`); a bad token is named in the error."""
-    text = SPECS.get(text, text).strip()
-    tokens = text.split("-")
-    size = re.fullmatch(r"(\d+)x(\d+)", tokens[0])
-    if size is None:
-        raise SpikeAdvError(
-            f"spec {text!r}: first token {tokens[0]!r} must be the input size HxW, e.g. 32x32 "
-            f"(or use a named spec: {', '.join(SPECS)})"
-        )
-    layers = []
-    for i, token in enumerate(tokens[1:], start=1):
-        m = _TOKEN.match(token)
-        if m is None or int(next(v for v in m.groupdict().values() if v is not None)) == 0:
-            raise SpikeAdvError(
-                f"spec {text!r}: token {i + 1} {token!r} is not one of Nc<k> (conv), Ns (avg pool), "
-                f"Nm (max pool), Nfc (fully connected), No (output)"
-            )
-        if m["conv"]:
-            if int(m["k"]) % 2 == 0:
-                raise SpikeAdvError(f"spec {text!r}: token {token!r} needs an odd kernel size for same padding")
-            layers.append(Layer("conv", int(m["conv"]), int(m["k"])))
-        elif m["pool"]:
-            layers.append(Layer("pool", int(m["pool"])))
-        elif m["maxpool"]:
-            layers.append(Layer("maxpool", int(m["maxpool"])))
-        elif m["fc"]:
-            layers.append(Layer("fc", int(m["fc"])))
-        else:
-            layers.append(Layer("out", int(m["out"])))
-    if not layers or layers[-1].kind != "out" or any(l.kind == "out" for l in layers[:-1]):
-        raise SpikeAdvError(f"spec {text!r}: must end with exactly one output token No, e.g. 10o")
-    seen_fc = False
-    for layer in layers:
-        seen_fc |= layer.kind in ("fc", "out")
-        if seen_fc and layer.kind in ("conv", "pool", "maxpool"):
-            raise SpikeAdvError(f"spec {text!r}: {layer.kind} layer after a fully connected layer")
-    return Spec(text, int(size[1]), int(size[2]), tuple(layers))
 
 
 def _scaled(n: int, width: float) -> int:
@@ -220,7 +146,7 @@ class Network(nn.Module):
         """The SNN's output currents ``[t, B, ...]`` chunk by chunk of time (neuron state carried over);
         with ``upto`` the input currents of that layer's activation site instead of the output layer's."""
         state: dict = {}
-        fold = devices.fold(x.device, 4 * self._largest_activation())  # a policy of the device
+        fold = runtime.fold(x.device, 4 * self._largest_activation())  # a policy of the device
         step = snn.chunk or max(1, min(snn.T, fold // (rows.total if rows else x.shape[0])))
         if self.training and self.batchnorm:
             # batch-norm in training normalises each call by its own statistics: all T steps in one

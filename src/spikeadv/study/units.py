@@ -1,6 +1,7 @@
-"""Adaptive evaluation of trained models (DESIGN section 8): the suite's ensemble worst case per image at
+"""The units of the adaptive evaluation (DESIGN section 8): the suite's ensemble worst case per image at
 each eps, the accuracy-vs-eps and -steps curves of its main estimators, EOT convergence, transfer from
-other models, and the gradient-masking checks (:mod:`.checks`), as one card per model.
+other models, and the gradient-masking checks (:mod:`spikeadv.attack.checks`), as one card per model
+(:mod:`.evaluation` says what to evaluate and schedules the units; :mod:`.card` writes the cards).
 
 Each unit (one model's ensemble at one eps, one estimator's curves, EOT, one transfer) is a record in
 ``FOLDER/cells/`` named by the hash of its recipe (model digest, images, suite pairs, eps, seed, version)
@@ -22,18 +23,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import __version__, checkpoint, data, devices
-from ..api import Model as Loaded
-from ..errors import SpikeAdvError
-from ..presets import Preset, StudyConfig, from_dict
-from ..study import executors
-from ..study.executors import Executor
-from ..study.plan import Task, digest, seed_of
-from ..study.tasks import Model, cached_record, predict
-from ..train import autocast
-from . import apgd, by_eps, checks, estimators, registry
-from . import card as cards_io
-from .suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
+from .. import runtime
+from ..attack import apgd, checks, estimators, registry
+from ..attack.suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
+from ..config.presets import StudyConfig
+from ..models.trained import Trained
+from ..records import cached_record, write_record
+from ..records.provenance import __version__, digest, seed_of
+from .compute import predict
 
 
 REVISION = 2  # of the attacks' semantics within a version: a change invalidates every cached unit
@@ -78,19 +75,19 @@ class Evaluation:
             start = time.perf_counter()
             saved = {"recipe": recipe, **compute(), "seconds": round(time.perf_counter() - start, 2)}
             if path is not None:
-                checkpoint.write_record(path, saved)
+                write_record(path, saved)
         return saved
 
-    def predict(self, model: Model, x: Tensor) -> Tensor:
+    def predict(self, model: Trained, x: Tensor) -> Tensor:
         return predict(model, x, self.setting.study, repeat=0)
 
-    def attack(self, model: Model, pair: Pair, x: Tensor, y: Tensor, eps: float, tag: object,
+    def attack(self, model: Trained, pair: Pair, x: Tensor, y: Tensor, eps: float, tag: object,
                trace: list | None = None) -> Tensor:
         """``pair`` on ``model`` for one batch: the source and generator seeded by what it serves."""
         seed = seed_of(self.setting.seed, model.sha256, pair.name, eps, tag)
         source = estimators.make(pair.estimator, model.net, model.snn, seed=seed)
-        gen = devices.generator(seed, x.device)
-        with autocast(self.setting.bf16, x.device):
+        gen = runtime.generator(seed, x.device)
+        with runtime.autocast(self.setting.bf16, x.device):
             if trace is not None:  # the curves' APGD-CE keeps its loss trace for the masking check
                 return apgd.apgd(source, x, y, eps / 255, pair.steps, generator=gen, trace=trace).float()
             return registry.get(pair.attack).run(source, x, y, eps / 255, steps=pair.steps, generator=gen).float()
@@ -100,7 +97,7 @@ class Evaluation:
 
     # --- units -----------------------------------------------------------------------------------------
 
-    def ensemble(self, model: Model, eps: float) -> dict:
+    def ensemble(self, model: Trained, eps: float) -> dict:
         """The worst case over the suite's pairs at ``eps`` (:func:`.suite.worst_case`)."""
         pairs = self.setting.suite.pairs(model.snn)
 
@@ -128,7 +125,7 @@ class Evaluation:
                                                         "pairs": [p.name for p in pairs],
                                                         "prune": self.setting.suite.prune}, compute)
 
-    def curves(self, model: Model, estimator: str) -> dict:
+    def curves(self, model: Trained, estimator: str) -> dict:
         """Accuracy vs eps and vs steps (APGD-CE) on the first ``curve_images`` images (the unbounded eps
         with the most steps), the loss trace of the longest run and the share of exactly-zero input
         gradients at the clean images."""
@@ -148,7 +145,7 @@ class Evaluation:
                     trace = keep if keep is not None else trace
                     bar.update(len(y) * steps)
             source = estimators.make(estimator, model.net, model.snn, seed=seed_of(self.setting.seed, "zero"))
-            with autocast(self.setting.bf16, x.device):
+            with runtime.autocast(self.setting.bf16, x.device):
                 grad = source.grad(x, y).flatten(1)
             return {"eps": {f"{e:g}": acc[(e, steps)] for e, steps in on_eps.items()},
                     "steps": {str(s): acc[(eps, s)] for s in suite.steps_curve}, "trace": trace,
@@ -161,7 +158,7 @@ class Evaluation:
                                                    "curve_steps": suite.curve_steps, "unbounded_steps": longest},
                           compute)
 
-    def eot(self, model: Model) -> dict | None:
+    def eot(self, model: Trained) -> dict | None:
         """EOT convergence: APGD-CE through BPTT averaged over n and 2n encoder draws (Poisson input only)."""
         if model.snn is None or model.snn.encoding != "poisson":
             return None
@@ -178,7 +175,7 @@ class Evaluation:
         return self._unit(f"{model.name}-eot", {"unit": "eot", "model": model.sha256, "eps": eps,
                                                 "draws": list(suite.eot_draws), "steps": suite.curve_steps}, compute)
 
-    def transfer(self, target: Model, source: Model, eps: float) -> dict:
+    def transfer(self, target: Trained, source: Trained, eps: float) -> dict:
         """Accuracy of ``target`` on the suite's first attack crafted on ``source`` with its first
         estimator (blackbox transfer, paper section V)."""
         pair = self.setting.suite.pairs(source.snn)[0]
@@ -199,7 +196,7 @@ class Evaluation:
 
     # --- one model -------------------------------------------------------------------------------------
 
-    def card(self, model: Model, transfer: list[Model] = ()) -> dict:
+    def card(self, model: Trained, transfer: list[Trained] = ()) -> dict:
         """Everything evaluated on ``model`` and its masking checks, as a JSON-ready card."""
         suite = self.setting.suite
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
@@ -234,156 +231,3 @@ class Evaluation:
         card["checks"] = checks.as_records(checks.check_card(card))
         card["seconds"] = round(time.perf_counter() - start, 1)
         return card
-
-
-# --- what to evaluate --------------------------------------------------------------------------------
-
-def eps_values(values: list[float]) -> tuple[float, ...]:
-    """eps in 1/255 units, each in (0, 255], refused with one line otherwise."""
-    for e in values:
-        if not 0 < e <= 255:
-            raise SpikeAdvError(f"eps is in 1/255 units and must be in (0, 255], got {e:g} (e.g. --eps 8)")
-    if not values:
-        raise SpikeAdvError("give at least one eps (1/255 units), e.g. --eps 8")
-    return tuple(dict.fromkeys(values))
-
-
-def targets(path: Path, images: int | None, root: Path | None, device: torch.device = torch.device("cpu")
-            ) -> tuple[list[Model], dict[str, list[Model]], Tensor, Tensor, dict]:
-    """The models to evaluate at ``path`` (a run directory: instance 0 of each kind, with instance 1 of
-    its kind and the ANN's instance 1 as transfer sources; or one checkpoint), the test images (the
-    study's, or the first ``images`` of the checkpoint's test set) and the recorded settings, all on
-    ``device``."""
-    if path.is_dir():
-        try:
-            preset = from_dict(Preset, json.loads((path / "run.json").read_text())["preset"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SpikeAdvError(f"{path} is not a study's run directory ({e}); pass one, or a checkpoint") from None
-        test = data.load(preset.dataset, "test", root)
-        test = test.subset(preset.test_subset) if preset.test_subset else test
-        n = images or preset.study.images
-        models = {(k, i): Loaded.from_run(path, k, i, device) for k in ("ann", "snn1", "snn2") for i in (0, 1)}
-        evaluated = [models[(k, 0)] for k in ("ann", "snn1", "snn2")]
-        sources = {m.name: [models[(m.kind, 1)], *([models[("ann", 1)]] if m.kind != "ann" else [])]
-                   for m in evaluated}
-        recorded = {"batch_size": preset.study.batch_size, "bf16": preset.study.bf16, "seed": preset.study.seed}
-    else:
-        model = Loaded.load(path, device=device)
-        name = model.meta.get("data", {}).get("dataset")
-        if name is None:
-            raise SpikeAdvError(f"{path} does not record its dataset, so its test images are unknown")
-        test = data.load(name, "test", root)
-        n, evaluated, sources = images or 500, [model], {model.name: []}
-        recorded = {}
-    if n > len(test):
-        raise SpikeAdvError(f"--images {n} exceeds the {len(test)} test images")
-    x, y = data.to_float(test.images[:n]).to(device), test.labels[:n].long().to(device)
-    return evaluated, sources, x, y, recorded
-
-
-def custom_suite(base: Suite, specs: list[str]) -> Suite:
-    """``base`` with its ensembles replaced by ``ESTIMATOR/ATTACK[/STEPS]`` pairs, each given to the
-    model kinds its estimator applies to (an unknown estimator or attack refused here)."""
-    pairs = []
-    for spec in specs:
-        parts = spec.split("/")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
-            raise SpikeAdvError(f"--pair {spec!r}: expected ESTIMATOR/ATTACK[/STEPS], e.g. bptt/apgd-ce/100")
-        attack = registry.get(parts[1])
-        estimators.parse(parts[0])
-        pairs.append(Pair(parts[0], parts[1], int(parts[2]) if len(parts) == 3 else attack.steps))
-    fits = {kind: tuple(p for p in pairs if kind in estimators.ESTIMATORS[estimators.parse(p.estimator)[0]].kinds)
-            for kind in ("ann", "snn")}
-    return dataclasses.replace(base, name=f"{base.name}+pairs", ann=fits["ann"], snn=fits["snn"], poisson=())
-
-
-def units(models: list[Model], sources: dict[str, list[Model]], setting: Setting, images: int) -> list[Task]:
-    """The evaluation's units as independent tasks (for an executor to run anywhere, filling the cache
-    the card is then read from): each model's ensemble per eps, curves per estimator and EOT, and the
-    transfers from each source per eps (one task per source set, shared by its targets). Cost: image-steps."""
-    suite, curve = setting.suite, min(images, setting.suite.curve_images)
-    out = []
-    for m in models:
-        steps = sum(p.steps for p in suite.pairs(m.snn))
-        out += [Task(f"{m.name}-eps{e:g}", "unit", {"unit": "ensemble", "model": m.name, "eps": e}, cost=images * steps)
-                for e in setting.eps]
-        points = len(suite.eps_curve) + len(suite.steps_curve)
-        out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
-                     cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn)]
-        if m.snn is not None and m.snn.encoding == "poisson":
-            out.append(Task(f"{m.name}-eot", "unit", {"unit": "eot", "model": m.name},
-                            cost=curve * suite.curve_steps * sum(suite.eot_draws)))
-    for source in {s.name: s for group in sources.values() for s in group}.values():
-        out += [Task(f"from-{source.name}-eps{e:g}", "unit", {"unit": "transfer", "source": source.name, "eps": e},
-                     cost=images * suite.pairs(source.snn)[0].steps) for e in setting.eps]
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _evaluation(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str) -> tuple:
-    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None, devices.resolve(device))
-    return Evaluation(setting, x, y, Path(out), log=lambda line: None), models, sources
-
-
-def run_unit(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str, task: Task,
-             deps: dict[str, dict]) -> dict:
-    """One unit of :func:`units` on any process (on ``device`` as it sees it), written to ``out``'s cache."""
-    evaluation, models, sources = _evaluation(path, setting, images, out, root, device)
-    unit, by_name = task.recipe, {m.name: m for group in ([*models], *sources.values()) for m in group}
-    if unit["unit"] == "transfer":
-        for target in models:
-            if unit["source"] in (s.name for s in sources[target.name]):
-                evaluation.transfer(target, by_name[unit["source"]], unit["eps"])
-    elif unit["unit"] == "ensemble":
-        evaluation.ensemble(by_name[unit["model"]], unit["eps"])
-    elif unit["unit"] == "curves":
-        evaluation.curves(by_name[unit["model"]], unit["estimator"])
-    else:
-        evaluation.eot(by_name[unit["model"]])
-    return {}
-
-
-def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int | None = None,
-                  out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print,
-                  executor: Executor = Executor()) -> list[Path]:
-    """Evaluate a run directory's models (or one checkpoint) and write the card into ``out`` (default:
-    RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE). On a Ray ``executor`` the
-    units run as Ray tasks first; the card is then made here from their cached records."""
-    models, sources, x, y, recorded = targets(path, images, root, executors.driver_device(executor))
-    for model in models:  # every model's pairs accepted or refused before anything is written
-        check_pairs(suite.pairs(model.snn), model.snn, model.name)
-    if out is None:
-        out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name
-    setting = Setting(suite, eps, **recorded)
-    if executor.kind == "ray":
-        executors.check(executor)
-        leave = executors.connect(executor)
-        try:
-            todo = units(models, sources, setting, len(y))
-            log(f"{len(todo)} evaluation units on {executor.describe()}")
-            executors.on_ray(todo, functools.partial(run_unit, str(path.resolve()), setting, images,
-                                                     str(out.resolve()), str(root.resolve()) if root else None,
-                                                     executor.device), executor)
-        finally:
-            leave()
-    evaluation = Evaluation(setting, x, y, out, log)
-    log(f"evaluating {', '.join(m.name for m in models)} on {len(y)} images at eps {', '.join(f'{e:g}' for e in eps)}/255 "
-        f"with the {suite.name} suite -> {out}")
-    start, done = time.perf_counter(), []
-    for model in models:
-        done.append(evaluation.card(model, sources[model.name]))
-        failed = [c for c in done[-1]["checks"] if c["passed"] is False]
-        log(f"{model.name}: worst case " + ", ".join(f"{100 * e['worst_acc']:.1f}% at eps {k}"
-                                                     for k, e in by_eps(done[-1]["eps"]))
-            + f" ({done[-1]['seconds']:.0f} s); " + (f"{len(failed)} masking check(s) failed" if failed
-                                                       else "masking checks pass"))
-    return cards_io.write(out, done, {**card_meta(str(path), setting, x, y),
-                                      "seconds": round(time.perf_counter() - start, 1)})
-
-
-def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
-    """What a card records about its evaluation: what was evaluated, how, on which images, with what."""
-    return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "images": len(y),
-            "prune": setting.suite.prune,
-            "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
-            "versions": checkpoint.versions(), "device": str(x.device), "command": checkpoint.command_line()}

@@ -1,10 +1,11 @@
-"""Evaluating a model spikeadv did not build: any ``torch.nn.Module`` or callable that maps images in
-[0, 1] to logits, and :class:`TimeLoop`, which turns an SNN of another library (SpikingJelly, snnTorch,
-Norse) into one, handling its time dimension, input encoding and state reset.
+"""Models spikeadv did not build: any ``torch.nn.Module`` or callable that maps images in [0, 1] to logits
+(:func:`as_model`), and :class:`TimeLoop`, which turns an SNN of another library (SpikingJelly, snnTorch,
+Norse) into one, handling its time dimension, input encoding and state reset. ``spikeadv.evaluate``
+(:func:`spikeadv.api.evaluate`) attacks them.
 
 Usage::
 
-    from spikeadv.attack.external import TimeLoop, evaluate
+    from spikeadv import TimeLoop, evaluate
     from spikingjelly.activation_based import functional
     model = TimeLoop(sj_net, T=8, reset=functional.reset_net, encoding="poisson")
     card = evaluate(model, x, y, eps=(8,), suite="quick")      # x in [0, 1], eps in 1/255 units
@@ -24,12 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint, devices
-from ..neurons import encode
-from ..study.tasks import Model
-from . import card as cards_io
-from . import suite as suites
-from .evaluate import Evaluation, Setting, card_meta, eps_values
+from .. import runtime
+from ..records import checkpoint
+from .neurons import encode
+from .trained import Trained
 
 
 class TimeLoop(nn.Module):
@@ -53,7 +52,7 @@ class TimeLoop(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.generator is None or self.generator.device != x.device:
-            self.generator = devices.generator(self.seed, x.device)
+            self.generator = runtime.generator(self.seed, x.device)
         if self.reset is not None:
             self.reset(self.module)
         frames = encode(x, self.T, self.encoding, self.generator)
@@ -62,26 +61,11 @@ class TimeLoop(nn.Module):
         return sum(self.module(frames[t]) for t in range(self.T)) / self.T
 
 
-def as_model(model: nn.Module | Callable[[Tensor], Tensor], name: str = "model") -> Model:
+def as_model(model: nn.Module | Callable[[Tensor], Tensor], name: str = "model") -> Trained:
     """A model to evaluate: spikeadv's own as it is, anything else as a classifier of images in [0, 1]
     (its digest covers a module's weights, so cached units follow the weights)."""
-    if isinstance(model, Model):
+    if isinstance(model, Trained):
         return model
     weights = model.state_dict() if isinstance(model, nn.Module) else {}
     digest = checkpoint.tensors_digest({k: v.detach().cpu() for k, v in weights.items()}, f"{type(model).__name__}")
-    return Model("model", 0, model, None, Path(name), digest, {})
-
-
-def evaluate(model: nn.Module | Callable[[Tensor], Tensor] | Model, x: Tensor, y: Tensor, eps: tuple[float, ...] = (8,),
-             suite: str = "quick", out: Path | None = None, name: str = "model", seed: int = 0,
-             batch_size: int = 125, log: Callable[[str], None] = print) -> dict:
-    """The adaptive evaluation of one model on images ``x`` in [0, 1] with labels ``y`` (eps in 1/255
-    units): its card (:meth:`.evaluate.Evaluation.card`); with ``out`` also written there as card.json,
-    card.md, rows.jsonl and a plot, units cached for a rerun."""
-    target = as_model(model, name)
-    chosen = suites.get(suite)
-    setting = Setting(chosen, eps_values(list(eps)), seed=seed, batch_size=batch_size)
-    card = Evaluation(setting, x, y, None if out is None else Path(out), log).card(target)
-    if out is not None:
-        cards_io.write(Path(out), [card], card_meta(name, setting, x, y))
-    return card
+    return Trained("model", 0, model, None, Path(name), digest, {})

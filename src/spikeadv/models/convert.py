@@ -24,12 +24,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint, devices
-from .arch import Network
-from .data import Dataset, to_float
-from .errors import SpikeAdvError
-from .neurons import Spiking
-from .presets import Preset, as_dict
+from .. import runtime
+from ..config.presets import Preset, as_dict
+from ..config.spiking import Spiking
+from ..data import Dataset, to_float
+from ..errors import SpikeAdvError
+from ..records import checkpoint, file_digest, provenance
+from .network import Network
+from .trained import load_network, model_state
 
 METHODS = ("spike", "activation")
 
@@ -82,7 +84,7 @@ def convert(
         if pool:  # a neuron after pooling (or none, threshold unused): rates scale by 1 / threshold
             threshold = torch.tensor(pool_threshold if snn.spike_after_pool else 1.0)
         elif method == "spike":
-            gen = devices.generator(seed, images.device)  # the same input spikes for every layer
+            gen = runtime.generator(seed, images.device)  # the same input spikes for every layer
             threshold = max(c.max() for c in net.timesteps(images, snn, gen, upto=i)).float().cpu()
         else:
             threshold = activations[i] / below
@@ -114,7 +116,7 @@ def proxy_scales(net: Network) -> list[float]:
 
 
 def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dataset, seed: int, out: Path,
-                 recipe: dict | None = None, device: torch.device | str = "cpu") -> Network:
+                 recipe: dict | None = None, device: torch.device | str | None = None) -> Network:
     """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed``, balanced on
     ``device``), written to ``out`` with its thresholds, proxy scales, balancing images and the
     parent's SHA-256."""
@@ -122,23 +124,24 @@ def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dat
 
     c = preset.snn1
     start = time.perf_counter()
-    ann, parent = checkpoint.load_model(ann_path, device)
+    device = runtime.device(device)
+    ann, parent = load_network(ann_path, device)
     if parent.get("kind") != "ann":
         raise SpikeAdvError(f"{ann_path} is a {parent.get('kind')} checkpoint; convert needs an ANN")
     if parent["data"]["train"] != train_ds.digest:
         raise SpikeAdvError(f"{ann_path} was trained on other data than the preset's {preset.dataset}")
     snn = c.spiking()
     held = train_ds.images.device
-    idx = torch.randperm(len(train_ds), generator=devices.generator(seed, held), device=held)[:c.images]
+    idx = torch.randperm(len(train_ds), generator=runtime.generator(seed, held), device=held)[:c.images]
     net = convert(ann, to_float(train_ds.images[idx].to(device)), snn, method=c.method, pool_threshold=c.pool_threshold,
                   percentile=c.percentile, seed=seed)
     meta = {
         **record("snn1", preset, train_ds, test_ds, recipe),
         "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
-        "parent": {"path": str(ann_path), "sha256": checkpoint.file_digest(ann_path), "seed": parent["seed"]},
+        "parent": {"path": str(ann_path), "sha256": file_digest(ann_path), "seed": parent["seed"]},
         "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
         "proxy_scales": proxy_scales(net), "seconds": round(time.perf_counter() - start, 2),
-        "versions": checkpoint.versions(), "command": checkpoint.command_line(), "device": str(device),
+        "versions": provenance.versions(), "command": provenance.command_line(), "device": str(device),
     }
-    checkpoint.save(out, checkpoint.model_state(net), meta)
+    checkpoint.save(out, model_state(net), meta)
     return net

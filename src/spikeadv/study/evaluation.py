@@ -1,0 +1,205 @@
+"""The adaptive evaluation of a run directory's models, a checkpoint or any model (DESIGN section 8): what
+to evaluate, its units (:mod:`.units`) as tasks for an executor, and the robustness card (:mod:`.card`).
+
+Each unit (one model's ensemble at one eps, one estimator's curves, EOT, one transfer) is a record in
+``FOLDER/cells/`` named by the hash of its recipe (model digest, images, suite pairs, eps, seed, version)
+with a digest of its content, so a rerun reuses what exists and an interrupted evaluation resumes.
+Every random draw (encoder spikes, random starts, Square's squares) is seeded by the unit's recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .. import data, runtime
+from ..attack import estimators, registry
+from ..attack import suite as suites
+from ..attack.suite import Pair, Suite, check_pairs
+from ..config.grid import KINDS, by_eps
+from ..config.presets import Preset, from_dict
+from ..errors import SpikeAdvError
+from ..models.foreign import as_model
+from ..models.trained import Trained
+from ..records import read_json
+from ..records.provenance import command_line, digest, versions
+from . import card as cards
+from . import executors
+from .executors import Executor
+from .plan import Task
+from .rundir import load_model
+from .units import Evaluation, Setting
+
+
+def eps_values(values: list[float]) -> tuple[float, ...]:
+    """eps in 1/255 units, each in (0, 255], refused with one line otherwise."""
+    for e in values:
+        if not 0 < e <= 255:
+            raise SpikeAdvError(f"eps is in 1/255 units and must be in (0, 255], got {e:g} (e.g. --eps 8)")
+    if not values:
+        raise SpikeAdvError("give at least one eps (1/255 units), e.g. --eps 8")
+    return tuple(dict.fromkeys(values))
+
+
+def targets(path: Path, images: int | None, root: Path | None, device: torch.device | None = None
+            ) -> tuple[list[Trained], dict[str, list[Trained]], Tensor, Tensor, dict]:
+    """The models to evaluate at ``path`` (a run directory: instance 0 of each kind, with instance 1 of
+    its kind and the ANN's instance 1 as transfer sources; or one checkpoint), the test images (the
+    study's, or the first ``images`` of the checkpoint's test set) and the recorded settings, all on
+    ``device`` (None: this process's)."""
+    device = runtime.device(device)
+    if path.is_dir():
+        record = read_json(path / "run.json", "; pass a study's run directory, or a checkpoint")
+        try:
+            preset = from_dict(Preset, record["preset"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SpikeAdvError(f"{path} is not a study's run directory ({e}); pass one, or a checkpoint") from None
+        test = data.load(preset.dataset, "test", root)
+        test = test.subset(preset.test_subset) if preset.test_subset else test
+        n = images or preset.study.images
+        models = {(k, i): load_model(path, k, i, device) for k in KINDS for i in (0, 1)}
+        evaluated = [models[(k, 0)] for k in KINDS]
+        sources = {m.name: [models[(m.kind, 1)], *([models[("ann", 1)]] if m.kind != "ann" else [])]
+                   for m in evaluated}
+        recorded = {"batch_size": preset.study.batch_size, "bf16": preset.study.bf16, "seed": preset.study.seed}
+    else:
+        model = Trained.load(path, device=device)
+        name = model.meta.get("data", {}).get("dataset")
+        if name is None:
+            raise SpikeAdvError(f"{path} does not record its dataset, so its test images are unknown")
+        test = data.load(name, "test", root)
+        n, evaluated, sources = images or 500, [model], {model.name: []}
+        recorded = {}
+    if n > len(test):
+        raise SpikeAdvError(f"--images {n} exceeds the {len(test)} test images")
+    x, y = data.to_float(test.images[:n]).to(device), test.labels[:n].long().to(device)
+    return evaluated, sources, x, y, recorded
+
+
+def custom_suite(base: Suite, specs: list[str]) -> Suite:
+    """``base`` with its ensembles replaced by ``ESTIMATOR/ATTACK[/STEPS]`` pairs, each given to the
+    model kinds its estimator applies to (an unknown estimator or attack refused here)."""
+    pairs = []
+    for spec in specs:
+        parts = spec.split("/")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
+            raise SpikeAdvError(f"--pair {spec!r}: expected ESTIMATOR/ATTACK[/STEPS], e.g. bptt/apgd-ce/100")
+        attack = registry.get(parts[1])
+        estimators.parse(parts[0])
+        pairs.append(Pair(parts[0], parts[1], int(parts[2]) if len(parts) == 3 else attack.steps))
+    fits = {kind: tuple(p for p in pairs if kind in estimators.ESTIMATORS[estimators.parse(p.estimator)[0]].kinds)
+            for kind in ("ann", "snn")}
+    return dataclasses.replace(base, name=f"{base.name}+pairs", ann=fits["ann"], snn=fits["snn"], poisson=())
+
+
+def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Setting, images: int) -> list[Task]:
+    """The evaluation's units as independent tasks (for an executor to run anywhere, filling the cache
+    the card is then read from): each model's ensemble per eps, curves per estimator and EOT, and the
+    transfers from each source per eps (one task per source set, shared by its targets). Cost: image-steps."""
+    suite, curve = setting.suite, min(images, setting.suite.curve_images)
+    out = []
+    for m in models:
+        steps = sum(p.steps for p in suite.pairs(m.snn))
+        out += [Task(f"{m.name}-eps{e:g}", "unit", {"unit": "ensemble", "model": m.name, "eps": e}, cost=images * steps)
+                for e in setting.eps]
+        points = len(suite.eps_curve) + len(suite.steps_curve)
+        out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
+                     cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn)]
+        if m.snn is not None and m.snn.encoding == "poisson":
+            out.append(Task(f"{m.name}-eot", "unit", {"unit": "eot", "model": m.name},
+                            cost=curve * suite.curve_steps * sum(suite.eot_draws)))
+    for source in {s.name: s for group in sources.values() for s in group}.values():
+        out += [Task(f"from-{source.name}-eps{e:g}", "unit", {"unit": "transfer", "source": source.name, "eps": e},
+                     cost=images * suite.pairs(source.snn)[0].steps) for e in setting.eps]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _evaluation(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str) -> tuple:
+    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None, runtime.resolve(device))
+    return Evaluation(setting, x, y, Path(out), log=lambda line: None), models, sources
+
+
+def run_unit(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str, task: Task,
+             deps: dict[str, dict]) -> dict:
+    """One unit of :func:`units` on any process (on ``device`` as it sees it), written to ``out``'s cache."""
+    evaluation, models, sources = _evaluation(path, setting, images, out, root, device)
+    unit, by_name = task.recipe, {m.name: m for group in ([*models], *sources.values()) for m in group}
+    if unit["unit"] == "transfer":
+        for target in models:
+            if unit["source"] in (s.name for s in sources[target.name]):
+                evaluation.transfer(target, by_name[unit["source"]], unit["eps"])
+    elif unit["unit"] == "ensemble":
+        evaluation.ensemble(by_name[unit["model"]], unit["eps"])
+    elif unit["unit"] == "curves":
+        evaluation.curves(by_name[unit["model"]], unit["estimator"])
+    else:
+        evaluation.eot(by_name[unit["model"]])
+    return {}
+
+
+def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int | None = None,
+                  out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print,
+                  executor: Executor = Executor()) -> list[Path]:
+    """Evaluate a run directory's models (or one checkpoint) and write the card into ``out`` (default:
+    RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE). On a Ray ``executor`` the
+    units run as Ray tasks first; the card is then made here from their cached records."""
+    models, sources, x, y, recorded = targets(path, images, root, executors.driver_device(executor))
+    for model in models:  # every model's pairs accepted or refused before anything is written
+        check_pairs(suite.pairs(model.snn), model.snn, model.name)
+    if out is None:
+        out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name
+    setting = Setting(suite, eps, **recorded)
+    if executor.kind == "ray":
+        executors.check(executor)
+        leave = executors.connect(executor)
+        try:
+            todo = units(models, sources, setting, len(y))
+            log(f"{len(todo)} evaluation units on {executor.describe()}")
+            executors.on_ray(todo, functools.partial(run_unit, str(path.resolve()), setting, images,
+                                                     str(out.resolve()), str(root.resolve()) if root else None,
+                                                     executor.device), executor)
+        finally:
+            leave()
+    evaluation = Evaluation(setting, x, y, out, log)
+    log(f"evaluating {', '.join(m.name for m in models)} on {len(y)} images at eps {', '.join(f'{e:g}' for e in eps)}/255 "
+        f"with the {suite.name} suite -> {out}")
+    start, done = time.perf_counter(), []
+    for model in models:
+        done.append(evaluation.card(model, sources[model.name]))
+        failed = [c for c in done[-1]["checks"] if c["passed"] is False]
+        log(f"{model.name}: worst case " + ", ".join(f"{100 * e['worst_acc']:.1f}% at eps {k}"
+                                                     for k, e in by_eps(done[-1]["eps"]))
+            + f" ({done[-1]['seconds']:.0f} s); " + (f"{len(failed)} masking check(s) failed" if failed
+                                                       else "masking checks pass"))
+    return cards.write(out, done, {**card_meta(str(path), setting, x, y),
+                                      "seconds": round(time.perf_counter() - start, 1)})
+
+
+def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
+    """What a card records about its evaluation: what was evaluated, how, on which images, with what."""
+    return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "images": len(y),
+            "prune": setting.suite.prune,
+            "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
+            "versions": versions(), "device": str(x.device), "command": command_line()}
+
+
+def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor, eps: tuple[float, ...] = (8,),
+             suite: str = "quick", out: Path | None = None, name: str = "model", seed: int = 0,
+             batch_size: int = 125, log: Callable[[str], None] = print) -> dict:
+    """The adaptive evaluation of one model on images ``x`` in [0, 1] with labels ``y`` (eps in 1/255
+    units): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
+    card.md, rows.jsonl and a plot, units cached for a rerun."""
+    target = as_model(model, name)
+    chosen = suites.get(suite)
+    setting = Setting(chosen, eps_values(list(eps)), seed=seed, batch_size=batch_size)
+    card = Evaluation(setting, x, y, None if out is None else Path(out), log).card(target)
+    if out is not None:
+        cards.write(Path(out), [card], card_meta(name, setting, x, y))
+    return card
