@@ -38,13 +38,13 @@ import snn_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 
 from spikeadv import runtime
+from spikeadv.config.presets import get_preset  # noqa: E402
+from spikeadv.config.spiking import Spiking  # noqa: E402
+from spikeadv.data import synthetic  # noqa: E402
 from spikeadv.models import neurons  # noqa: E402
 from spikeadv.models.network import Network  # noqa: E402
-from spikeadv.data import synthetic  # noqa: E402
-from spikeadv.config.spiking import Spiking  # noqa: E402
-from spikeadv.config.presets import get_preset  # noqa: E402
-from spikeadv.study import plan  # noqa: E402
 from spikeadv.runtime import autocast  # noqa: E402
+from spikeadv.study import plan  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikeadv.models.network import Network
 from spikeadv.config.spiking import Spiking
+from spikeadv.models.network import Network
 
 LEAK = 0.9
 

@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikeadv.models.network import Network
-from spikeadv.runtime import synchronize
-from spikeadv.data import synthetic, to_float
 from spikeadv.config.presets import get_preset
-from spikeadv.runtime import autocast
+from spikeadv.data import synthetic, to_float
+from spikeadv.models.network import Network
 from spikeadv.models.train import train
+from spikeadv.runtime import autocast, synchronize
 
 
 def build(preset) -> Network:

@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import dependency
 from test_attacks import FLOAT_TOL, MEAN, SPEC, STD, assert_in_ball, labels, linear, one_thread, small_images  # noqa: F401
 
-from conftest import dependency
-from spikeadv.models.network import Network
-from spikeadv.config.grid import STUDY_ATTACKS
-from spikeadv.attack import registry
 from spikeadv.attack import estimators as sources
+from spikeadv.attack import registry
 from spikeadv.attack.apgd import apgd, apgd_t, checkpoints
 from spikeadv.attack.attacks import ifgsm, pgd, targets
 from spikeadv.attack.estimators import Source
 from spikeadv.attack.losses import dlr, dlr_targeted, margin
 from spikeadv.attack.square import square
+from spikeadv.config.grid import STUDY_ATTACKS
 from spikeadv.data import synthetic, to_float
 from spikeadv.errors import SpikeAdvError
+from spikeadv.models.network import Network
 
 EPS = 20 / 255  # where 100-step APGD leaves about 20% of the trained net's test images, FGSM about 45%
 

@@ -13,8 +13,8 @@ import torch
 
 import spikeadv
 from spikeadv import data
-from spikeadv.records import outcomes
 from spikeadv.attack.estimators import Source
+from spikeadv.records import outcomes
 
 README = Path(__file__).parents[1] / "README.md"
 

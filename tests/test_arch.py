@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from spikeadv.config.spec import SPECS, parse_spec
-from spikeadv.models.network import Network, fold_batchnorm, macs
 from spikeadv.errors import SpikeAdvError
+from spikeadv.models.network import Network, fold_batchnorm, macs
 
 CIFAR = dict(in_channels=3, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 

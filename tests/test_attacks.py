@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import dependency
+
 from spikeadv.attack import attacks
 from spikeadv.attack import estimators as sources
-from spikeadv.models.network import Network
-from spikeadv.config.grid import STUDY_ATTACKS, check
 from spikeadv.attack.attacks import fgsm, ifgsm, pgd, rfgsm, targets
-from spikeadv.models.convert import convert
-from spikeadv.errors import SpikeAdvError
-from spikeadv.config.spiking import Spiking
 from spikeadv.attack.estimators import Source
+from spikeadv.config.grid import STUDY_ATTACKS, check
+from spikeadv.config.spiking import Spiking
+from spikeadv.errors import SpikeAdvError
+from spikeadv.models.convert import convert
+from spikeadv.models.network import Network
 
 SPEC = "16x16-8c3-2s-16c3-2s-32fc-10o"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)

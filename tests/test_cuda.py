@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeadv import report, cli, data
-from spikeadv.records import checkpoint
-from spikeadv import runtime
-from spikeadv.models.network import Network, fold_batchnorm
+from spikeadv import cli, data, report, runtime
 from spikeadv.config.presets import get_preset
+from spikeadv.models.network import Network, fold_batchnorm
 from spikeadv.models.train import fit
+from spikeadv.records import checkpoint
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on one: pytest -m cuda)")]

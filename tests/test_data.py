@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from spikeadv import data
-from spikeadv.data import fetchers
-from spikeadv.data import DATASETS, Augmentation, DatasetInfo, augment, batches, load, prepare, synthetic
+from spikeadv.data import DATASETS, Augmentation, DatasetInfo, augment, batches, fetchers, load, prepare, synthetic
 from spikeadv.data.fetchers import decode_cifar_binary, decode_idx, decode_sprite
 from spikeadv.errors import SpikeAdvError
 

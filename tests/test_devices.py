@@ -9,23 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_faults import one_line_error, spikeadv
 
-from spikeadv.models import trained
-from spikeadv import report, records
-from spikeadv import cli, data, study
-from spikeadv.records import checkpoint
-from spikeadv import runtime
-from spikeadv.models.network import Network
-from spikeadv.models.convert import convert_file
-from spikeadv.errors import SpikeAdvError
-from spikeadv.config.spiking import Spiking
+from spikeadv import cli, data, records, report, runtime, study
 from spikeadv.config.presets import get_preset
+from spikeadv.config.spiking import Spiking
+from spikeadv.errors import SpikeAdvError
+from spikeadv.models import trained
+from spikeadv.models.convert import convert_file
+from spikeadv.models.network import Network
+from spikeadv.models.train import fit
+from spikeadv.models.trained import Trained
+from spikeadv.records import checkpoint
 from spikeadv.study import compute, executors
 from spikeadv.study.plan import Job
-from spikeadv.models.trained import Trained
-from spikeadv.models.train import fit
-
-from test_faults import one_line_error, spikeadv
 
 
 def cpu_build(monkeypatch):

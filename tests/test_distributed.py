@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from spikeadv import cli
-from spikeadv.records import checkpoint
-from spikeadv.models.network import Network
-from spikeadv.data import augmentation, batches, synthetic
-from spikeadv.runtime.distributed import Group, Rows, bernoulli, dropout
-from spikeadv.errors import SpikeAdvError
-from spikeadv.config.spiking import Spiking
 from spikeadv.config.presets import get_preset
+from spikeadv.config.spiking import Spiking
+from spikeadv.data import augmentation, batches, synthetic
+from spikeadv.errors import SpikeAdvError
+from spikeadv.models.network import Network
 from spikeadv.models.train import fit
+from spikeadv.records import checkpoint
+from spikeadv.runtime.distributed import Group, Rows, bernoulli, dropout
 
 ATOL = 1e-4  # weights of magnitude 0.1-1 after 4 SGD steps differ by about 1e-5 (see the docstring)
 HALVES = (Rows(0, 32, 64), Rows(32, 32, 64))

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from spikeadv import cli, report
-from spikeadv.records import outcomes
 from spikeadv.api import Model
 from spikeadv.attack import checks, estimators, suite
-from spikeadv.study import evaluation, units
-from spikeadv.errors import SpikeAdvError
 from spikeadv.config.spiking import Spiking
+from spikeadv.errors import SpikeAdvError
+from spikeadv.records import outcomes
+from spikeadv.study import evaluation, units
 
 QUICK = ["--suite", "quick", "--images", "24", "--eps", "8"]
 

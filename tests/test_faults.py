@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from spikeadv import report, records
-from spikeadv import cli, study
-from spikeadv.records import checkpoint
-from spikeadv.errors import SpikeAdvError
+from spikeadv import cli, records, report, study
 from spikeadv.config.presets import get_preset
+from spikeadv.errors import SpikeAdvError
+from spikeadv.records import checkpoint
 from spikeadv.report import load_run, sanity_checks
 
 

@@ -7,15 +7,13 @@ is enough even when other modules imported spikeadv first. ``pytest -m cuda`` ru
 
 import pytest
 import torch
-
-from spikeadv.models import kernels
-from spikeadv.models import neurons
-from spikeadv.models.network import Network
-from spikeadv.errors import SpikeAdvError
-from spikeadv.config.spiking import SURROGATES, Spiking
-from spikeadv.models.neurons import spike_train
-
 from conftest import dependency
+
+from spikeadv.config.spiking import SURROGATES, Spiking
+from spikeadv.errors import SpikeAdvError
+from spikeadv.models import kernels, neurons
+from spikeadv.models.network import Network
+from spikeadv.models.neurons import spike_train
 
 dependency("triton", linux_x86_only=True)
 

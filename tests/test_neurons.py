@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from spikeadv import runtime
+from spikeadv.config.spiking import SURROGATES, Spiking
+from spikeadv.errors import SpikeAdvError
 from spikeadv.models import neurons
 from spikeadv.models.network import Network
-from spikeadv.errors import SpikeAdvError
-from spikeadv.config.spiking import SURROGATES, Spiking
 from spikeadv.models.neurons import SpikeFn, encode, spike_train, surrogate_grad
 
 

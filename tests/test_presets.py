@@ -2,9 +2,9 @@
 
 import pytest
 
-from spikeadv.models.network import Network
-from spikeadv.errors import SpikeAdvError
 from spikeadv.config.presets import PRESETS, get_preset
+from spikeadv.errors import SpikeAdvError
+from spikeadv.models.network import Network
 from spikeadv.models.train import lr_at
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from spikeadv import cli, study
 from spikeadv.api import Model
-from spikeadv.data import load, to_float
 from spikeadv.config.presets import get_preset
+from spikeadv.data import load, to_float
 
 SMALL = [a for s in ("study.eps=8", "study.fig4_eps=8", "study.fig4_steps=2", "study.extra_eps=8",
                       "study.attacks=fgsm,ifgsm,tifgsm", "study.gradients=snnadv,bptt") for a in ("--set", s)]

@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 
-from spikeadv.models import trained
 from spikeadv import records
-from spikeadv.models.network import Network
-from spikeadv.models.convert import convert, proxy_scales
+from spikeadv.config.presets import get_preset
+from spikeadv.config.spiking import Spiking
 from spikeadv.data import load, to_float
 from spikeadv.errors import SpikeAdvError
-from spikeadv.config.spiking import Spiking
+from spikeadv.models import trained
+from spikeadv.models.convert import convert, proxy_scales
+from spikeadv.models.network import Network
 from spikeadv.models.neurons import encode
-from spikeadv.config.presets import get_preset
 from spikeadv.models.train import accuracy, train
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from spikeadv import cli, study
+from spikeadv.config.presets import StudyConfig, get_preset
+from spikeadv.config.spiking import Spiking
+from spikeadv.data import load
+from spikeadv.models.network import Network
 from spikeadv.models.trained import Trained
 from spikeadv.records import outcomes
-from spikeadv.models.network import Network
-from spikeadv.data import load
-from spikeadv.config.spiking import Spiking
-from spikeadv.config.presets import StudyConfig, get_preset
 from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
 
 SMOKE = get_preset("smoke")

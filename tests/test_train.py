@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spikeadv.models import trained
-from spikeadv.records import checkpoint
-from spikeadv.models.network import Network
+from spikeadv.config.presets import get_preset
 from spikeadv.data import load, synthetic
 from spikeadv.errors import SpikeAdvError
-from spikeadv.config.presets import get_preset
+from spikeadv.models.network import Network
 from spikeadv.models.train import accuracy, train
+from spikeadv.models.trained import load_network
+from spikeadv.records import checkpoint
 
 
 def spikeadv(*args, cwd=None, env=None):
@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 def test_smoke_ann_learns_the_synthetic_set(trained):
     out, _ = trained
-    net, meta = trained.load_network(out)
+    net, meta = load_network(out)
     acc = accuracy(net, load("synthetic", "test"))
     chance = 100 / net.classes
     assert acc >= 80 > 4 * chance, acc
@@ -112,7 +112,7 @@ def test_batchnorm_is_folded_into_the_saved_network(tmp_path):
     ds, test = load("synthetic", "train"), load("synthetic", "test")
     trained_net, meta = train(net, ds, test, preset.ann, seed=0, out=tmp_path / "bn.safetensors",
                               meta={"kind": "ann", "data": {}}, log=lambda s: None)
-    saved, saved_meta = trained.load_network(tmp_path / "bn.safetensors")
+    saved, saved_meta = load_network(tmp_path / "bn.safetensors")
     assert not saved.batchnorm and saved.bias and saved_meta["batchnorm_folded"]
     x = synthetic("test", n=32).images.float() / 255
     assert torch.allclose(saved(x), trained_net(x), atol=1e-4, rtol=1e-4)

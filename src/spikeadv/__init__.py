@@ -5,6 +5,12 @@ study's run directory), the attacks ``fgsm``, ``rfgsm``, ``ifgsm``, ``pgd`` (eps
 8/255), the gradient sources they take (``source(name, net, snn)``, or ``ann``, ``snnadv``, ``bptt``,
 ``eot``), ``get_preset`` and ``run`` (the whole study); every mistake a user can fix raises
 :class:`SpikeAdvError`. The names are imported on first use, so ``import spikeadv`` stays light.
+
+The package is a house of layers (README "Layout"; the walls are import contracts checked in CI):
+``cli`` and ``api`` on top; ``study`` (the grid and the adaptive evaluation over a run directory) beside
+``report`` (saved results only, no torch); ``attack`` (estimators and attacks, no grid); ``models``
+(networks, neurons and kernels, conversion, training); ``data``; ``runtime`` (the device, chosen once),
+``config`` (presets and names, no torch) and ``records`` (files, digests, provenance); ``errors``.
 """
 
 import importlib
@@ -21,17 +27,17 @@ _EXPORTS = {  # public name -> (module, its name there)
     "SpikeAdvError": ("errors", "SpikeAdvError"),
     "evaluate": ("api", "evaluate"), "TimeLoop": ("models.foreign", "TimeLoop"),
 }
-__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "bptt", "eot", "evaluate", "fgsm", "get_preset",
-           "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
+__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "__version__", "ann", "bptt", "eot", "evaluate", "fgsm",
+           "get_preset", "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports each name when first used
     from .api import Model, evaluate, run
     from .attack.attacks import fgsm, ifgsm, pgd, rfgsm
+    from .attack.estimators import Source, ann, bptt, eot, snnadv
+    from .attack.estimators import make as source
     from .config.presets import get_preset
     from .errors import SpikeAdvError
     from .models.foreign import TimeLoop
-    from .attack.estimators import Source, ann, bptt, eot, snnadv
-    from .attack.estimators import make as source
 
 
 def __getattr__(name: str) -> Any:

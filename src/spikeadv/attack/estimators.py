@@ -42,6 +42,7 @@ from ..models.network import Network
 from ..models.neurons import encode
 from .losses import Loss, cross_entropy
 
+
 class Step(NamedTuple):
     """One evaluation of a source: per-image ``loss`` and ``logits`` (means over the draws) and the
     ``grad`` of the summed loss with respect to x."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import SpikeAdvError
 from ..config.spiking import Spiking
+from ..errors import SpikeAdvError
 from . import estimators, registry
 
 ROBUST, WRONG_CLEAN = -1, -2  # winner codes: never broken; misclassified before any attack

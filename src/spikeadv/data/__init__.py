@@ -32,6 +32,7 @@ from ..errors import SpikeAdvError
 from ..runtime.distributed import Rows, take
 from .fetchers import SOURCES, SPLITS, Arrays
 
+
 @dataclass
 class Dataset:
     """A split in memory: uint8 images [N, C, H, W], int64 labels, and a digest identifying the data."""

@@ -11,7 +11,6 @@ same weights replace what happens at a site and fold time into the batch.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 
 import torch

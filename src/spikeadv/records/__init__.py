@@ -101,9 +101,9 @@ def read_record(path: Path) -> tuple[dict | None, str]:
     return data, ""
 
 
-def read_json(path: Path, hint: str = "") -> dict:
+def read_json(path: Path, hint: str = "", kind: str = "a JSON object") -> dict:
     """A JSON object from ``path``, or one line naming the file and what is wrong with it (missing,
-    unreadable, not JSON, not an object), followed by ``hint`` (what the user can do)."""
+    unreadable, not JSON, not ``kind``), followed by ``hint`` (what the user can do)."""
     path = Path(path)
     if not path.is_file():
         raise SpikeAdvError(f"{path} does not exist{hint}")
@@ -112,7 +112,7 @@ def read_json(path: Path, hint: str = "") -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SpikeAdvError(f"{path} is not valid JSON ({e}){hint}") from None
     if not isinstance(data, dict):
-        raise SpikeAdvError(f"{path} must hold a JSON object, not {type(data).__name__}{hint}")
+        raise SpikeAdvError(f"{path} is not {kind} (it holds a JSON {type(data).__name__}){hint}")
     return data
 
 

@@ -7,11 +7,21 @@ any time. ``load`` reads a run, ``paired`` compares cells image by image, ``anal
 audit, checks and conclusions, ``figures`` and ``tables`` draw them, ``render`` writes the report.
 """
 
-from .analysis import (Check, Conclusion, Judgement, conclusions, flagged, perturbation_audit, sanity_checks,
-                       shown, strongest, verdict_key)
+from ..config.grid import KINDS, SNNS
+from .analysis import (
+                       Check,
+                       Conclusion,
+                       Judgement,
+                       conclusions,
+                       flagged,
+                       perturbation_audit,
+                       sanity_checks,
+                       shown,
+                       strongest,
+                       verdict_key,
+)
 from .figures import figure2, figure3, figure4
-from .load import (COLUMNS, FIG2_ATTACKS, KINDS, SCENARIOS, SNNS, Cell, Run, aggregate, load_run, lowest,
-                   source_kind)
+from .load import COLUMNS, FIG2_ATTACKS, SCENARIOS, Cell, Run, aggregate, load_run, lowest, source_kind
 from .paired import Paired, bootstrap, compare, mcnemar_p
 from .render import write_report
 from .tables import fig2_table, gradient_table, paper_table, table1

@@ -5,14 +5,14 @@ the worst-case per-image losses on the same images. Reads the saved card only (n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config.grid import by_eps
-from .load import KINDS, LABEL, Run
+from ..config.grid import KINDS, LABEL, by_eps
+from ..records import read_json
+from .load import Run
 from .paired import Paired, compare
 
 SUITE_ORDER = ("full", "standard", "quick")  # the strongest evaluation a run holds is the one shown
@@ -23,7 +23,7 @@ def load_card(run_dir: Path) -> dict | None:
     for suite in SUITE_ORDER:
         path = run_dir / "evaluation" / suite / "card.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            return read_json(path, "; rerun spikeadv evaluate to rewrite it")
     return None
 
 

@@ -16,8 +16,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .load import (ITERATIVE, KINDS, LABEL, LINF_SLACK, SCENARIO_TITLE, SCENARIOS, SNNS, Cell, Key, Run,
-                   attack_key, attack_name, fmt_eps, source_kind)
+from ..config.grid import ITERATIVE, KINDS, LABEL, SNNS
+from .load import LINF_SLACK, SCENARIO_TITLE, SCENARIOS, Cell, Key, Run, attack_key, attack_name, fmt_eps, source_kind
 from .paired import CONTRADICTED, Paired, compare
 
 BOUNDED = "snnadv-clean"  # the eps-bounded SNNAdv (perturbation applied to x, DESIGN "Gradient sources")

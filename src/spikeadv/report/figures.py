@@ -17,10 +17,24 @@ from matplotlib.markers import MarkerStyle
 from matplotlib.patches import Patch
 from matplotlib.transforms import Affine2D
 
+from ..config.grid import KINDS, LABEL, SNNS
 from ..records import atomic_write
 from .analysis import flagged, shown
-from .load import (FIG2_ATTACKS, FIG2_EPS, FIG3_EPS, FIG4_EPS, FIG4_STEPS, FIG4_STYLE, KINDS, LABEL, SCENARIO_SHORT,
-                   SCENARIO_TITLE, SCENARIOS, SNNS, Cell, Run, fmt_eps, lowest)
+from .load import (
+    FIG2_ATTACKS,
+    FIG2_EPS,
+    FIG3_EPS,
+    FIG4_EPS,
+    FIG4_STEPS,
+    FIG4_STYLE,
+    SCENARIO_SHORT,
+    SCENARIO_TITLE,
+    SCENARIOS,
+    Cell,
+    Run,
+    fmt_eps,
+    lowest,
+)
 
 COLOR = {"ann": "#1f5fbf", "snn1": "#a0a0a0", "snn2": "#202020"}  # paper Fig. 2: blue, grey, black bars
 LOWEST = "#d62728"  # paper Fig. 2's red rectangles: the lowest loss of each group

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.grid import ITERATIVE, KINDS, LABEL, SNNS, STUDY_ATTACKS
+from ..config.grid import ITERATIVE, KINDS, STUDY_ATTACKS
 from ..errors import SpikeAdvError
+from ..records import read_json
 from ..records.outcomes import unpack
 
 SCENARIOS = ("whitebox", "bb-snn1", "bb-snn2", "bb-ann")
@@ -108,18 +109,6 @@ class Run:
 def source_kind(target: str, scenario: str) -> str:
     """Paper Table III: whitebox inputs come from the target itself, ``bb-K`` inputs from kind K."""
     return target if scenario == "whitebox" else scenario[len("bb-"):]
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise SpikeAdvError(f"{path} does not exist; is this a spikeadv run directory?")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SpikeAdvError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise SpikeAdvError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _check_meta(path: Path, meta: dict) -> None:
@@ -229,7 +218,7 @@ def load_run(run_dir: Path) -> Run:
     if not run_dir.is_dir():
         raise SpikeAdvError(f"run directory {run_dir} does not exist")
     meta_path = run_dir / "run.json"
-    meta = _read_json(meta_path)
+    meta = read_json(meta_path, "; is this a spikeadv run directory?")
     _check_meta(meta_path, meta)
     rows = _read_rows(run_dir / "results.jsonl")
     return Run(path=run_dir, meta=meta, rows=rows, cells=aggregate(rows, per_image_losses(run_dir, meta, rows)))

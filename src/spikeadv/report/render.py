@@ -11,14 +11,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..config.grid import KINDS, LABEL
 from . import adaptive
 from .analysis import UNPAIRED, Conclusion, conclusions, perturbation_audit, sanity_checks
 from .figures import figure2, figure3, figure4, glossary, publish, save_figure
-from .load import (COLUMNS, FIG3_EPS, FIG4_STYLE, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, SCENARIO_TITLE, Run,
-                   fmt_eps, load_run)
+from .load import COLUMNS, FIG3_EPS, FIG4_STYLE, LINF_SLACK, PAPER_CLEAN, SCENARIO_TITLE, Run, fmt_eps, load_run
 from .paired import CONFIDENCE, RESAMPLES
-from .tables import (COMPARISON_COLUMNS, audit_table, comparison_rows, fig2_table, gradient_table, paper_table,
-                     table1, to_csv)
+from .tables import (
+    COMPARISON_COLUMNS,
+    audit_table,
+    comparison_rows,
+    fig2_table,
+    gradient_table,
+    paper_table,
+    table1,
+    to_csv,
+)
 
 # A report is a list of blocks, each rendered once as Markdown and once as HTML:
 # ("h", level, text) | ("p", text) | ("items", [text]) | ("table", (headers, rows)) | ("figure", name, caption)

@@ -7,9 +7,22 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
+from ..config.grid import KINDS, LABEL
 from .analysis import AuditRow, Conclusion, flagged, shown
-from .load import (FIG2_ATTACKS, FIG2_EPS, KINDS, LABEL, LINF_SLACK, PAPER_CLEAN, PAPER_FGSM_WB8, SCENARIO_TITLE,
-                   SCENARIOS, Cell, Run, attack_name, fmt_eps, lowest)
+from .load import (
+    FIG2_ATTACKS,
+    FIG2_EPS,
+    LINF_SLACK,
+    PAPER_CLEAN,
+    PAPER_FGSM_WB8,
+    SCENARIO_TITLE,
+    SCENARIOS,
+    Cell,
+    Run,
+    attack_name,
+    fmt_eps,
+    lowest,
+)
 
 
 def _num(value: object, digits: int) -> str:

@@ -15,6 +15,7 @@ from ..attack.suite import ROBUST
 from ..config.grid import by_eps
 from ..records import atomic_write, outcomes, write_json
 
+
 def rows(card: dict) -> list[dict]:
     """Result rows (whitebox) of one card: the first pair alone and the ensemble's worst case."""
     out, model = [], card["model"]

@@ -13,11 +13,11 @@ from torch import Tensor
 from .. import runtime
 from ..attack import attacks, estimators, registry
 from ..config.presets import StudyConfig
-from ..errors import SpikeAdvError
 from ..models.trained import Trained
 from ..records import cached, outcomes
 from ..records.provenance import __version__, digest, seed_of
 from .plan import Job
+
 
 def _batches(n: int, size: int) -> Iterator[tuple[int, slice]]:
     yield from enumerate(slice(i, min(i + size, n)) for i in range(0, n, size))

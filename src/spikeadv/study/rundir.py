@@ -48,7 +48,7 @@ def open_run(out: Path, preset: Preset, log: Callable[[str], None] = print) -> d
     path = out / "run.json"
     if not path.exists():
         return {}
-    meta = read_json(path, "; move it away or choose another --out")
+    meta = read_json(path, "; move it away or choose another --out", kind="a spikeadv run record")
     if not isinstance(meta.get("preset"), dict):
         raise SpikeAdvError(f"{path} is not a spikeadv run record; move it away or choose another --out")
     new = identity(preset)

@@ -28,6 +28,7 @@ from ..records.provenance import digest
 from . import compute
 from .plan import Job, Task
 
+
 @dataclass
 class Context:
     """What every task of one run shares, loaded once per process: the preset (from run.json), the

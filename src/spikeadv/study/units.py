@@ -11,9 +11,6 @@ Every random draw (encoder spikes, random starts, Square's squares) is seeded by
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,7 +28,6 @@ from ..models.trained import Trained
 from ..records import cached_record, write_record
 from ..records.provenance import __version__, digest, seed_of
 from .compute import predict
-
 
 REVISION = 2  # of the attacks' semantics within a version: a change invalidates every cached unit
 
