@@ -37,7 +37,7 @@ import scaling  # noqa: E402
 import snn_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 
-from spikeadv import runtime
+from spikeadv import runtime  # noqa: E402
 from spikeadv.config.presets import get_preset  # noqa: E402
 from spikeadv.config.spiking import Spiking  # noqa: E402
 from spikeadv.data import synthetic  # noqa: E402
@@ -174,7 +174,7 @@ def paper_hours(s: Sizes, device: torch.device) -> dict:
                     None if s.spec == "vgg9" else s.spec)
     rates = {"ann_train": ann["ours_images_per_s"], "snn2_train": snn2["ours fused"]["images_per_s"], "snn2_T": T,
              "forward": infer["ann"]["images_per_s"], "snn_factor": infer["snn1 fused"]["cost_vs_ann"]}
-    tasks = plan(paper, ("train", "test"), scaling.TRAIN_IMAGES[paper.dataset])
+    tasks = plan(paper, ("train", "test"), scaling.TRAIN_IMAGES[paper.dataset], "labels")
     seconds = scaling.estimated(paper, tasks, rates)
     by_kind: dict[str, float] = {}
     for t in tasks:

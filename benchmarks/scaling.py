@@ -250,7 +250,7 @@ def main() -> None:
         data = (meta["data"]["train"], meta["data"]["test"])
     else:
         preset, data = get_preset(args.preset), ("train", "test")
-    tasks = plan(preset, data, args.train_images or TRAIN_IMAGES[preset.dataset])
+    tasks = plan(preset, data, args.train_images or TRAIN_IMAGES[preset.dataset], "labels")
     if args.run:
         secs, notes = measured(args.run, meta, tasks)
         title = f"{args.run} (preset {preset.name}): measured per-task seconds"

@@ -312,7 +312,7 @@ def test_the_eta_weighs_each_set_by_its_cost():
     bptt = study.Job("snn2", 0, "bptt", "fgsm", 8, 1, ("snn2",))
     assert study.plan_cost(bptt, forward, repeats, 10) - study.plan_cost(cheap, forward, repeats, 10) == \
         pytest.approx(10 * 3 * (6.0 - 1.0))
-    costs = {t.name: t.cost for t in study.plan(get_preset("smoke"), ("a", "b"), 1000)}
+    costs = {t.name: t.cost for t in study.plan(get_preset("smoke"), ("a", "b"), 1000, "labels")}
     assert costs["snn20"] > costs["ann0"] and costs["cell/snn20/bptt fgsm eps 8"] > costs["cell/snn20/snnadv fgsm eps 8"]
 
 

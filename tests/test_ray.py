@@ -133,7 +133,7 @@ def test_ray_options_without_the_ray_executor_and_a_missing_ray_are_one_line(tmp
 
 def test_the_plan_is_a_graph_whose_cells_follow_their_models():
     preset = get_preset("smoke")
-    tasks = study.plan(preset, ("train", "test"), 1000)
+    tasks = study.plan(preset, ("train", "test"), 1000, "labels")
     seen: set[str] = set()
     for task in tasks:
         assert set(task.deps) <= seen, f"{task.name} comes before its dependencies"

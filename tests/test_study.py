@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikeadv import cli, study
-from spikeadv.config.presets import StudyConfig, get_preset
+from spikeadv import cli, records, study
+from spikeadv.config.presets import StudyConfig, get_preset, recorded
 from spikeadv.config.spiking import Spiking
 from spikeadv.data import load
 from spikeadv.models.network import Network
 from spikeadv.models.trained import Trained
 from spikeadv.records import outcomes
+from spikeadv.records.provenance import digest
 from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
 
 SMOKE = get_preset("smoke")
@@ -214,3 +215,25 @@ def test_report_of_a_directory_without_results_is_a_clear_error(tmp_path):
     result = spikeadv("report", tmp_path)
     assert result.returncode != 0 and "run.json does not exist" in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_every_cell_file_is_named_by_the_recipe_its_plan_made(reference):
+    """One recipe per cell, made once in the plan: the task only adds the content hashes of the models
+    it was given, and the cell's file is named by the hash of that whole recipe and holds it."""
+    record = json.loads((reference / "run.json").read_text())
+    sha = {(m["kind"], m["instance"]): m["sha256"] for m in record["models"]}
+    preset = recorded(record["preset"])
+    cells = [t for t in study.plan(preset, (record["data"]["train"], record["data"]["test"]), 1, record["labels"])
+             if t.kind == "cell"]
+    assert {p.name for p in (reference / "cells").glob("*.json")} == {
+        f"{digest(whole)}.json" for whole in (_completed(t.recipe, sha) for t in cells)}
+    for task in cells[:20]:
+        whole = _completed(task.recipe, sha)
+        saved, why = records.read_record(reference / "cells" / f"{digest(whole)}.json")
+        assert saved is not None, why
+        assert saved["recipe"] == whole and whole["labels"] == record["labels"]
+
+
+def _completed(recipe: dict, sha: dict) -> dict:
+    job = recipe["job"]
+    return {**recipe, "source": sha[(job["source"], job["instance"])], "targets": [sha[(t, 0)] for t in job["targets"]]}

@@ -190,6 +190,12 @@ def _fused(backend: str | None, current: Tensor, v: Tensor, threshold: Tensor) -
     return False
 
 
+def backend_on(device: torch.device | str) -> str:
+    """The neuron backend :data:`BACKEND` runs on ``device``: ``triton`` (the fused kernels) or
+    ``reference`` (the loop); recorded with a run's results."""
+    return "triton" if BACKEND != "reference" and kernels.available(device) else "reference"
+
+
 def spike_train(current: Tensor, threshold: Tensor, v: Tensor | None, snn: Spiking, backend: str | None = None
                 ) -> tuple[Tensor, Tensor]:
     """Run one layer of IF/LIF neurons over time: currents ``[T, B, ...]`` -> (spikes ``[T, B, ...]``,

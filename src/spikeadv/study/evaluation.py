@@ -26,6 +26,7 @@ from ..config.grid import KINDS, by_eps
 from ..config.presets import Preset, from_dict
 from ..errors import SpikeAdvError
 from ..models.foreign import as_model
+from ..models.neurons import backend_on
 from ..models.trained import Trained
 from ..records import read_json
 from ..records.provenance import command_line, digest, versions
@@ -187,7 +188,8 @@ def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
     return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "images": len(y),
             "prune": setting.suite.prune,
             "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
-            "versions": versions(), "device": str(x.device), "command": command_line()}
+            "versions": versions(), "device": str(x.device), "neurons": backend_on(x.device),
+            "command": command_line()}
 
 
 def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor, eps: tuple[float, ...] = (8,),

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import data
 from ..config.presets import Preset
 from ..errors import SpikeAdvError
+from ..models.neurons import backend_on
 from ..records import atomic_write, read_record, write_json
 from ..records.provenance import command_line, digest, versions
 from . import executors
@@ -81,7 +82,8 @@ def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Call
               "labels": digest(y.tolist()), "versions": versions(),
               "command": command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
               "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads,
-                           "device": executor.device or str(executors.driver_device(executor))},
+                           "device": executor.device or str(executors.driver_device(executor)),
+                           "neurons": backend_on(executors.driver_device(executor))},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
     save = write_json if can_write else (lambda path, value: None)
     save(out / "run.json", record)  # first: every task reads the preset from it
