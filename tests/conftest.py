@@ -6,7 +6,14 @@ import platform
 import pytest
 from fake_run import make_run
 
-from spikeadv import cli, report
+from spikeadv import cli, report, runtime
+
+
+@pytest.fixture(autouse=True)
+def on_the_cpu():
+    """Every test starts with this process's device chosen as the CPU, on any machine (the API's
+    ``device=None`` follows it); tests of the GPU path name their device."""
+    runtime.use("cpu")
 
 
 @pytest.fixture(scope="session")

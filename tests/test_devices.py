@@ -58,6 +58,16 @@ def test_a_device_this_machine_lacks_is_one_line(spec, needle, monkeypatch):
         runtime.resolve(spec)
 
 
+def test_the_process_device_is_chosen_once_and_every_default_follows_it(monkeypatch):
+    cpu_build(monkeypatch)
+    monkeypatch.setattr(runtime, "_chosen", None)
+    assert runtime.device() == torch.device("cpu")  # nothing chosen: auto, resolved once and kept
+    one_gpu(monkeypatch)
+    assert runtime.device() == torch.device("cpu") and runtime.device("auto") == torch.device("cuda", 0)
+    assert runtime.use("cuda") == runtime.device() == runtime.device(None) == torch.device("cuda", 0)
+    assert runtime.use("cpu") == runtime.device() == torch.device("cpu")
+
+
 def test_a_gpu_index_past_the_last_names_the_ones_there_are(monkeypatch):
     one_gpu(monkeypatch)
     with pytest.raises(SpikeAdvError, match=r"cuda:7: this machine has 1 CUDA device \(cuda:0\)"):
