@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spikeadv import cli, records, study
+from spikeadv.config.grid import KINDS
 from spikeadv.config.presets import StudyConfig, get_preset, recorded
 from spikeadv.config.spiking import Spiking
 from spikeadv.data import load
@@ -48,10 +49,10 @@ def test_grid_follows_table_iii():
             assert j.scenario() == f"bb-{j.source}"
     fig2 = [(j.attack, j.steps) for j in jobs if j.gradient in ("ann", "snnadv") and j.eps in cfg.eps]
     for attack, steps, _ in FIG2_ATTACKS:  # every Fig. 2 row, from all six models, on all targets
-        for kind in study.KINDS:
+        for kind in KINDS:
             (bb,) = [j for j in jobs if (j.source, j.instance, j.attack, j.steps, j.eps) == (kind, 1, attack, steps, 8)
                      and j.gradient in ("ann", "snnadv")]
-            assert bb.targets == study.KINDS
+            assert bb.targets == KINDS
         assert fig2.count((attack, steps)) == 6 * len(cfg.eps)
     fig4 = {(j.source, j.instance, j.attack, j.steps, j.eps) for j in jobs if "snn2" in j.targets}
     for source in (("snn2", 0), ("snn2", 1), ("ann", 1)):
@@ -89,7 +90,7 @@ def test_smoke_run_writes_every_artifact(reference):
     meta = json.loads((reference / "run.json").read_text())
     assert meta["complete"] and meta["version"] and meta["preset"]["name"] == "smoke"
     assert sorted((m["kind"], m["instance"]) for m in meta["models"]) == sorted(
-        (k, i) for k in study.KINDS for i in (0, 1))
+        (k, i) for k in KINDS for i in (0, 1))
     for m in meta["models"]:
         assert (reference / m["path"]).is_file() and len(m["sha256"]) == 64
         assert 0 <= m["clean_acc"] <= 100 and m["repeats"] == (1 if m["kind"] == "ann" else SMOKE.study.repeats)

@@ -16,7 +16,7 @@ The package is a house of layers (README "Layout"; the walls are import contract
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .records.provenance import __version__
+from .records.provenance import __version__  # noqa: F401  (spikeadv.__version__)
 
 _EXPORTS = {  # public name -> (module, its name there)
     "Model": ("api", "Model"), "run": ("api", "run"), "get_preset": ("config.presets", "get_preset"),
@@ -27,8 +27,8 @@ _EXPORTS = {  # public name -> (module, its name there)
     "SpikeAdvError": ("errors", "SpikeAdvError"),
     "evaluate": ("api", "evaluate"), "TimeLoop": ("models.foreign", "TimeLoop"),
 }
-__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "__version__", "ann", "bptt", "eot", "evaluate", "fgsm",
-           "get_preset", "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
+__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "bptt", "eot", "evaluate", "fgsm", "get_preset",
+           "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports each name when first used
     from .api import Model, evaluate, run
