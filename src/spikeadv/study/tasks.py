@@ -73,7 +73,7 @@ def _checkpoint(path: Path, recipe: dict, log: Callable[[str], None], can_write:
     if not path.exists():
         return None
     try:
-        net, meta = load_network(path)
+        net, meta = load_network(path, "cpu")  # checked, not run: on the CPU
         if meta.get("recipe", recipe) != recipe:
             raise SpikeAdvError(f"{path} holds another model than its name says (its recipe differs)")
         return net, meta
@@ -124,7 +124,7 @@ def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
     else:
         fit(kind, ctx.preset, seed, path, ctx.train_ds, ctx.test_ds, resume=True, log=log, recipe=recipe,
             device=ctx.device)
-    net, meta = load_network(path)
+    net, meta = load_network(path, "cpu")  # for its digest: wherever the tasks compute
     test_acc = [m["test_acc"] for m in meta.get("metrics", []) if "test_acc" in m]
     return {"kind": kind, "instance": instance, "path": str(path.relative_to(out)), "reused": reused,
             "sha256": model_digest(net, meta), "seed": meta.get("seed"),
