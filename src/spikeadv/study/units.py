@@ -25,7 +25,7 @@ from ..attack import apgd, checks, estimators, registry
 from ..attack.suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
 from ..config.presets import StudyConfig
 from ..models.trained import Trained
-from ..records import cached_record, write_record
+from ..records import cached
 from ..records.provenance import __version__, digest, seed_of
 from .compute import predict
 
@@ -66,13 +66,12 @@ class Evaluation:
                   "bf16": self.setting.bf16, "batch": self.setting.batch_size, "version": __version__,
                   "revision": REVISION}
         path = None if self.folder is None else self.folder / "cells" / f"{name}-{digest(recipe)}.json"
-        saved = None if path is None else cached_record(path, recipe, self.log)
-        if saved is None:
+
+        def timed() -> dict:
             start = time.perf_counter()
-            saved = {"recipe": recipe, **compute(), "seconds": round(time.perf_counter() - start, 2)}
-            if path is not None:
-                write_record(path, saved)
-        return saved
+            return {**compute(), "seconds": round(time.perf_counter() - start, 2)}
+
+        return cached(path, recipe, timed, self.log)[0]
 
     def predict(self, model: Trained, x: Tensor) -> Tensor:
         return predict(model, x, self.setting.study, repeat=0)
