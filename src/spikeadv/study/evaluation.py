@@ -123,7 +123,7 @@ def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Set
 
 @functools.lru_cache(maxsize=1)
 def _evaluation(path: str, setting: Setting, images: int | None, out: str, root: str | None, device: str) -> tuple:
-    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None, runtime.resolve(device))
+    models, sources, x, y, _ = targets(Path(path), images, Path(root) if root else None, runtime.use(device))
     return Evaluation(setting, x, y, Path(out), log=lambda line: None), models, sources
 
 

@@ -197,7 +197,7 @@ def _remote(run: Callable[[Task, dict[str, dict]], dict], task: Task, threads: i
 def study_task(out: str, root: str | None, device: str, task: Task, deps: dict[str, dict]) -> dict:
     """One task of the study on a worker (:func:`.tasks.run_task`), its paths absolute, on ``device``
     as this worker sees it (``cuda``: the GPU Ray gave the task)."""
-    return run_task(task, Path(out), Path(root) if root else None, deps, device=runtime.resolve(device))
+    return run_task(task, Path(out), Path(root) if root else None, deps, device=runtime.use(device))
 
 
 def on_ray(tasks: list[Task], run: Callable[[Task, dict[str, dict]], dict], executor: Executor) -> dict[str, dict]:
