@@ -170,14 +170,14 @@ def test_a_run_started_on_a_gpu_resumes_on_the_cpu_reusing_everything(reference,
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     record = json.loads((out / "run.json").read_text())
-    assert record["executor"]["device"] == "cpu"
+    assert record["executor"]["device"] == "cpu" and record["executor"]["neurons"] == "reference"
     for path in (out / "models").glob("*.safetensors"):  # as if trained on a GPU
         tensors, meta = checkpoint.load(path)
-        assert meta["device"] == "cpu"
+        assert meta["device"] == "cpu" and meta["neurons"] == "reference"  # the loop, not the Triton kernels
         checkpoint.save(path, tensors, {**meta, "device": "cuda:0"})
     for path in (out / "cells").glob("*.json"):
         saved, _ = records.read_record(path)
-        assert saved["device"] == "cpu"
+        assert saved["device"] == "cpu" and saved["neurons"] == "reference"
         records.write_record(path, {**saved, "device": "cuda:0"})
     lines = []
     study.run(get_preset("smoke"), out, report.write_report, log=lines.append)

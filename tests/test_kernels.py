@@ -237,3 +237,13 @@ def test_compiled_kernels_match_the_python_loop_on_cuda(monkeypatch, neuron, lea
     for dtype, channels_last, per_channel in ((torch.float32, False, False), (torch.float32, True, True),
                                               (torch.bfloat16, False, True), (torch.bfloat16, True, False)):
         compare(snn, dtype, channels_last, per_channel, device="cuda", T=8, shape=(16, 32, 24, 24))
+
+
+def test_the_backend_recorded_is_the_one_that_runs(monkeypatch):
+    """What a run records as its neuron backend (models.neurons.backend_on) is what spike_train uses."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert neurons.backend_on("cpu") == "reference"  # compiled kernels need CUDA tensors
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert neurons.backend_on("cpu") == "triton"
+    monkeypatch.setattr(neurons, "BACKEND", "reference")
+    assert neurons.backend_on("cpu") == "reference"

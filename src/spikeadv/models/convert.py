@@ -31,6 +31,7 @@ from ..data import Dataset, to_float
 from ..errors import SpikeAdvError
 from ..records import checkpoint, file_digest, provenance
 from .network import Network
+from .neurons import backend_on
 from .trained import load_network, model_state
 
 METHODS = ("spike", "activation")
@@ -142,6 +143,7 @@ def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dat
         "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
         "proxy_scales": proxy_scales(net), "seconds": round(time.perf_counter() - start, 2),
         "versions": provenance.versions(), "command": provenance.command_line(), "device": str(device),
+        "neurons": backend_on(device),
     }
     checkpoint.save(out, model_state(net), meta)
     return net

@@ -28,6 +28,7 @@ from ..errors import SpikeAdvError
 from ..records import checkpoint, provenance
 from ..runtime import distributed
 from .network import Network, fold_batchnorm
+from .neurons import backend_on
 from .trained import load_network, model_state
 
 CHECK_EVERY = 32  # training steps between checks for a diverged loss (each check waits for the device)
@@ -189,6 +190,7 @@ def _start_meta(meta: dict, net: Network, cfg: TrainConfig, snn: Spiking | None,
         "versions": provenance.versions(),
         "command": provenance.command_line(),
         "device": str(device),
+        "neurons": backend_on(device),
         "epochs_done": 0,
         "complete": False,
         "metrics": [],

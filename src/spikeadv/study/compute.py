@@ -13,6 +13,7 @@ from torch import Tensor
 from .. import runtime
 from ..attack import attacks, estimators, registry
 from ..config.presets import StudyConfig
+from ..models.neurons import backend_on
 from ..models.trained import Trained
 from ..records import cached, outcomes
 from ..records.provenance import __version__, digest, seed_of
@@ -119,7 +120,8 @@ def clean_predictions(target: Trained, x: Tensor, y: Tensor, study: StudyConfig,
     def predictions() -> dict:
         start = time.perf_counter()
         preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
-        return {"preds": preds, "seconds": round(time.perf_counter() - start, 2), "device": str(x.device)}
+        return {"preds": preds, "seconds": round(time.perf_counter() - start, 2), "device": str(x.device),
+                "neurons": backend_on(x.device)}
 
     saved, reused = cached(path, recipe, predictions, log, None if can_write else (
         f"{folder.parent} is read-only and the clean predictions of {target.name} need computing; make it "

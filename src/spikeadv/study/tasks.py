@@ -22,6 +22,7 @@ from .. import data, runtime
 from ..config.presets import Preset, recorded
 from ..errors import SpikeAdvError
 from ..models.network import Network
+from ..models.neurons import backend_on
 from ..models.trained import Trained, load_network, model_digest, spiking
 from ..records import cached, outcomes, read_json
 from ..records.provenance import digest
@@ -179,6 +180,7 @@ def _cell(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write:
         rows = [row for t in job.targets
                 for row in compute.rows(job, targets[t], ctx.x, ctx.y, adv, aim, clean[t], study)]
         return {"rows": rows, "worker": f"{socket.gethostname()}:{os.getpid()}", "device": str(ctx.device),
+                "neurons": backend_on(ctx.device),
                 "seconds": {"craft": round(t1 - t0, 3), "evaluate": round(time.perf_counter() - t1, 3)}}
 
     saved, reused = cached(path, recipe, craft, log, None if can_write else (
