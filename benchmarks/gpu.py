@@ -5,7 +5,7 @@ repeats, peak GPU memory beside each (the GPU issue's goals in brackets):
    same batch [<= 1.25x], with the fused neuron kernels and with the Python loop;
 2. SNN-II training steps (LIF, Poisson input, BPTT, bf16, batch 64) at T = 8 and T = 70: ours against
    SpikingJelly 2.0 on its own GPU kernels [>= 2x], and against our Python loop;
-3. ANN training: one whole epoch of ``spikeadv.train`` (data and augmentation on the GPU, schedule,
+3. ANN training: one whole epoch of ``spikeadv.models.train`` (data and augmentation on the GPU, schedule,
    evaluation, checkpoint) against bare steps on resident tensors [>= 0.9x];
 4. the ``paper`` preset's GPU-hours: these rates, measured at the paper's settings, multiplied out over
    its task graph (benchmarks/scaling.py) [<= 8 on one H100].

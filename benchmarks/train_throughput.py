@@ -1,7 +1,7 @@
 """Training throughput: our whole training loop vs a bare PyTorch loop, same model, batch and dtype.
 
 Both run in this one process, alternating, on the same in-memory data; the ratio ours / bare is printed
-(>= 1.0 means ours is at least as fast). Ours is ``spikeadv.train.train`` itself: batched augmentation,
+(>= 1.0 means ours is at least as fast). Ours is ``spikeadv.models.train.train`` itself: batched augmentation,
 the lr schedule, progress bar and the per-epoch atomic checkpoint included. The bare loop indexes a
 float tensor, runs forward/backward/step and nothing else.
 

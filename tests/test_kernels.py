@@ -1,7 +1,7 @@
-"""The Triton neuron kernels (spikeadv.kernels) against the Python loop of spikeadv.neurons.
+"""The Triton neuron kernels (spikeadv.models.kernels) against the Python loop of spikeadv.models.neurons.
 
 On CPU they run in Triton's interpreter (TRITON_INTERPRET=1). The interpreter is chosen when a kernel is
-jitted, and spikeadv.kernels jits on first use per mode, so setting the variable per test (monkeypatch)
+jitted, and spikeadv.models.kernels jits on first use per mode, so setting the variable per test (monkeypatch)
 is enough even when other modules imported spikeadv first. ``pytest -m cuda`` runs them compiled.
 """
 

@@ -61,7 +61,7 @@ class Model(Trained):
 
 def run(preset: Preset | str, out: str | Path, root: str | Path | None = None,
         log: Callable[[str], None] = print, device: str | None = None) -> list[Path]:
-    """The whole study of a preset (or preset name) in ``out`` (:func:`spikeadv.study.run`) on ``device``
+    """The whole study of a preset (or preset name) in ``out`` (:func:`spikeadv.study.runner.run`) on ``device``
     (auto, cpu, cuda or cuda:N); a rerun reuses what exists and resumes what was interrupted, on any
     device. Returns the report's files."""
     from .report import write_report  # matplotlib: loaded only when a report is written

@@ -237,7 +237,7 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
 
 
 def _executor(args: argparse.Namespace):
-    """Where the tasks run (:class:`spikeadv.study.Executor`), each with this process's torch threads,
+    """Where the tasks run (:class:`spikeadv.study.executors.Executor`), each with this process's torch threads,
     on ``--device`` (refused here if this machine lacks it: before anything is written)."""
     from .study import executors
 

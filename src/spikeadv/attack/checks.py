@@ -1,7 +1,7 @@
 """Gradient-masking checks of one model's evaluation (DESIGN section 8.6: Carlini et al. 2019; Athalye
 et al. 2018; Pintor et al. 2022; AutoAttack's checks).
 
-Each check reads the numbers of an evaluation card (:mod:`.evaluate`) and passes, fails ("gradient
+Each check reads the numbers of an evaluation card (:mod:`spikeadv.study.units`) and passes, fails ("gradient
 masking suspected", naming the model, the estimator and the numbers) or does not apply. Accuracies are
 fractions of n images; two accuracies differ beyond sampling error when they differ by more than
 ``margin(p, q, n)``: 1.96 binomial standard errors of the difference (unpaired, so conservative for the

@@ -3,7 +3,7 @@ AutoAttack protocol; Ozdenizci & Legenstein's estimator ensemble for SNNs).
 
 A suite names, per model kind, an ordered list of (estimator, attack) pairs. The ensemble runs them in
 that order, each on the images no earlier pair has broken: an image counts as broken when the model as
-deployed (:func:`..study.tasks.predict`, the study's first seeded evaluation draw) misclassifies the
+deployed (the caller's ``predict``; the study's is its first seeded evaluation draw) misclassifies the
 adversarial image. Every image keeps the first adversarial image that broke it and the pair that won,
 so the worst case is never above the accuracy of any pair run alone on the same images (exactly so for the
 first pair, which runs on every image, and for every pair with ``prune=False``, where each pair runs on

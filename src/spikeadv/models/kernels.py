@@ -1,7 +1,7 @@
 """Fused IF/LIF neuron loops as Triton kernels: one program per block of neurons, the loop over t inside.
 
-They compute what :func:`spikeadv.neurons._membrane_loop` and ``_SpikeTrain.temporal`` compute, with the
-same float32 operations in the same order (module doc-string of :mod:`spikeadv.neurons`):
+They compute what :func:`spikeadv.models.neurons._membrane_loop` and ``_SpikeTrain.temporal`` compute, with the
+same float32 operations in the same order (module doc-string of :mod:`spikeadv.models.neurons`):
 
     h_t = leak * v_{t-1} + I_t,  u_t = (h_t - V_th) / V_th,  s_t = H(u_t),  v_t = h_t - s_t V_th | h_t - s_t h_t
 

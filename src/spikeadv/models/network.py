@@ -121,7 +121,7 @@ class Network(nn.Module):
         spiking, logits = accumulated potential / T. ``spikes`` (if given) accumulates, per site, the
         fraction of its neurons that fired, summed over timesteps and samples (/ (T * N): spike rate).
         ``rows``: x is that share of a global batch (data-parallel training); dropout masks and input
-        spikes are drawn for the global batch (:mod:`.distributed`).
+        spikes are drawn for the global batch (:mod:`spikeadv.runtime.distributed`).
         """
         if snn is None:
             return self._run(self.normalise(x), None, 1, {}, None, rows=rows)

@@ -5,7 +5,7 @@ channels_last. Every epoch's randomness (data order, augmentation, dropout) is d
 (seed, epoch), and every epoch ends with an atomic checkpoint holding the weights, the optimizer's
 momentum and the metrics so far, so ``resume`` after a kill -9 redoes only the unfinished epoch and
 reaches bit-identical final weights on the same machine. Under ``torchrun --nproc-per-node N`` the
-processes share every global batch (:mod:`.distributed`) and reach the weights of one process within
+processes share every global batch (:mod:`spikeadv.runtime.distributed`) and reach the weights of one process within
 float tolerance; rank 0 logs and writes, and a checkpoint resumes with any number of processes.
 """
 

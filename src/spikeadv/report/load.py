@@ -1,5 +1,5 @@
 """Loading a run directory: ``run.json`` and ``results.jsonl`` validated, cells averaged over repeats,
-and each cell's per-image outcomes (:mod:`spikeadv.outcomes`) decoded for paired comparisons.
+and each cell's per-image outcomes (:mod:`spikeadv.records.outcomes`) decoded for paired comparisons.
 
 Also the names every part of the report shares: kinds, scenarios, attacks, the paper's values.
 """
