@@ -25,19 +25,20 @@ _EXPORTS = {  # public name -> (module, its name there)
     "Source": ("attack.estimators", "Source"), "source": ("attack.estimators", "make"), "ann": ("attack.estimators", "ann"),
     "snnadv": ("attack.estimators", "snnadv"), "bptt": ("attack.estimators", "bptt"), "eot": ("attack.estimators", "eot"),
     "SpikeAdvError": ("errors", "SpikeAdvError"),
-    "evaluate": ("api", "evaluate"), "TimeLoop": ("models.foreign", "TimeLoop"),
+    "evaluate": ("study.evaluation", "evaluate_model"), "TimeLoop": ("models.foreign", "TimeLoop"),
 }
 __all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "bptt", "eot", "evaluate", "fgsm", "get_preset",
            "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports each name when first used
-    from .api import Model, evaluate, run
+    from .api import Model, run
     from .attack.attacks import fgsm, ifgsm, pgd, rfgsm
     from .attack.estimators import Source, ann, bptt, eot, snnadv
     from .attack.estimators import make as source
     from .config.presets import get_preset
     from .errors import SpikeAdvError
     from .models.foreign import TimeLoop
+    from .study.evaluation import evaluate_model as evaluate
 
 
 def __getattr__(name: str) -> Any:

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import runtime
 from .attack import attacks, estimators
 from .config.presets import Preset, StudyConfig, get_preset
 from .models.trained import Trained
 from .study import compute, runner
-from .study.evaluation import evaluate_model
 from .study.executors import Executor
 from .study.rundir import load_model
 
@@ -70,12 +69,3 @@ def run(preset: Preset | str, out: str | Path, root: str | Path | None = None,
     return runner.run(preset, Path(out), write_report, None if root is None else Path(root), log,
                       Executor(device=str(runtime.device(device))))
 
-
-def evaluate(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor,
-             eps: tuple[float, ...] = (8,), suite: str = "quick", out: str | Path | None = None, name: str = "model",
-             seed: int = 0, batch_size: int = 125, log: Callable[[str], None] = print) -> dict:
-    """The adaptive evaluation of any model (spikeadv's own, a ``torch.nn.Module``, a :class:`TimeLoop`
-    around another library's SNN, or a callable mapping images in [0, 1] to logits) on images ``x``
-    with labels ``y``, eps in 1/255 units (:func:`spikeadv.study.evaluation.evaluate_model`): its
-    robustness card; with ``out`` also written there (card.json, card.md, rows.jsonl, a plot)."""
-    return evaluate_model(model, x, y, eps, suite, None if out is None else Path(out), name, seed, batch_size, log)

@@ -1,7 +1,7 @@
 """Models spikeadv did not build: any ``torch.nn.Module`` or callable that maps images in [0, 1] to logits
 (:func:`as_model`), and :class:`TimeLoop`, which turns an SNN of another library (SpikingJelly, snnTorch,
 Norse) into one, handling its time dimension, input encoding and state reset. ``spikeadv.evaluate``
-(:func:`spikeadv.api.evaluate`) attacks them.
+(:func:`spikeadv.study.evaluation.evaluate_model`) attacks them.
 
 Usage::
 

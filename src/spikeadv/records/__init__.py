@@ -116,7 +116,7 @@ def read_json(path: Path, hint: str = "", kind: str = "a JSON object") -> dict:
     return data
 
 
-def cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict | None:
+def _cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict | None:
     """A cached JSON artifact made from ``recipe`` (:func:`read_record`), or None when it must be
     computed; one that cannot be used (damaged, edited, another recipe's) is named in the log."""
     saved, why = read_record(path)
@@ -130,10 +130,10 @@ def cached_record(path: Path, recipe: dict, log: Callable[[str], None]) -> dict 
 def cached(path: Path | None, recipe: dict, compute: Callable[[], dict], log: Callable[[str], None],
            read_only: str | None = None) -> tuple[dict, bool]:
     """The record made from ``recipe`` at ``path`` and whether it was reused: read back when it holds
-    that recipe (:func:`cached_record`), else ``{"recipe": recipe, **compute()}`` written there (not
+    that recipe, else ``{"recipe": recipe, **compute()}`` written there (not
     written where ``path`` is None). ``read_only``: the directory cannot be written; computing is
     refused with that message instead."""
-    saved = None if path is None else cached_record(path, recipe, log)
+    saved = None if path is None else _cached_record(path, recipe, log)
     if saved is not None:
         return saved, True
     if read_only is not None:

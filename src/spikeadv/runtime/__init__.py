@@ -1,7 +1,6 @@
 """The runtime (DESIGN sections 5 and 6): the compute device, chosen once per process (:func:`use`), and
-what follows from it: random
-generators on the device of the tensors they draw for, the chunking policy, bf16 autocast and
-synchronisation. Data-parallel process groups are in :mod:`.distributed`.
+what follows from it: random generators on the device of the tensors they draw for, the chunking
+policy, bf16 autocast and synchronisation. Data-parallel process groups are in :mod:`.distributed`.
 
 The device is a runtime choice, not part of a run's identity: a run directory started on one device
 resumes on another. Every random draw is made by a generator on the device of the tensors it draws

@@ -192,12 +192,15 @@ def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
             "command": command_line()}
 
 
-def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor, eps: tuple[float, ...] = (8,),
-             suite: str = "quick", out: Path | None = None, name: str = "model", seed: int = 0,
-             batch_size: int = 125, log: Callable[[str], None] = print) -> dict:
-    """The adaptive evaluation of one model on images ``x`` in [0, 1] with labels ``y`` (eps in 1/255
-    units): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
-    card.md, rows.jsonl and a plot, units cached for a rerun."""
+def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor,
+                   eps: tuple[float, ...] = (8,), suite: str = "quick", out: str | Path | None = None,
+                   name: str = "model", seed: int = 0, batch_size: int = 125,
+                   log: Callable[[str], None] = print) -> dict:
+    """The adaptive evaluation of any model (``spikeadv.evaluate``: spikeadv's own, a ``torch.nn.Module``,
+    a :class:`spikeadv.models.foreign.TimeLoop` around another library's SNN, or a callable mapping
+    images in [0, 1] to logits) on images ``x`` with labels ``y`` (eps in 1/255 units): its card
+    (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json, card.md, rows.jsonl
+    and a plot, units cached for a rerun."""
     target = as_model(model, name)
     chosen = suites.get(suite)
     setting = Setting(chosen, eps_values(list(eps)), seed=seed, batch_size=batch_size)

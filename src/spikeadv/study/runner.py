@@ -78,12 +78,12 @@ def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Call
     if study.images > len(test_ds):
         raise SpikeAdvError(f"study.images = {study.images} exceeds the {len(test_ds)} test images of the preset")
     y = test_ds.labels[:study.images].long()
+    device = executor.device or str(executors.driver_device(executor))  # where the tasks compute
     record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded_kinds(preset)),
               "labels": digest(y.tolist()), "versions": versions(),
               "command": command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
               "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads,
-                           "device": executor.device or str(executors.driver_device(executor)),
-                           "neurons": backend_on(executors.driver_device(executor))},
+                           "device": device, "neurons": backend_on(device)},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
     save = write_json if can_write else (lambda path, value: None)
     save(out / "run.json", record)  # first: every task reads the preset from it
