@@ -349,9 +349,9 @@ def test_snnadv_proxy_is_the_parent_ann_scaled_by_the_threshold_product(spike_af
     with torch.no_grad():
         proxy, parent = net.proxy(x, snn), ann(x)
     torch.testing.assert_close(proxy * scale, parent, rtol=1e-4, atol=1e-5 * parent.abs().max().item())
-    # so snnadv-clean's gradient is exactly the ANN's cross-entropy gradient at logits / scale
+    # so snnadv-clean's gradient is exactly the ANN's: standardising the logits removes the scale
     y = labels(4)
-    scaled = Source("scaled-ann", lambda z: ann(z) / scale)
+    scaled = Source("standardised-ann", lambda z: sources.standardised(ann(z)))
     g = sources.make("snnadv-clean", net, snn).grad(x, y)
     torch.testing.assert_close(g, scaled.grad(x, y), rtol=1e-4, atol=1e-6 * g.abs().max().item())
 

@@ -143,7 +143,7 @@ def test_every_generator_is_made_on_the_device_of_what_it_draws(reference, tmp_p
         for attack, steps in (("fgsm", 1), ("rfgsm", 1), ("ifgsm", 2), ("tifgsm", 2)):
             job = Job(kind, 0, gradient, attack, 8, steps, (kind,))
             adv, _ = compute.craft(job, model, x, y, goal, preset.study)
-            compute.predict(model, adv, preset.study, 0)
+            compute.judged(model, adv, y, preset.study)
     assert len(Recording.asked) > 20
     assert set(Recording.asked) == {device}, Recording.asked
 

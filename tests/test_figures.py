@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from fake_run import make_run
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
@@ -13,9 +14,6 @@ from matplotlib.text import Text
 
 from spikeadv import report
 from spikeadv.report import figures
-
-from fake_run import make_run
-
 
 FIGURES = {"fig2": report.figure2, "fig3": report.figure3, "fig4": report.figure4}
 

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_run import MISSING, make_run, row
 
 from spikeadv import report
 from spikeadv.errors import SpikeAdvError
-
-from fake_run import MISSING, make_run, row
 
 
 def test_every_file_written_and_non_empty(run_dir, written):
@@ -42,7 +41,7 @@ def test_table1_and_paper_values(run_dir, written):
         for value in ("91.23", "88.76", "84.32", "89.5", "85.6", "87.1"):
             assert value in text
     csv_lines = (run_dir / "report" / "table1.csv").read_text().splitlines()
-    assert csv_lines[0] == "kind,instance,clean_acc,clean_std,repeats,T,paper_clean_acc" and len(csv_lines) == 7
+    assert csv_lines[0] == "kind,instance,clean_acc,clean_std,draws,T,paper_clean_acc" and len(csv_lines) == 7
     md = (run_dir / "report" / "report.md").read_text()
     assert "27.8" in md and "43.5" in md and "35.5" in md  # paper's FGSM whitebox losses at 8/255
 
@@ -94,7 +93,7 @@ def test_conclusions_rest_on_eps_bounded_cells_only(run):
     assert found["a"].verdict == "supported" and len(found["a"].judgements) == 6
     assert found["b"].verdict == "supported"
     assert found["c"].verdict == "not supported"
-    assert found["d"].verdict == "mixed: 5 supported, 1 not distinguishable at this sample size"
+    assert found["d"].verdict == "supported" and len(found["d"].judgements) == 2  # off the diagonal only
 
 
 def test_strongest_gradient_judged_beside_the_papers(run):
@@ -110,11 +109,14 @@ def test_strongest_gradient_judged_beside_the_papers(run):
 
 
 def test_identical_outcomes_are_not_distinguishable(run):
-    """SNN-I-crafted inputs cost SNN-I exactly the images ANN-crafted ones do: no evidence either way."""
-    (same,) = [j for c in report.conclusions(run) for j in c.judgements if j.verdict != "supported"
-               and j.what.startswith("SNN-I-crafted")]
-    assert same.what.endswith("on SNN-I")
-    assert (same.stats.diff, same.stats.lo, same.stats.hi) == (0.0, 0.0, 0.0)
+    """SNN-I-crafted inputs cost SNN-I exactly the images ANN-crafted ones do: no evidence either way (and
+    (d) never compares them: that is the family's diagonal)."""
+    same = report.analysis.judge_cells([(run.cell("snn1", "bb-snn1", "fgsm", 8, 1, "snnadv-clean"),
+                                         run.cell("snn1", "bb-ann", "fgsm", 8, 1))])
+    assert (same.diff, same.lo, same.hi, same.p) == (0.0, 0.0, 0.0, 1.0) and same.verdict != "supported"
+    d = {c.key: c for c in report.conclusions(run)}["d"]
+    assert [j.what for j in d.judgements] == ["SNN-II-crafted blackbox vs ANN-crafted, on SNN-I",
+                                              "SNN-I-crafted blackbox vs ANN-crafted, on SNN-II"]
 
 
 def test_every_verdict_names_its_cells_and_interval(run_dir, written):
@@ -130,13 +132,16 @@ def test_every_verdict_names_its_cells_and_interval(run_dir, written):
 
 
 def test_same_function_sources_are_excluded(tmp_path):
-    """With SNN-I on direct input, SNN-I-crafted inputs are the ANN's: (d) leaves them out and says why."""
+    """With SNN-I on direct input, SNN-I-crafted inputs are the ANN's: they count as one source with them in
+    (a), (c) and (d), and each says why."""
     run_dir = make_run(tmp_path / "run", encoding="direct")
-    d = {c.key: c for c in report.conclusions(report.load_run(run_dir))}["d"]
-    assert len(d.judgements) == 3 and not any("SNN-I-crafted" in j.what for j in d.judgements)
-    assert d.excluded and "compare a model with itself" in d.excluded[0]
+    found = {c.key: c for c in report.conclusions(report.load_run(run_dir))}
+    for key, count in (("a", 4), ("c", 4), ("d", 1)):
+        assert len(found[key].judgements) == count and not any("SNN-I-crafted" in j.what for j in found[key].judgements)
+        assert "compare a model with itself" in found[key].excluded[0]
     report.write_report(run_dir)
-    assert "SNN-I-crafted blackbox left out: SNN-I runs on direct" in (run_dir / "report" / "report.md").read_text()
+    assert ("SNN-I-crafted blackbox counted with the ANN-crafted source: SNN-I runs on direct"
+            in (run_dir / "report" / "report.md").read_text())
 
 
 def test_run_without_per_image_outcomes_reports_and_says_so(tmp_path):

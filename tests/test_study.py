@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from spikeadv import cli, records, study
 from spikeadv.config.grid import KINDS
@@ -22,6 +23,7 @@ from spikeadv.models.trained import Trained
 from spikeadv.records import outcomes
 from spikeadv.records.provenance import digest
 from spikeadv.report import FIG2_ATTACKS, load_run, sanity_checks
+from spikeadv.study import judge
 
 SMOKE = get_preset("smoke")
 
@@ -32,9 +34,8 @@ def spikeadv(*args, **kwargs):
 
 
 def expected_rows(cfg: StudyConfig) -> int:
-    per_target = {"ann": 1, "snn1": 1 if SMOKE.snn1.encoding == "direct" else cfg.repeats,
-                  "snn2": 1 if SMOKE.snn2.encoding == "direct" else cfg.repeats}
-    return sum(per_target[t] for job in study.grid(cfg, study.bounded_kinds(SMOKE)) for t in job.targets)
+    """One row per adversarial set and target (a stochastic target judged on its K draws in that row)."""
+    return sum(len(job.targets) for job in study.grid(cfg, study.bounded_kinds(SMOKE)))
 
 
 def test_grid_follows_table_iii():
@@ -73,13 +74,16 @@ def test_grid_follows_table_iii():
     assert not [j for j in study.grid(StudyConfig(gradients=("snnadv",))) if j.gradient != "snnadv" and j.source != "ann"]
 
 
-def test_only_poisson_coded_snns_are_evaluated_repeatedly():
-    cfg = StudyConfig(repeats=3)
-    net = Network(SMOKE.spec, 3, (0.5,) * 3, (0.25,) * 3)
+def test_only_poisson_coded_snns_are_judged_on_several_draws():
+    net = Network(SMOKE.spec, 3, (0.5,) * 3, (0.25,) * 3).eval()
     model = lambda snn: Trained("x", 0, net, snn, Path("x"), "0" * 64, {})  # noqa: E731
-    assert study.repeats(model(None), cfg) == 1
-    assert study.repeats(model(Spiking(encoding="direct")), cfg) == 1
-    assert study.repeats(model(Spiking(encoding="poisson")), cfg) == 3
+    assert not judge.stochastic(model(None)) and not judge.stochastic(model(Spiking(encoding="direct")))
+    assert judge.stochastic(model(Spiking(encoding="poisson")))
+    x, y = torch.rand(6, 3, 32, 32), torch.arange(6)
+    p = judge.expected(model(Spiking(encoding="poisson", T=2)), x, y, torch.arange(6), judge.Judge(draws=5))
+    assert torch.equal(p * 5, (p * 5).round())  # a share of 5 draws
+    assert study.plan_cost(study.grid(StudyConfig())[0], {"ann": 1.0, "snn1": 1.0, "snn2": 1.0},
+                           {"ann": 1, "snn1": 1, "snn2": 32}, 10) > 0
 
 
 def test_smoke_run_writes_every_artifact(reference):
@@ -93,7 +97,7 @@ def test_smoke_run_writes_every_artifact(reference):
         (k, i) for k in KINDS for i in (0, 1))
     for m in meta["models"]:
         assert (reference / m["path"]).is_file() and len(m["sha256"]) == 64
-        assert 0 <= m["clean_acc"] <= 100 and m["repeats"] == (1 if m["kind"] == "ann" else SMOKE.study.repeats)
+        assert 0 <= m["clean_acc"] <= 100 and m["draws"] == (1 if m["kind"] == "ann" else SMOKE.study.draws)
         assert m["T"] == {"ann": None, "snn1": SMOKE.snn1.T, "snn2": SMOKE.snn2.T}[m["kind"]]
     assert {"train ANN", "train SNN-II", "convert SNN-I", "clean eval", "craft", "evaluate"} <= set(meta["stages"])
     rows = [json.loads(line) for line in (reference / "results.jsonl").read_text().splitlines()]
@@ -113,6 +117,12 @@ def test_smoke_results_are_consistent(reference):
         assert 0 <= r["success_rate"] <= 100
         if r["gradient"] != "snnadv":  # every other source stays in the eps-ball of the clean image
             assert r["linf"] <= r["eps"] + 1e-3
+            linf = outcomes.unpack_halves(r["linf_image"], r["n"])
+            assert (linf <= r["eps"] * 1.001 + 1e-3).all()  # float16: 3 significant digits
+            assert r["unperturbed"] == pytest.approx(np.mean(linf == 0), abs=1e-4)
+            assert r["under_budget"] == pytest.approx(np.mean(linf < 0.99 * r["eps"]), abs=1e-4)
+        if r["gradient"] == "snnadv-clean" and r["attack"] == "fgsm":  # standardised logits: every image moves
+            assert r["unperturbed"] == 0
     # the faithful SNNAdv starts from the rate image: its true L-inf exceeds eps (DESIGN, gradient sources)
     assert max(r["linf"] - r["eps"] for r in run.rows if r["gradient"] == "snnadv") > 1
     checks = sanity_checks(run)
@@ -126,16 +136,20 @@ def test_rows_carry_per_image_outcomes_that_recompute_their_accuracies(reference
     images = SMOKE.study.images
     y = load("synthetic", "test").labels[:images].numpy()
     for m in meta["models"]:
-        accs = [100 * outcomes.unpack(c, images).mean() for c in m["clean_correct"]]
-        assert len(accs) == m["repeats"] and sum(accs) / len(accs) == pytest.approx(m["clean_acc"], abs=1e-3)
+        p = (outcomes.unpack_classes(m["clean_hits"], images) / m["draws"] if m["draws"] > 1
+             else outcomes.unpack(m["clean_correct"][0], images))
+        assert 100 * p.mean() == pytest.approx(m["clean_acc"], abs=1e-3)
     rows = [json.loads(line) for line in (reference / "results.jsonl").read_text().splitlines()]
     for r in rows:
         correct = outcomes.unpack(r["correct"], r["n"])
-        assert 100 * correct.mean() == pytest.approx(r["adv_acc"], abs=1e-3)
+        p = outcomes.unpack_classes(r["hits"], r["n"]) / r["draws"] if r["draws"] > 1 else correct
+        assert 100 * p.mean() == pytest.approx(r["adv_acc"], abs=1e-3) and np.array_equal(correct, p >= 0.5)
         if r["attack"] == "tifgsm":
             pred, hit = outcomes.unpack_classes(r["pred"], r["n"]), outcomes.unpack(r["hit"], r["n"])
-            assert np.array_equal(pred == y, correct) and 100 * hit.mean() == pytest.approx(r["target_hit_rate"])
-            assert not (hit & correct).any()  # a random target is never the true class
+            assert 100 * hit.mean() == pytest.approx(r["target_hit_rate"])
+            if r["draws"] == 1:
+                assert np.array_equal(pred == y, correct)
+            assert not (hit & (pred == y)).any()  # a random target is never the true class
         else:
             assert "pred" not in r and "hit" not in r
     assert load_run(reference).paired
@@ -148,7 +162,7 @@ def test_second_run_reuses_everything(reference, monkeypatch, tmp_path):
         raise AssertionError("a rerun must not train, convert, craft or evaluate")
 
     for target in ("spikeadv.models.train.train", "spikeadv.models.convert.convert", "spikeadv.study.compute.craft",
-                   "spikeadv.study.compute.predict"):
+                   "spikeadv.study.compute.judged"):
         monkeypatch.setattr(target, forbidden)
     assert cli.main(["run", "--preset", "smoke", "--out", str(reference)]) == 0
     assert (reference / "results.jsonl").read_bytes() == before

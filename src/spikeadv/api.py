@@ -5,7 +5,7 @@ Usage::
 
     snn2 = Model.from_run("runs/smoke", "snn2")                 # SNN-II, instance 0, as the study ran it
     x_adv = fgsm(snn2.source("bptt"), x, y, eps=8 / 255)        # eps in pixel units
-    accuracy = (snn2.predict(x_adv) == y).float().mean().item()
+    accuracy = snn2.expected(x_adv, y).mean().item()           # over 32 encoder draws per image
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from . import runtime
 from .attack import attacks, estimators
 from .config.presets import Preset, StudyConfig, get_preset
 from .models.trained import Trained
-from .study import compute, runner
+from .study import judge, runner
 from .study.executors import Executor
 from .study.rundir import load_model
 
@@ -43,12 +43,20 @@ class Model(Trained):
         return f"Model({self.name}: {runs}, {self.path})"
 
     def predict(self, x: Tensor, seed: int = 0, batch_size: int = StudyConfig.batch_size) -> Tensor:
-        """Predicted classes of images ``x`` in [0, 1]. An SNN's encoder draws are seeded by ``seed``
-        as in the study's first evaluation repeat (:func:`spikeadv.study.compute.predict`): with the study's
-        seed and batch size these are its clean predictions, and one seed pairs clean and adversarial
-        evaluations on the same draws."""
+        """Predicted classes of images ``x`` in [0, 1] on one encoder draw per image (an SNN with Poisson
+        input; the judge's first, :mod:`spikeadv.study.judge`): image i's spikes depend on (``seed``, i)
+        only, so the clean and an adversarial ``x`` are predicted on the same draws."""
         attacks.check_images(x)
-        return compute.predict(self, x, StudyConfig(seed=seed, batch_size=batch_size), repeat=0)
+        return judge.classes(self, x, torch.arange(len(x), device=x.device), judge.Judge(seed=seed, batch_size=batch_size))
+
+    def expected(self, x: Tensor, y: Tensor, draws: int = 32, vote: bool = False, seed: int = 0,
+                 batch_size: int = StudyConfig.batch_size) -> Tensor:
+        """Per image, the expected correctness over ``draws`` encoder draws (``vote``: their majority), as
+        the study and the evaluation judge a model (:func:`spikeadv.study.judge.expected`); 0 or 1 for a
+        deterministic model. Image i is judged on the same draws whatever ``x`` holds (paired)."""
+        attacks.check_images(x)
+        return judge.expected(self, x, y, torch.arange(len(x), device=x.device),
+                              judge.Judge(draws, vote, seed, batch_size))
 
     def source(self, gradient: str, seed: int = 0, eot: int = 1) -> estimators.Source:
         """A gradient source on this model for the attacks, by estimator spec (:mod:`.attack.estimators`):

@@ -258,12 +258,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     chosen = suite.get(args.suite)
     chosen = evaluation.custom_suite(chosen, args.pairs) if args.pairs else chosen
     chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
-    eps = evaluation.eps_values(_numbers(args.eps or ["8"], "--eps"))
+    eps = evaluation.eps_grid(_numbers(args.eps, "--eps")) if args.eps else evaluation.EPS_GRID
+    draws = None if args.draws is None else evaluation.draws_value(args.draws)
     executor = _executor(args)
     if not args.path.exists():
         raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
     start = time.perf_counter()
-    written = evaluation.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root, executor=executor)
+    written = evaluation.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root, executor=executor,
+                                       draws=draws, vote=args.vote or None)
     print(f"done in {time.perf_counter() - start:.0f} s: card {written[1]}, rows {written[2]}")
 
 
@@ -272,7 +274,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", type=Path, help="a run directory (its instance-0 models) or a model checkpoint")
     p.add_argument("--suite", default="standard", help="quick, standard or full (default: standard)")
     p.add_argument("--eps", action="append", default=None, metavar="EPS",
-                   help="eps in 1/255 units, comma-separated or repeated (default: 8)")
+                   help="the robustness curve's eps grid in 1/255 units, increasing, comma-separated or repeated "
+                        "(default: 0.5,1,2,3,4,6,8,16,32)")
+    p.add_argument("--draws", type=int, metavar="K",
+                   help="encoder draws per judged input of a stochastic SNN (default: the study's, else 32)")
+    p.add_argument("--vote", action="store_true",
+                   help="judge a stochastic SNN by the majority of its K draws instead of their mean")
     p.add_argument("--images", type=_positive, help="test images (default: the study's, or 500 for a checkpoint)")
     p.add_argument("--pair", dest="pairs", action="append", default=[], metavar="ESTIMATOR/ATTACK[/STEPS]",
                    help="replace the suite's ensemble by these pairs, e.g. bptt:surrogate=atan/apgd-ce/100 (repeatable)")

@@ -89,12 +89,15 @@ def check_card(card: dict) -> list[Check]:
                              won <= margin1(worst, n),
                              f"Square broke {square[0]['won']} of {n} images the gradient attacks left at eps "
                              f"{float(e):g}/255 ({pct(won)}; sampling error {pct(margin1(worst, n))})"))
+        if float(e) != eps:
+            continue  # transfer is measured at the evaluated eps
         for source, acc in result.get("transfer", {}).items():
             out.append(Check("whitebox >= transfer", model, f"from {source}", worst <= acc + margin(worst, acc, n),
                              f"worst case {pct(worst)} vs transfer {pct(acc)} at eps {float(e):g}/255"))
         if not result.get("transfer"):
             out.append(Check("whitebox >= transfer", model, "-", None, "no transfer source (evaluate a run "
                              "directory for its second instances)"))
+    out += _null(card)
     eot = card.get("eot")
     if eot:
         (n1, a1), (n2, a2) = sorted(((int(k), v) for k, v in eot["acc"].items()))
@@ -104,6 +107,18 @@ def check_card(card: dict) -> list[Check]:
         out.append(Check("EOT converged", model, "-", None, "no encoder randomness that spikeadv knows of (an ANN, "
                          "direct input, or a wrapped model: give it ann:eot=n pairs)"))
     return out
+
+
+def _null(card: dict) -> list[Check]:
+    """The null attack (the image itself, through the identical pipeline) keeps clean accuracy."""
+    null = card.get("null")
+    if not null:
+        return []
+    n, clean = card["images"], card["clean_acc"]
+    return [Check("the null attack keeps clean accuracy", card["model"]["name"], "null",
+                  null["zero"] >= clean - margin1(clean, n),
+                  f"the image itself judged again: {pct(null['zero'])} vs clean {pct(clean)} (sampling error "
+                  f"{pct(margin1(clean, n))}); below it, the judge's noise counts as attack success")]
 
 
 def as_records(checks: list[Check]) -> list[dict]:

@@ -72,6 +72,20 @@ def _tifgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, genera
     return attacks.ifgsm(source, x, y, eps, steps, target=target)
 
 
+def _null(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None) -> Tensor:
+    """The null attack: the image the source's attacks start from (x itself for every eps-bounded one)."""
+    _one_step("null", steps)
+    return source.base(x).clone()
+
+
+def _noise(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None) -> Tensor:
+    """The null attack's noise: the base image + eps * s, s uniformly random +-1 per pixel, in [0, 1]."""
+    _one_step("noise", steps)
+    gen = _generator("noise", generator)
+    signs = torch.randint(0, 2, x.shape, generator=gen, device=gen.device).to(x) * 2 - 1
+    return (source.base(x) + eps * signs).clamp(0, 1)
+
+
 _ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
     ("fgsm", _fgsm, 1, False, "FGSM (paper eq. 1): one signed-gradient step of eps"),
     ("rfgsm", _rfgsm, 1, False, "R-FGSM (paper eqs. 2-3): a random step of eps/2, then a gradient step of eps/2"),
@@ -90,6 +104,9 @@ _ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
      False, "PGD in the L2 ball (eps = its radius in pixel units), steps along grad / ||grad||_2"),
     ("apgd-l2", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="ce", generator=gen, norm="l2"), 100,
      False, "APGD-CE in the L2 ball (Croce & Hein 2020; eps = its radius in pixel units)"),
+    ("null", _null, 1, False,
+     "the null attack: the image itself (eps = 0); any accuracy it loses is the judge's noise"),
+    ("noise", _noise, 1, False, "the null attack's noise: uniformly random +-eps signs, no gradient"),
     ("square", lambda s, x, y, eps, steps, gen: square(s, x, y, eps, steps, generator=_generator("square", gen)),
      1000, False, "Square Attack (Andriushchenko et al. 2020): random search on the margin, steps = queries"),
 )
@@ -105,7 +122,7 @@ def _attack(name: str, fn: Callable[..., Tensor], steps: int, targeted: bool, do
             raise SpikeAdvError(f"{name} is not a targeted attack: pass no target (targeted: {targeted_ones})")
         return fn(source, x, y, eps, steps, generator)
 
-    return Attack(name, run, steps, gradient=name != "square", targeted=targeted, doc=doc)
+    return Attack(name, run, steps, gradient=name not in ("square", "null", "noise"), targeted=targeted, doc=doc)
 
 
 ATTACKS: dict[str, Attack] = {name: _attack(name, *rest) for name, *rest in _ENTRIES}

@@ -2,13 +2,12 @@
 AutoAttack protocol; Ozdenizci & Legenstein's estimator ensemble for SNNs).
 
 A suite names, per model kind, an ordered list of (estimator, attack) pairs. The ensemble runs them in
-that order, each on the images no earlier pair has broken: an image counts as broken when the model as
-deployed (the caller's ``predict``; the study's is its first seeded evaluation draw) misclassifies the
-adversarial image. Every image keeps the first adversarial image that broke it and the pair that won,
-so the worst case is never above the accuracy of any pair run alone on the same images (exactly so for the
-first pair, which runs on every image, and for every pair with ``prune=False``, where each pair runs on
-every image and its own accuracy is recorded too), and the report can say which estimator mattered for
-which model. The paper's faithful SNNAdv (``snnadv``) starts from the rate image and
+that order, each on the images still correct in some encoder draw. The model is judged as deployed by
+the caller's ``judge``: its expected correctness p over K encoder draws, the same draws for every input
+of an image (common random numbers; 0 or 1 for a deterministic model). Every image keeps the lowest p
+any pair reached and the pair that first brought it below 1/2 (broken), so the worst case is never above
+the accuracy of any pair run alone on the same images, and the report can say which estimator mattered
+for which model. The paper's faithful SNNAdv (``snnadv``) starts from the rate image and
 leaves the eps-ball around x, so no suite uses it: its clean-base variant ``snnadv-clean`` does.
 """
 
@@ -25,7 +24,7 @@ from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
 from . import estimators, registry
 
-ROBUST, WRONG_CLEAN = -1, -2  # winner codes: never broken; misclassified before any attack
+ROBUST, WRONG_CLEAN, CARRIED = -1, -2, -3  # winner codes: never broken; wrong before any attack; broken at a smaller eps
 
 
 @dataclass(frozen=True)
@@ -141,49 +140,64 @@ def check_pairs(pairs: tuple[Pair, ...], snn: Spiking | None, model: str) -> Non
 
 @dataclass
 class Ensemble:
-    """The worst case over pairs: per image the adversarial image kept and the index of the pair that
-    won (:data:`ROBUST` or :data:`WRONG_CLEAN` otherwise); per pair the images it ran on, the images it
-    broke among them (``fooled``) and those it broke first (``won``), and its wall time."""
+    """The worst case over pairs: per image the expected correctness ``p`` of the model on the adversarial
+    image it was worst on (0 or 1 for a deterministic model; ``clean`` on the image itself), that image, and the index of the pair that
+    first broke it (p < 1/2; :data:`ROBUST`, :data:`WRONG_CLEAN` or :data:`CARRIED` otherwise); per pair the
+    images it ran on, the clean-correct images it broke among them (``fooled``) and those it broke first
+    (``won``), and its wall time."""
 
     adv: Tensor
+    p: Tensor
     winner: Tensor
+    clean: Tensor
     ran: list[int] = field(default_factory=list)
     fooled: list[int] = field(default_factory=list)
     won: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
 
-Predict = Callable[[Tensor], Tensor]  # images -> the deployed model's predicted classes
+Judged = Callable[[Tensor, Tensor], Tensor]  # (images, their indices) -> expected correctness per image
 Attacker = Callable[[Pair, Tensor, Tensor, int], Tensor]  # (pair, x, y, batch index) -> adversarial x
 
 
-def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, predict: Predict, attack: Attacker,
-               batch_size: int, prune: bool = True, progress: Callable[[int, int], None] = lambda n, left: None
-               ) -> Ensemble:
-    """Run ``pairs`` in order in batches, keeping per image the first adversarial image that the deployed
-    model misclassifies and the pair that found it. ``prune`` (AutoAttack's protocol): each pair runs only
-    on the images no earlier pair broke; without, every pair runs on every clean-correct image, so each
-    pair's own accuracy is known too (``fooled``). ``progress(done, left)`` after each batch: the
-    image-steps just done and those still planned (fewer as pruning removes broken images)."""
-    winner = torch.where(predict(x) == y, ROBUST, WRONG_CLEAN)
-    result = Ensemble(x.clone(), winner)
+def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, attack: Attacker,
+               batch_size: int, prune: bool = True, progress: Callable[[int, int], None] = lambda n, left: None,
+               start: Tensor | None = None, clean: Tensor | None = None) -> Ensemble:
+    """Run ``pairs`` in order in batches, keeping per image the adversarial image on which the deployed
+    model's expected correctness (``judge``, the same encoder draws for every input of an image) is lowest
+    and the pair that first brought it below 1/2. ``start``: per image an expected correctness already
+    reached (at a smaller eps, whose adversarial images lie in this eps-ball too); ``clean``: the judge's
+    verdict on the images themselves where the caller has it already. ``prune`` (AutoAttack's
+    protocol): each pair runs only on the images still correct in some draw (p > 0); without, every pair
+    runs on every image the model gets right in some draw, so each pair's own result is known too.
+    ``progress(done, left)`` after each batch: the image-steps just done and those still planned."""
+    every = torch.arange(len(y), device=y.device)
+    if clean is None:
+        clean = torch.cat([judge(x[i:i + batch_size], every[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+    p = clean.clone() if start is None else torch.minimum(clean, start.to(clean))
+    result = Ensemble(x.clone(), p, torch.where(clean >= 0.5, ROBUST, WRONG_CLEAN), clean)
+    if start is not None:
+        result.winner[(clean >= 0.5) & (p < 0.5)] = CARRIED
+    alive = (lambda: result.p > 0) if prune else (lambda: clean > 0)
     for i, pair in enumerate(pairs):
-        start = time.perf_counter()
-        todo = torch.nonzero(result.winner == ROBUST if prune else result.winner != WRONG_CLEAN).flatten()
+        begin = time.perf_counter()
+        todo = torch.nonzero(alive()).flatten()
         fooled = won = 0
         for b, lo in enumerate(range(0, len(todo), batch_size)):
             idx = todo[lo:lo + batch_size]
             adv = attack(pair, x[idx], y[idx], b)
-            broken = predict(adv) != y[idx]
-            first = broken & (result.winner[idx] == ROBUST)
-            result.adv[idx[first]] = adv[first]
+            q = judge(adv, idx)
+            lower = q < result.p[idx]
+            result.adv[idx[lower]] = adv[lower]
+            first = (q < 0.5) & (result.winner[idx] == ROBUST)
             result.winner[idx[first]] = i
-            fooled, won = fooled + int(broken.sum()), won + int(first.sum())
-            later = int((result.winner == ROBUST if prune else result.winner != WRONG_CLEAN).sum())
+            result.p[idx] = torch.minimum(result.p[idx], q)
+            fooled, won = fooled + int(((q < 0.5) & (clean[idx] >= 0.5)).sum()), won + int(first.sum())
+            later = int(alive().sum())
             progress(len(idx) * pair.steps, (len(todo) - lo - len(idx)) * pair.steps
                      + later * sum(p.steps for p in pairs[i + 1:]))
         result.ran.append(len(todo))
         result.fooled.append(fooled)
         result.won.append(won)
-        result.seconds.append(round(time.perf_counter() - start, 2))
+        result.seconds.append(round(time.perf_counter() - begin, 2))
     return result

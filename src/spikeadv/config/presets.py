@@ -136,7 +136,9 @@ class StudyConfig:
     for SNN sources, the first being the paper's (``snnadv``); ``snnadv-clean``, its eps-bounded
     variant, is crafted for the whole grid beside it and feeds the report's verdicts; every further one
     (e.g. ``bptt``) is crafted for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
-    ``repeats``: SNN evaluations with different encoder seeds; ``snn1_T``: SNN-I time steps for crafting
+    ``draws``: K, the encoder draws on which a Poisson-coded SNN's prediction is judged (its expected
+    correctness over them, the same draws for every input of an image; ``vote``: their majority instead,
+    DESIGN section 8.4); ``snn1_T``: SNN-I time steps for crafting
     and evaluation (None: the conversion's T); ``target``: ``random`` (paper) or ``least-likely``."""
 
     images: int = 500
@@ -148,7 +150,8 @@ class StudyConfig:
     gradients: tuple[str, ...] = ("snnadv", "snnadv-clean", "bptt")
     extra_eps: tuple[int, ...] = (8, 16)
     eot: int = 1
-    repeats: int = 2
+    draws: int = 32
+    vote: bool = False
     snn1_T: int | None = None
     target: str = "random"
     batch_size: int = 250
@@ -165,8 +168,11 @@ class StudyConfig:
             check("ifgsm", 8, steps)
         if not self.attacks or not self.eps:
             raise SpikeAdvError("study.attacks and study.eps must name at least one attack and one eps")
-        if self.images < 1 or self.repeats < 1 or self.eot < 1 or self.batch_size < 1 or self.seed < 0:
-            raise SpikeAdvError("study needs images, repeats, eot and batch_size >= 1 and seed >= 0")
+        if self.images < 1 or self.eot < 1 or self.batch_size < 1 or self.seed < 0:
+            raise SpikeAdvError("study needs images, eot and batch_size >= 1 and seed >= 0")
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or not 1 <= self.draws <= 255:
+            raise SpikeAdvError(f"study.draws (K encoder draws per judged input) must be an integer in 1..255, "
+                                f"got {self.draws!r}")
         if not self.gradients or self.gradients[0] != "snnadv":
             raise SpikeAdvError("study.gradients must start with snnadv (the paper's SNN source)")
         for g in self.gradients:
@@ -232,7 +238,7 @@ _FAST = Preset(
     snn2=SNNConfig(T=8, leak=0.9, surrogate="fast-sigmoid", alpha=4.0, batchnorm=True, dropout=0.0,
                    train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=1e-2,
                                      schedule="onecycle", warmup=0.1, bf16=True, channels_last=True)),
-    study=StudyConfig(images=2000, batch_size=500, repeats=3),
+    study=StudyConfig(images=2000, batch_size=500),
     notes="full-width VGG-9 with a one-cycle schedule and batch-norm folded into the saved weights",
 )
 
@@ -252,9 +258,11 @@ PRESETS: dict[str, Preset] = {
         # initial lr, optimizer and leak are not stated; these follow the authors' spike-BP code.
         snn2=SNNConfig(T=70, train=TrainConfig(epochs=125, batch_size=64, lr=0.0025, optimizer="adamw",
                                                weight_decay=5e-4, milestones=(70, 100))),
-        # section V: the whole CIFAR-10 test set; the paper gives no number of evaluation repeats
-        study=StudyConfig(images=10000, batch_size=100, repeats=2),
-        notes="paper sections IV-B/C as written; momentum, weight decay, batch size and SNN-II lr are our choice",
+        # section V: the whole CIFAR-10 test set
+        study=StudyConfig(images=10000, batch_size=100),
+        seeds=(0, 1, 2),  # three trained instances per kind: seed variance in every verdict
+        notes="paper sections IV-B/C as written; momentum, weight decay, batch size and SNN-II lr are our choice; "
+              "three instances per kind",
     ),
     "fast": _FAST,
     # fast's models for one GPU in minutes: SNN-I on the paper's Poisson input at T = 256 (balanced on
@@ -266,9 +274,11 @@ PRESETS: dict[str, Preset] = {
         ann=dataclasses.replace(_FAST.ann, epochs=30),
         snn1=ConvertConfig(T=256, images=512, method="activation", percentile=99.9, v_init=0.5),
         snn2=dataclasses.replace(_FAST.snn2, train=dataclasses.replace(_FAST.snn2.train, epochs=12)),
-        study=StudyConfig(images=1000, batch_size=500, repeats=2, bf16=True),
+        study=StudyConfig(images=1000, batch_size=500, bf16=True),
+        seeds=(0, 1, 2),
         notes="full-width VGG-9 (5x5) for one GPU: ANN 30 one-cycle epochs; SNN-I Poisson input, T = 256; "
-              "SNN-II LIF, Poisson input, T = 8, 12 epochs; 1,000 attacked images, 2 encoder repeats",
+              "SNN-II LIF, Poisson input, T = 8, 12 epochs; three instances per kind; 1,000 attacked images, "
+              "32 encoder draws per judgement",
     ),
     # the same study as fast, sized for a 2-core CPU in about an hour
     "cpu": dataclasses.replace(
@@ -292,7 +302,7 @@ PRESETS: dict[str, Preset] = {
         # 500 images under bf16 autocast (fp32 takes 2x), in batches of 125: an SNN-I frame's largest
         # activation then stays under 16 MiB and is reused from the heap; at batch 500 (65 MB) every
         # allocation comes fresh from the kernel and the SNN-I forward pass takes 6.3 s instead of 3.9 s
-        study=StudyConfig(images=500, batch_size=125, repeats=3, bf16=True),
+        study=StudyConfig(images=500, batch_size=125, bf16=True),
         notes="half-width VGG-9 (3x3), 6 one-cycle epochs under bf16 autocast; SNN-I on direct input; "
               "SNN-II quarter width, T = 6, 8 epochs; 500 attacked images",
     ),
@@ -308,8 +318,8 @@ PRESETS: dict[str, Preset] = {
         snn2=SNNConfig(T=6, leak=0.9, surrogate="fast-sigmoid", alpha=4.0, dropout=0.0,
                        train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=1e-2,
                                          schedule="onecycle", warmup=0.2)),
-        study=StudyConfig(images=64, batch_size=64),
-        notes="tiny synthetic data and model: the test suite's end-to-end run",
+        study=StudyConfig(images=64, batch_size=64, draws=4),
+        notes="tiny synthetic data and model, 4 encoder draws per judgement: the test suite's end-to-end run",
     ),
 }
 

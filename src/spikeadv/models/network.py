@@ -22,6 +22,7 @@ from ..config.spec import Spec, parse_spec
 from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
 from ..runtime.distributed import Rows, bernoulli, dropout
+from ..runtime.draws import Draws
 from .neurons import encode, spike_train
 
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
@@ -109,7 +110,7 @@ class Network(nn.Module):
         self,
         x: Tensor,
         snn: Spiking | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Draws | None = None,
         spikes: dict[int, Tensor] | None = None,
         rows: Rows | None = None,
     ) -> Tensor:
@@ -137,7 +138,7 @@ class Network(nn.Module):
         self,
         x: Tensor,
         snn: Spiking,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Draws | None = None,
         spikes: dict[int, Tensor] | None = None,
         upto: int | None = None,
         rows: Rows | None = None,

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
 from ..runtime.distributed import Rows, take
+from ..runtime.draws import Draws
 from . import kernels
 
 BACKENDS = ("auto", "reference", "triton")
@@ -234,9 +235,11 @@ class _StraightThrough(torch.autograd.Function):
     """Bernoulli spikes forward; identity backward, so d s_t / d x = 1 for every timestep."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, T: int, generator: torch.Generator | None, rows: Rows | None
+    def forward(ctx, x: Tensor, T: int, generator: torch.Generator | Draws | None, rows: Rows | None
                 ) -> Tensor:  # type: ignore[override]
         p = x.clamp(0, 1).unsqueeze(0).expand(T, *x.shape)
+        if isinstance(generator, Draws):  # counter-based: a pure function of (image, draw, t, pixel)
+            return (generator.uniform(T, x.shape).to(x.dtype) < p).to(x.dtype)
         n = rows.total if rows else x.shape[0]
         u = torch.rand((T, n, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
         u = take(u, rows, 1).contiguous()  # the global batch's draw, laid out as one process's
@@ -247,12 +250,13 @@ class _StraightThrough(torch.autograd.Function):
         return grad.sum(0), None, None, None
 
 
-def encode(x: Tensor, T: int, encoding: str = "poisson", generator: torch.Generator | None = None,
+def encode(x: Tensor, T: int, encoding: str = "poisson", generator: torch.Generator | Draws | None = None,
            rows: Rows | None = None) -> Tensor:
     """Pixels ``[B, C, H, W]`` in [0, 1] -> input ``[T, B, C, H, W]``.
 
     ``poisson``: s_t ~ Bernoulli(x) independently per step, so mean_t(s_t) -> x (rate coding, paper III-B);
-    the backward pass is straight-through. ``direct``: the analog pixels at every step.
+    the backward pass is straight-through. ``direct``: the analog pixels at every step. ``generator`` may
+    be counter-based :class:`spikeadv.runtime.draws.Draws` (the same spikes whatever the batching).
     The caller's tensor is never modified in place. With ``rows``, x is that share of a global batch
     (data-parallel training) and the spikes are drawn for the global batch.
     """

@@ -2,7 +2,9 @@
 
 A row of ``results.jsonl`` carries, beside its accuracies, which images the target got right
 (``correct``: one bit per image, packed, base64) and, for targeted attacks, the class it predicted
-(``pred``: one byte per image, base64) and whether that was the attack's target (``hit``: bits). Two
+(``pred``: one byte per image, base64) and whether that was the attack's target (``hit``: bits); a
+stochastic target's correct draws out of K per image (``hits``: one byte each), and every row the true
+L-inf (1/255 units) and L2 of each image's perturbation (``linf_image``, ``l2_image``: float16 each). Two
 cells on the same images can then be compared image by image (report.paired), and any set of cells
 combined per image. 500 images take 84 characters of bits or 668 of classes.
 """
@@ -41,3 +43,16 @@ def unpack_classes(text: str, n: int) -> np.ndarray:
     if len(raw) != n:
         raise ValueError(f"{len(raw)} predicted classes for {n} images")
     return raw.astype(np.int64)
+
+
+def pack_halves(values: np.ndarray) -> str:
+    """Per-image numbers (perturbation sizes) as base64 of one float16 each (3 significant digits)."""
+    return base64.b64encode(np.asarray(values, dtype="<f2").tobytes()).decode("ascii")
+
+
+def unpack_halves(text: str, n: int) -> np.ndarray:
+    """The ``n`` numbers of :func:`pack_halves`'s output."""
+    raw = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<f2")
+    if len(raw) != n:
+        raise ValueError(f"{len(raw)} numbers for {n} images")
+    return raw.astype(np.float64)

@@ -1,7 +1,10 @@
-"""The paper's whitebox claims re-judged under the strongest evaluation (``spikeadv evaluate RUN``): the
-robust accuracy of ANN, SNN-I and SNN-II under the paper's FGSM, the strongest pair run on every image and the
-worst case over its (estimator, attack) pairs per image, and claims (b) and (c) as paired comparisons of
-the worst-case per-image losses on the same images. Reads the saved card only (no torch)."""
+"""The paper's whitebox claims judged on robustness curves (``spikeadv evaluate RUN``; DESIGN section 8.3):
+per model the robust accuracy (worst case over the suite's pairs, expected correctness over K encoder
+draws) at every eps of the grid, each image's minimal perturbation eps*, its median and the area under
+the curve, and the null attack beside them; claims (b) and (c) as one paired judgement per model pair on
+eps* (primary metric: Wilcoxon's signed-rank test, a bootstrap interval of the median difference over
+instances and images), with the per-eps effects on robust accuracy (McNemar) and the attack success
+rate on images both models get right (secondary) shown beside it. Reads the saved card only (no torch)."""
 
 from __future__ import annotations
 
@@ -10,12 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.grid import KINDS, LABEL, by_eps
+from ..config.grid import LABEL, by_eps
 from ..records import read_json
-from .load import Run
-from .paired import Paired, compare
+from .paired import Paired, compare, hierarchical, wilcoxon_p
 
 SUITE_ORDER = ("full", "standard", "quick")  # the strongest evaluation a run holds is the one shown
+SHOWN_EPS = (1, 2, 4, 8)  # the robust accuracies the claims' lines quote (where the grid has them)
+CLAIMS = {"b": "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A): the ANN needs larger "
+               "perturbations (eps*)",
+          "c": "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B): SNN-II needs "
+               "larger perturbations (eps*)"}
+PAIRS = (("b", "ann", "snn1"), ("b", "ann", "snn2"), ("c", "snn2", "snn1"))  # (claim, more robust, less robust)
 
 
 def load_card(run_dir: Path) -> dict | None:
@@ -27,66 +35,110 @@ def load_card(run_dir: Path) -> dict | None:
     return None
 
 
-def _losses(eps_result: dict) -> np.ndarray:
-    """Per image: clean correct - correct under the worst case, in {0, 1}."""
-    winner = np.array(eps_result["winner"])
-    return (winner != -2).astype(float) - (winner == -1).astype(float)
+def curves(card: dict | None) -> bool:
+    """Whether an evaluation card holds robustness curves (cards written before them hold one eps each,
+    judged on single encoder draws: the report then asks for a new evaluation instead of judging them)."""
+    return card is not None and all("grid" in c for c in card["cards"])
+
+
+def censored(card: dict) -> np.ndarray:
+    """Each image's eps* with 'beyond the grid' (None) counted as twice the grid's largest eps: ranks and
+    medians treat it as larger than any eps tried, which is all the data say."""
+    top = 2 * max(card["grid"])
+    return np.array([top if s is None else s for s in card["eps_star"]], dtype=np.float64)
+
+
+def _median(values: np.ndarray, card: dict) -> str:
+    m = float(np.median(values))
+    return f"> {max(card['grid']):g}" if m > max(card["grid"]) else f"{m:g}"
+
+
+def table(card: dict) -> tuple[list[str], list[list[str]]]:
+    """Per model: clean accuracy, robust accuracy (%) at each eps of the grid, median eps* (1/255), the
+    area under the curve (mean robust accuracy over [0, eps_max], %), the null attack (the image itself,
+    and random +-eps signs at the largest eps) and the masking checks that failed."""
+    grid = card["cards"][0]["grid"] if card["cards"] else []
+    header = ["model", "judged on", "clean", *(f"{e:g}" for e in grid), "median eps*", "AUC", "null (eps 0)",
+              f"noise ({max(grid, default=0):g})", "failed checks"]
+    body = []
+    for c in card["cards"]:
+        failed = sorted({f"{k['name']} [{k['estimator']}]" for k in c["checks"] if k["passed"] is False})
+        judge = c.get("judge", {})
+        body.append([c["model"]["name"], f"{judge.get('draws', 1)} draw(s)" + (", vote" if judge.get("vote") else ""),
+                     f"{100 * c['clean_acc']:.1f}", *(f"{100 * e['worst_acc']:.1f}" for _, e in by_eps(c["eps"])),
+                     _median(censored(c), c), f"{100 * c['auc']:.1f}", f"{100 * c['null']['zero']:.1f}",
+                     f"{100 * c['null']['noise'][f'{max(grid):g}']:.1f}", "; ".join(failed) or "none"])
+    return header, body
 
 
 @dataclass(frozen=True)
 class Rejudged:
-    """A whitebox claim judged on worst-case per-image losses: ``low`` is claimed to lose less than ``high``."""
+    """One claim on one model pair: ``stats`` on eps* (``high`` the median eps* of the side claimed more
+    robust, ``low`` of the other; 1/255 units), the per-eps robust-accuracy comparisons (claimed side's
+    error low) and the success rate on images both get right at the evaluated eps (``success``: claimed,
+    other, images)."""
 
     claim: str
     what: str
-    eps: str
     stats: Paired
+    per_eps: tuple[tuple[str, Paired], ...]
+    success: tuple[float, float, int]
+    instances: int
 
 
-def table(run: Run, card: dict) -> tuple[list[str], list[list[str]]]:
-    """Accuracy (%) per model and eps: clean, FGSM whitebox with the paper's gradient (the study's cell),
-    the strongest pair among those run on every image (with pruning, the suite's first; with
-    ``--every-image``, every pair), the worst case, and the masking checks that failed."""
-    header = ["model", "eps", "clean", "FGSM (paper)", "best single pair run on every image", "worst case",
-              "failed masking checks"]
-    body = []
-    for c in card["cards"]:
-        kind = c["model"]["kind"]
-        failed = sorted({f"{k['name']} [{k['estimator']}]" for k in c["checks"] if k["passed"] is False})
-        for eps, e in by_eps(c["eps"]):
-            fgsm = run.cell(kind, "whitebox", "fgsm", int(float(eps)), 1) if kind in KINDS else None
-            body.append([LABEL.get(kind, kind), eps, f"{100 * e['clean_acc']:.1f}",
-                         "-" if fgsm is None else f"{fgsm.adv_acc:.1f}",
-                         f"{100 * e['best_single']['acc']:.1f} ({e['best_single']['pair']})",
-                         f"**{100 * e['worst_acc']:.1f}**",
-                         "; ".join(failed) or "none"])
-    return header, body
-
-
-def rejudge(card: dict) -> list[Rejudged]:
-    """Claims (b) ANN loses less than each SNN and (c) SNN-II loses less than SNN-I, whitebox, worst case."""
-    by_kind = {c["model"]["kind"]: c for c in card["cards"]}
-    out = []
-    for claim, low, high in (("b", "ann", "snn1"), ("b", "ann", "snn2"), ("c", "snn2", "snn1")):
-        if low not in by_kind or high not in by_kind:
-            continue
-        for eps, _ in by_eps(by_kind[low]["eps"]):
-            if eps in by_kind[high]["eps"]:
-                stats = compare([(_losses(by_kind[low]["eps"][eps]), _losses(by_kind[high]["eps"][eps]))], binary=True)
-                out.append(Rejudged(claim, f"{LABEL[low]} vs {LABEL[high]}", eps, stats))
+def _instances(card: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for c in sorted(card["cards"], key=lambda c: c["model"].get("instance", 0)):
+        out.setdefault(c["model"]["kind"], []).append(c)
     return out
 
 
-CLAIMS = {"b": "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A)",
-          "c": "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B)"}
+def rejudge(card: dict) -> list[Rejudged]:
+    """Claims (b) and (c), one judgement per model pair on eps*, instance i of one kind against instance i
+    of the other on the same images; intervals by a hierarchical bootstrap over those instance pairs,
+    then images."""
+    by_kind, out = _instances(card), []
+    for claim, robust, other in PAIRS:
+        if robust not in by_kind or other not in by_kind:
+            continue
+        couples = list(zip(by_kind[robust], by_kind[other]))
+        d = [censored(a) - censored(b) for a, b in couples]
+        pooled = np.concatenate(d)
+        lo, hi = hierarchical(d, np.median) if len(d) > 1 else bootstrap_median(pooled)
+        stats = Paired(low=float(np.median(np.concatenate([censored(b) for _, b in couples]))),
+                       high=float(np.median(np.concatenate([censored(a) for a, _ in couples]))),
+                       diff=float(np.median(pooled)), lo=lo, hi=hi, n=len(pooled), p=wilcoxon_p(pooled), unit="/255")
+        per_eps = []
+        for eps in (f"{e:g}" for e in SHOWN_EPS if e in couples[0][0]["grid"]):
+            pairs = [(1 - np.array(b["eps"][eps]["p"]), 1 - np.array(a["eps"][eps]["p"])) for a, b in couples]
+            binary = len(pairs) == 1 and all(np.isin(v, (0.0, 1.0)).all() for v in pairs[0])
+            per_eps.append((eps, compare(pairs, binary=binary)))
+        focus = f"{couples[0][0]['eval_eps']:g}"
+        both = [(np.array(a["clean"]) >= 0.5) & (np.array(b["clean"]) >= 0.5) for a, b in couples]
+        broken = lambda c, m: float(np.sum(np.array(c["eps"][focus]["p"])[m] < 0.5))  # noqa: E731
+        total = int(sum(m.sum() for m in both))
+        success = (100 * sum(broken(a, m) for (a, _), m in zip(couples, both)) / max(1, total),
+                   100 * sum(broken(b, m) for (_, b), m in zip(couples, both)) / max(1, total), total)
+        out.append(Rejudged(claim, f"{LABEL[robust]} vs {LABEL[other]}", stats, tuple(per_eps), success, len(couples)))
+    return out
 
 
-def items(found: list[Rejudged]) -> list[str]:
-    """One line per comparison: the claim, the verdict and the paired statistics."""
+def bootstrap_median(d: np.ndarray) -> tuple[float, float]:
+    """Percentile interval of the median of ``d`` over resampled images (one instance pair)."""
+    return hierarchical([d], np.median)
+
+
+def items(found: list[Rejudged], focus: float) -> list[str]:
+    """One line per judgement: the claim, the verdict on eps*, then the per-eps and secondary effects."""
     out = []
     for r in found:
         s = r.stats
-        test = f"; McNemar b={s.mcnemar[0]}, c={s.mcnemar[1]}, p={s.mcnemar[2]:.3g}" if s.mcnemar else ""
-        out.append(f"({r.claim}) {CLAIMS[r.claim]}: {r.what} at eps {r.eps}/255, worst case: **{s.verdict}** "
-                   f"(loss {s.low:.1f} vs {s.high:.1f} pp, difference {s.interval()}, n = {s.n}{test})")
+        per = "; ".join(f"{eps}/255: {100 - p.low:.1f}% vs {100 - p.high:.1f}% (McNemar p = {p.mcnemar[2]:.3g})"
+                        if p.mcnemar else f"{eps}/255: {100 - p.low:.1f}% vs {100 - p.high:.1f}% ({p.test()})"
+                        for eps, p in r.per_eps)
+        out.append(f"({r.claim}) {CLAIMS[r.claim]}: {r.what}, whitebox worst case, {r.instances} instance pair(s): "
+                   f"**{s.verdict}** (median eps* {s.high:g} vs {s.low:g}/255, median paired difference "
+                   f"{s.interval()}, n = {s.n}; {s.test()}). Robust accuracy {per}. Secondary: attack success "
+                   f"at {focus:g}/255 on the {r.success[2]} images both get right {r.success[0]:.1f}% vs "
+                   f"{r.success[1]:.1f}%")
     return out

@@ -14,11 +14,13 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ..config.grid import ITERATIVE, KINDS, LABEL, SNNS
 from .load import LINF_SLACK, SCENARIO_TITLE, SCENARIOS, Cell, Key, Run, attack_key, attack_name, fmt_eps, source_kind
-from .paired import CONTRADICTED, Paired, compare
+from .paired import ALPHA, CONTRADICTED, Paired, compare, heterogeneity, holm
 
 BOUNDED = "snnadv-clean"  # the eps-bounded SNNAdv (perturbation applied to x, DESIGN "Gradient sources")
 UNPAIRED = "paired statistics unavailable"
@@ -38,6 +40,8 @@ class AuditRow:
     linf_max: float
     l2: float
     rows: int
+    unperturbed: float | None = None  # mean share of images left exactly unperturbed (runs with per-image sizes)
+    under_budget: float | None = None  # mean share of images under 99% of eps
 
     @property
     def flagged(self) -> bool:
@@ -49,9 +53,12 @@ def perturbation_audit(run: Run) -> list[AuditRow]:
     groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in run.rows:
         groups[(r["source_kind"], r["gradient"], int(r["eps"]))].append(r)
+    def share(rs: list[dict], key: str) -> float | None:
+        return statistics.fmean(r[key] for r in rs) if all(key in r for r in rs) else None
+
     return [
         AuditRow(kind, gradient, eps, statistics.fmean(r["linf"] for r in rs), max(r["linf"] for r in rs),
-                 statistics.fmean(r["l2"] for r in rs), len(rs))
+                 statistics.fmean(r["l2"] for r in rs), len(rs), share(rs, "unperturbed"), share(rs, "under_budget"))
         for (kind, gradient, eps), rs in sorted(groups.items(), key=lambda g: (KINDS.index(g[0][0]), g[0][1:]))
     ]
 
@@ -129,17 +136,32 @@ def table3(run: Run) -> list[tuple[str, int, int]]:
 
 @dataclass(frozen=True)
 class Judgement:
-    """One paired comparison behind a verdict: the ``low`` side is claimed to lose less than ``high``
-    over the cell pairs listed (same attack and eps on both sides), pooled per image."""
+    """One paired comparison behind a verdict: the ``low`` side is claimed to be more robust than the
+    ``high`` side (a lower adversarial error, 100 - adversarial accuracy, on the same images) over the cell
+    pairs listed (same attack and eps on both sides), pooled per image where the cells agree in sign:
+    ``q`` (Gail-Simon statistic, p) of effects of opposite sign, and the cells whose effect has the
+    opposite sign to the pooled one (``opposite``)."""
 
     what: str
     gradient: str
     pairs: tuple[tuple[Key, Key], ...]
     stats: Paired | None
+    q: tuple[float, float] | None = None
+    opposite: tuple[str, ...] = ()
+    short: tuple[str, ...] = ()  # cells where more than 1% of images used less than 99% of eps
+    effects: tuple[float, ...] = ()  # per cell pair: its own mean difference of errors (pp), in pair order
+
+    @property
+    def heterogeneous(self) -> bool:
+        return self.q is not None and self.q[1] < ALPHA
 
     @property
     def verdict(self) -> str:
-        return "no data" if not self.pairs else UNPAIRED if self.stats is None else self.stats.verdict
+        if not self.pairs:
+            return "no data"
+        if self.stats is None:
+            return UNPAIRED
+        return HETEROGENEOUS if self.heterogeneous else self.stats.verdict
 
     def cells(self) -> str:
         """The cells it rests on, compactly: each side's (target, scenario, gradient) and the grid."""
@@ -152,19 +174,35 @@ class Judgement:
                 f"{', '.join(map(str, eps))}/255 ({len(self.pairs)} cell pairs)")
 
 
+HETEROGENEOUS = "effects of opposite sign across cells: not pooled"
+UNDER_BUDGET = 0.01  # a verdict names any cell where more than this share of images used < 99% of eps
+
+
 def judge(run: Run, what: str, gradient: str, pairs: list[tuple[Key, Key]]) -> Judgement:
-    """Pool the cell pairs per image and compare (McNemar as well for one pair of 0/1 outcomes on one target)."""
-    stats = None
-    if pairs and run.paired:
-        stats = judge_cells([(run.cells[a], run.cells[b]) for a, b in pairs],
-                            one_target=all(a[0] == b[0] for a, b in pairs))
-    return Judgement(what, gradient, tuple(pairs), stats)
+    """Pool the cell pairs per image and compare their adversarial errors (McNemar for one pair of 0/1
+    outcomes on one target, else Wilcoxon); with several pairs, test their heterogeneity first and name
+    the cells whose effect points against the pooled one."""
+    if not pairs or not run.paired:
+        return Judgement(what, gradient, tuple(pairs), None)
+    cells = [(run.cells[a], run.cells[b]) for a, b in pairs]
+    stats = judge_cells(cells, one_target=all(a[0] == b[0] for a, b in pairs))
+    diffs = [b.errors - a.errors for a, b in cells]
+    q = heterogeneity(diffs) if len(cells) > 1 else None
+    opposite = tuple(f"{attack_name(a[3], a[5])} at {fmt_eps(a[4])} ({100 * float(d.mean()):+.1f} pp)"
+                     for (a, _), d in zip(pairs, diffs) if float(d.mean()) * stats.diff < 0)
+    short = tuple(sorted({f"{LABEL[k[0]]} {SCENARIO_TITLE[k[1]]} `{k[2]}` {attack_name(k[3], k[5])} at {fmt_eps(k[4])}: "
+                          f"{100 * run.cells[k].under_budget:.1f}%" for pair in pairs for k in pair
+                          if (run.cells[k].under_budget or 0) > UNDER_BUDGET}))
+    return Judgement(what, gradient, tuple(pairs), stats, q, opposite, short,
+                     tuple(round(100 * float(d.mean()), 2) for d in diffs))
 
 
 def judge_cells(pairs: Sequence[tuple[Cell, Cell]], one_target: bool = True) -> Paired:
-    """Cell pairs (low, high) pooled per image; McNemar's test too for one pair of 0/1 outcomes on one target."""
-    binary = one_target and len(pairs) == 1 and all(c.repeats == 1 for pair in pairs for c in pair)
-    return compare([(a.per_image, b.per_image) for a, b in pairs], binary=binary)
+    """Cell pairs (low, high) pooled per image, compared on adversarial error; McNemar's test for one pair
+    of 0/1 outcomes on one target, else Wilcoxon's signed-rank test."""
+    binary = one_target and len(pairs) == 1 and all(
+        c.repeats == 1 and np.isin(c.errors, (0.0, 1.0)).all() for pair in pairs for c in pair)
+    return compare([(a.errors, b.errors) for a, b in pairs], binary=binary)
 
 
 def _pairs(run: Run, bad: set, candidates: Candidates, low: tuple[str, str], high: tuple[str, str],
@@ -224,22 +262,41 @@ def conclusions(run: Run) -> list[Conclusion]:
           name: str = "paper's, eps-bounded") -> Judgement:
         return judge(run, what, name, _pairs(run, bad, candidates, low, high, grid))
 
-    blackbox = SCENARIOS[1:]
+    skip = same_function(run)
+    blackbox = tuple(sc for sc in SCENARIOS[1:] if sc not in skip)
     a = [j(f"{LABEL[s]} vs ANN, {SCENARIO_TITLE[sc]}", (s, sc), ("ann", sc)) for s in SNNS for sc in blackbox]
     b = [j(f"ANN vs {LABEL[s]}, {SCENARIO_TITLE['whitebox']}", ("ann", "whitebox"), (s, "whitebox"), c, name)
          for c, name in ((paper, "paper's, eps-bounded"), (strong, strong_name)) for s in SNNS]
-    c = [j(f"SNN-II vs SNN-I, {SCENARIO_TITLE[sc]}", ("snn2", sc), ("snn1", sc)) for sc in SCENARIOS]
+    c = [j(f"SNN-II vs SNN-I, {SCENARIO_TITLE[sc]}", ("snn2", sc), ("snn1", sc)) for sc in ("whitebox", *blackbox)]
     c.append(j(f"SNN-II vs SNN-I, {SCENARIO_TITLE['whitebox']}", ("snn2", "whitebox"), ("snn1", "whitebox"), strong, strong_name))
-    skip = same_function(run)
+    # off the family diagonal only: never a source against a model of its own kind
     d = [j(f"{SCENARIO_TITLE[sc]} vs ANN-crafted, on {LABEL[t]}", (t, "bb-ann"), (t, sc))
-         for t in KINDS for sc in ("bb-snn1", "bb-snn2") if sc not in skip]
+         for t in KINDS if t != "ann" for sc in blackbox if sc not in ("bb-ann", f"bb-{t}")]
+    merged = tuple(f"{SCENARIO_TITLE[sc]} counted with the ANN-crafted source: {why}" for sc, why in skip.items())
     return [
-        Conclusion("a", "SNNs are more robust than the ANN under blackbox attacks (paper V-A)", tuple(a)),
+        Conclusion("a", "SNNs are more robust than the ANN under blackbox attacks (paper V-A)", tuple(a), merged),
         Conclusion("b", "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A)", tuple(b)),
-        Conclusion("c", "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B)", tuple(c)),
+        Conclusion("c", "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B)", tuple(c),
+                   merged),
         Conclusion("d", "SNN-crafted attacks are stronger than ANN-crafted ones (paper V-A, V-C)", tuple(d),
-                   tuple(f"{SCENARIO_TITLE[sc]} left out: {why}" for sc, why in skip.items())),
+                   (*merged, "judged off the family diagonal only: a source is never compared on a model of its "
+                             "own kind (ANN-crafted inputs on the ANN, SNN-II-crafted on SNN-II), where transfer "
+                             "within a family is strongest whatever the claim")),
     ]
+
+
+def corrected(found: list[Conclusion], others: Sequence[Paired] = ()) -> tuple[list[Conclusion], list[Paired]]:
+    """Holm's adjustment across one family: every study judgement that pools its cells (a heterogeneous one
+    makes no claim) and ``others`` (the adaptive evaluation's judgements); each keeps its adjusted p."""
+    slots = [(ci, ji) for ci, c in enumerate(found) for ji, j in enumerate(c.judgements)
+             if j.stats is not None and not j.heterogeneous]
+    adjusted = holm([found[ci].judgements[ji].stats.p for ci, ji in slots] + [o.p for o in others])
+    out = [list(c.judgements) for c in found]
+    for (ci, ji), a in zip(slots, adjusted):
+        j = out[ci][ji]
+        out[ci][ji] = replace(j, stats=replace(j.stats, adjusted=a))
+    return ([replace(c, judgements=tuple(js)) for c, js in zip(found, out)],
+            [replace(o, adjusted=a) for o, a in zip(others, adjusted[len(slots):])])
 
 
 # ---------------------------------------------------------------- sanity checks

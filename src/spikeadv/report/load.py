@@ -1,4 +1,4 @@
-"""Loading a run directory: ``run.json`` and ``results.jsonl`` validated, cells averaged over repeats,
+"""Loading a run directory: ``run.json`` and ``results.jsonl`` validated, rows gathered into cells,
 and each cell's per-image outcomes (:mod:`spikeadv.records.outcomes`) decoded for paired comparisons.
 
 Also the names every part of the report shares: kinds, scenarios, attacks, the paper's values.
@@ -21,7 +21,7 @@ import numpy as np
 from ..config.grid import ITERATIVE, KINDS, STUDY_ATTACKS
 from ..errors import SpikeAdvError
 from ..records import read_json
-from ..records.outcomes import unpack
+from ..records.outcomes import unpack, unpack_classes, unpack_halves
 
 SCENARIOS = ("whitebox", "bb-snn1", "bb-snn2", "bb-ann")
 SCENARIO_TITLE = {
@@ -57,9 +57,12 @@ Key = tuple[str, str, str, str, int, int]  # target, scenario, gradient, attack,
 
 @dataclass(frozen=True)
 class Cell:
-    """One (target, scenario, gradient, attack, eps, steps) cell, averaged over its repeats.
-    ``per_image``: each image's loss (clean correct - adversarial correct, in {-1, 0, 1}) averaged over
-    the repeats; its mean x 100 is ``loss``. None for runs saved before per-image outcomes."""
+    """One (target, scenario, gradient, attack, eps, steps) cell (averaged over its repeats, in runs
+    before the K-draw judge). ``per_image``: each image's loss (clean - adversarial expected
+    correctness; in {-1, 0, 1} for a deterministic target), its mean x 100 is ``loss`` (the paper's
+    metric); ``errors``: each image's adversarial error (1 - expected correctness), whose mean x 100 is
+    100 - adversarial accuracy (the verdicts' metric); ``linf_image``: each image's true L-inf (1/255).
+    None for runs saved before per-image outcomes (or before per-image perturbations)."""
 
     loss: float
     loss_std: float
@@ -71,6 +74,19 @@ class Cell:
     repeats: int
     n: int
     per_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    errors: np.ndarray | None = field(default=None, compare=False, repr=False)
+    linf_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    eps: int = 0
+
+    @property
+    def unperturbed(self) -> float | None:
+        """The share of images the attack left exactly where they were (None without per-image sizes)."""
+        return None if self.linf_image is None else float(np.mean(self.linf_image == 0))
+
+    @property
+    def under_budget(self) -> float | None:
+        """The share of images whose perturbation used less than 99% of eps."""
+        return None if self.linf_image is None else float(np.mean(self.linf_image < 0.99 * self.eps))
 
 
 @dataclass(frozen=True)
@@ -165,15 +181,23 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def aggregate(rows: Sequence[Mapping], per_image: Sequence[np.ndarray] | None = None) -> dict[Key, Cell]:
-    """Average the repeats of each cell (DESIGN "Metrics": mean and sample std over R repeats); with
-    ``per_image`` (one loss vector per row, :func:`per_image_losses`) each cell's mean per image too."""
+Outcome = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # per image: clean p, adversarial p, true L-inf
+
+
+def aggregate(rows: Sequence[Mapping], per_image: Sequence[Outcome] | None = None) -> dict[Key, Cell]:
+    """Average the rows of each cell (one per cell since the K-draw judge; earlier runs had R repeats:
+    mean and sample std); with ``per_image`` (:func:`per_image_outcomes`) each cell's per-image loss,
+    adversarial error and perturbation too."""
     groups: dict[Key, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         groups[(r["target"], r["scenario"], r["gradient"], r["attack"], int(r["eps"]), int(r["steps"]))].append(i)
 
     def mean(idx: list[int], key: str) -> float:
         return statistics.fmean(float(rows[i][key]) for i in idx)
+
+    def per(idx: list[int], f) -> np.ndarray | None:
+        values = [f(per_image[i]) for i in idx] if per_image is not None else [None]
+        return None if any(v is None for v in values) else np.mean(values, axis=0)
 
     return {
         key: Cell(
@@ -186,16 +210,24 @@ def aggregate(rows: Sequence[Mapping], per_image: Sequence[np.ndarray] | None = 
             l2=mean(idx, "l2"),
             repeats=len(idx),
             n=int(min(rows[i]["n"] for i in idx)),
-            per_image=None if per_image is None else np.mean([per_image[i] for i in idx], axis=0),
+            per_image=per(idx, lambda o: o[0] - o[1]),
+            errors=per(idx, lambda o: 1 - o[1]),
+            linf_image=per(idx, lambda o: o[2]),
+            eps=key[4],
         )
         for key, idx in sorted(groups.items())
     }
 
 
-def per_image_losses(path: Path, meta: dict, rows: Sequence[Mapping]) -> list[np.ndarray] | None:
-    """Each row's loss per image: its target's clean outcome in the same repeat (``run.json``, instance
-    0) minus the row's adversarial outcome, in {-1, 0, 1}. None when the run predates per-image
-    outcomes (no ``correct`` in its rows or no ``clean_correct`` in its models)."""
+def _p(correct: str, hits: str | None, draws: int, n: int) -> np.ndarray:
+    """Per image the expected correctness: correct draws / K where counted, else the 0/1 outcome."""
+    return unpack_classes(hits, n) / draws if hits is not None else unpack(correct, n).astype(np.float64)
+
+
+def per_image_outcomes(path: Path, meta: dict, rows: Sequence[Mapping]) -> list[Outcome] | None:
+    """Each row's per-image clean and adversarial expected correctness (its target's clean outcome:
+    ``run.json``, instance 0, in the same repeat for runs before the K-draw judge) and true L-inf (None
+    before per-image perturbations). None when the run predates per-image outcomes."""
     clean_of = {m["kind"]: m for m in meta["models"] if m.get("instance") == 0}
     if not rows or any("correct" not in r for r in rows) or any(
             "clean_correct" not in m for m in clean_of.values()):
@@ -203,9 +235,12 @@ def per_image_losses(path: Path, meta: dict, rows: Sequence[Mapping]) -> list[np
     out = []
     for line, r in enumerate(rows, 1):
         try:
-            clean = clean_of[r["target"]]["clean_correct"][int(r["repeat"])]
-            n = int(r["n"])
-            out.append(unpack(clean, n).astype(np.int8) - unpack(r["correct"], n).astype(np.int8))
+            model, n = clean_of[r["target"]], int(r["n"])
+            draws = int(r.get("draws", 1))
+            clean = _p(model["clean_correct"][int(r["repeat"])], model.get("clean_hits"), draws, n)
+            adv = _p(r["correct"], r.get("hits"), draws, n)
+            linf = unpack_halves(r["linf_image"], n) if "linf_image" in r else None
+            out.append((clean, adv, linf))
         except (AttributeError, KeyError, IndexError, TypeError, ValueError, binascii.Error) as e:
             raise SpikeAdvError(f"{path / 'results.jsonl'} row {line}: per-image outcomes do not decode against "
                                 f"run.json's clean outcomes ({type(e).__name__}: {e})") from None
@@ -221,7 +256,7 @@ def load_run(run_dir: Path) -> Run:
     meta = read_json(meta_path, "; is this a spikeadv run directory?")
     _check_meta(meta_path, meta)
     rows = _read_rows(run_dir / "results.jsonl")
-    return Run(path=run_dir, meta=meta, rows=rows, cells=aggregate(rows, per_image_losses(run_dir, meta, rows)))
+    return Run(path=run_dir, meta=meta, rows=rows, cells=aggregate(rows, per_image_outcomes(run_dir, meta, rows)))
 
 
 def lowest(values: Mapping[str, float | None]) -> set[str]:

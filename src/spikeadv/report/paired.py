@@ -11,9 +11,17 @@ averaged over the cell pairs a comparison pools. The evidence is
   b images only the first cell gets wrong, c only the second; p = P(min(b, c) or fewer of b + c fair
   coin flips land one way), two-sided.
 
-A claim ``high loses more than low`` is supported when the interval lies above zero, contradicted
-("not supported") when it lies below, and otherwise not distinguishable at this sample size: ties
-and differences inside the interval are evidence neither way.
+- otherwise Wilcoxon's signed-rank test on the per-image differences (zeros dropped, ties given mid
+  ranks, the normal approximation with the tie correction; Wilcoxon 1945);
+- Holm's step-down adjustment across one family of judgements (Holm 1979);
+- for pooled cells, Gail & Simon's test of effects of opposite sign (a qualitative interaction),
+  and a hierarchical bootstrap over trained instances, then images, for intervals
+  that carry seed variance (Davison & Hinkley 1997, section 3.8).
+
+A claim ``high loses more than low`` is supported when its Holm-adjusted p is below 0.05 and the effect
+points its way, contradicted ("not supported") when it points the other way, and otherwise not
+distinguishable at this sample size: ties and differences inside the interval are evidence neither way.
+Without a family (a single comparison) the bootstrap interval decides, as it did before.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CONFIDENCE = 0.95
+ALPHA = 0.05  # the family-wise error rate Holm's adjustment holds
 RESAMPLES = 4000
 SEED = 0  # fixed: a report regenerates byte for byte
 
@@ -33,8 +42,9 @@ SUPPORTED, CONTRADICTED, UNDECIDED = "supported", "not supported", "not distingu
 
 @dataclass(frozen=True)
 class Paired:
-    """``high - low``: the mean of two sides' losses (pp), their difference, its bootstrap interval
-    (pp) over ``n`` images, and McNemar's (b, c, p) where it applies."""
+    """``high - low``: the two sides' means (pp of loss or adversarial error; or medians of eps*, in
+    ``unit``), their difference, its bootstrap interval over ``n`` images, McNemar's (b, c, p) where it
+    applies, the test's two-sided ``p`` and its Holm-adjusted value once a family is formed."""
 
     low: float
     high: float
@@ -43,13 +53,26 @@ class Paired:
     hi: float
     n: int
     mcnemar: tuple[int, int, float] | None = None
+    p: float = 1.0
+    adjusted: float | None = None  # Holm-adjusted p within its family, once one is formed
+    unit: str = " pp"
 
     @property
     def verdict(self) -> str:
-        return SUPPORTED if self.lo > 0 else CONTRADICTED if self.hi < 0 else UNDECIDED
+        if self.adjusted is None:
+            return SUPPORTED if self.lo > 0 else CONTRADICTED if self.hi < 0 else UNDECIDED
+        if self.adjusted >= ALPHA or self.diff == 0:
+            return UNDECIDED
+        return SUPPORTED if self.diff > 0 else CONTRADICTED
+
+    def test(self) -> str:
+        """The test behind the verdict, for a line of the report."""
+        name = f"McNemar b={self.mcnemar[0]}, c={self.mcnemar[1]}" if self.mcnemar else "Wilcoxon signed-rank"
+        held = "" if self.adjusted is None else f", Holm-adjusted p = {self.adjusted:.3g}"
+        return f"{name}, p = {self.p:.3g}{held}"
 
     def interval(self) -> str:
-        return f"{self.diff:+.1f} pp [{self.lo:+.1f}, {self.hi:+.1f}]"
+        return f"{self.diff:+.1f}{self.unit} [{self.lo:+.1f}, {self.hi:+.1f}]"
 
 
 def mcnemar_p(b: int, c: int) -> float:
@@ -86,4 +109,81 @@ def compare(pairs: Sequence[tuple[np.ndarray, np.ndarray]], binary: bool = False
         b, c = int(np.sum(d > 0.5)), int(np.sum(d < -0.5))
         test = (b, c, mcnemar_p(b, c))
     return Paired(low=100 * float(low.mean()), high=100 * float(high.mean()), diff=100 * float(d.mean()),
-                  lo=100 * lo, hi=100 * hi, n=len(d), mcnemar=test)
+                  lo=100 * lo, hi=100 * hi, n=len(d), mcnemar=test, p=test[2] if test else wilcoxon_p(d))
+
+
+def wilcoxon_p(d: np.ndarray) -> float:
+    """Two-sided p of Wilcoxon's signed-rank test of ``d`` (zeros dropped, mid ranks for ties, normal
+    approximation with the tie correction and a continuity correction of 1/2)."""
+    d = np.asarray(d, dtype=np.float64)
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    magnitude = np.abs(d)
+    order = np.argsort(magnitude, kind="stable")
+    ranks = np.empty(n)
+    ranks[order] = np.arange(1, n + 1)
+    values, inverse, counts = np.unique(magnitude, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]  # mid ranks
+    w = float(ranks[d > 0].sum())
+    mean = n * (n + 1) / 4
+    var = n * (n + 1) * (2 * n + 1) / 24 - float(np.sum(counts**3 - counts)) / 48
+    if var <= 0:
+        return 1.0
+    z = (abs(w - mean) - 0.5) / math.sqrt(var)
+    return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def holm(p: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the k-th smallest of m is multiplied by
+    m - k + 1, then made non-decreasing in that order and capped at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def chi2_sf(x: float, k: int) -> float:
+    """P(X > x) for X chi-square with an integer ``k`` >= 1 degrees of freedom (closed forms)."""
+    if x <= 0:
+        return 1.0
+    h = x / 2
+    if k % 2 == 0:
+        return math.exp(-h) * sum(h**j / math.factorial(j) for j in range(k // 2))
+    return math.erfc(math.sqrt(h)) + math.exp(-h) * sum(h ** (j - 0.5) / math.gamma(j + 0.5)
+                                                           for j in range(1, (k - 1) // 2 + 1))
+
+
+def heterogeneity(diffs: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Whether pooled cell pairs (each a vector of per-image differences) have effects of opposite sign
+    beyond noise: Gail & Simon's (1985) test of a qualitative interaction, min(Q+, Q-) with Q+ (Q-) the sum
+    of squared z-scores of the positive (negative) cell effects, and its p under "no crossover" (a binomial
+    mixture of chi-square tails). Effects that differ only in size (larger at larger eps) pool."""
+    z = []
+    for d in diffs:
+        se = float(np.std(d, ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+        z.append(float(np.mean(d)) / se if se > 0 else 0.0)
+    k = len(z)
+    if k < 2:
+        return 0.0, 1.0
+    q = min(sum(v * v for v in z if v > 0), sum(v * v for v in z if v < 0))
+    return q, min(1.0, sum(math.comb(k - 1, h) / 2 ** (k - 1) * chi2_sf(q, h) for h in range(1, k)))
+
+
+def hierarchical(groups: Sequence[np.ndarray], statistic=np.mean, resamples: int = RESAMPLES, seed: int = SEED,
+                 confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` of the pooled values under a two-stage bootstrap: draw the
+    instances (``groups``) with replacement, then the images within each drawn instance."""
+    rng = np.random.default_rng(seed)
+    groups = [np.asarray(g, dtype=np.float64) for g in groups]
+    stats = np.empty(resamples)
+    for r in range(resamples):
+        picked = rng.integers(0, len(groups), len(groups))
+        stats[r] = statistic(np.concatenate([rng.choice(groups[i], len(groups[i])) for i in picked]))
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(stats, [tail, 1 - tail])
+    return float(lo), float(hi)

@@ -7,18 +7,20 @@ import base64
 import html
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..config.grid import KINDS, LABEL
 from . import adaptive
-from .analysis import UNPAIRED, Conclusion, conclusions, perturbation_audit, sanity_checks
+from .analysis import UNPAIRED, Conclusion, conclusions, corrected, perturbation_audit, sanity_checks
 from .figures import figure2, figure3, figure4, glossary, publish, save_figure
 from .load import COLUMNS, FIG3_EPS, FIG4_STYLE, LINF_SLACK, PAPER_CLEAN, SCENARIO_TITLE, Run, fmt_eps, load_run
 from .paired import CONFIDENCE, RESAMPLES
 from .tables import (
     COMPARISON_COLUMNS,
+    PER_CELL,
     audit_table,
     comparison_rows,
     fig2_table,
@@ -150,6 +152,12 @@ def _facts(run: Run) -> list[str]:
         "Main gradient per source kind: " + ", ".join(f"{LABEL[k]} `{meta['gradients'][k]}`" for k in KINDS),
         f"Results: {len(run.rows)} rows in {len(run.cells)} cells; per-image outcomes: "
         + ("yes (paired statistics)" if run.paired else f"no ({UNPAIRED})"),
+        f"Trained instances per kind: {len({m.get('instance') for m in meta['models']})} (the study's targets: "
+        "instance 0, its blackbox inputs from instance 1; the adaptive evaluation's: every instance)",
+        "Judge: " + (f"expected correctness over K = {preset['study']['draws']} encoder draws per image"
+                     + (" (majority vote)" if preset["study"].get("vote") else "")
+                     + ", common random numbers" if "draws" in preset.get("study", {})
+                     else "earlier protocol: encoder repeats averaged per image (no common draws)"),
     ]
     augment = {f"{LABEL.get(m['kind'], m['kind'])}": m["augmentation"] for m in meta["models"]
                if m.get("instance") == 0 and "augmentation" in m}
@@ -176,49 +184,70 @@ def conclusion_items(found: list[Conclusion], mark: str = "") -> list[str]:
         items.append(f"({c.key}) {c.claim}: **{c.verdict}**{mark}")
         for j in c.judgements:
             p = j.stats
-            stats = "" if p is None else (f"loss {p.low:.1f} vs {p.high:.1f} pp, difference {p.interval()} "
-                                          f"over {p.n} images; ")
+            stats = "" if p is None else (f"adversarial accuracy {100 - p.low:.1f}% vs {100 - p.high:.1f}%, error "
+                                          f"difference {p.interval()} over {p.n} images ({p.test()}); ")
+            pooled = "" if j.q is None else (f"; opposite signs (Gail-Simon) p = {j.q[1]:.3g}"
+                                             + (f"; cells the other way: {', '.join(j.opposite)}" if j.opposite else ""))
+            pooled += (f"; images using less than 99% of eps in: {', '.join(j.short)}" if j.short else "")
             items.append(f"({c.key}) {j.what} [{j.gradient}]: {stats}**{j.verdict}** — cells: "
-                         + (j.cells() if j.pairs else "none in this run") + mark)
+                         + (j.cells() if j.pairs else "none in this run") + pooled + mark)
         items += [f"({c.key}) {why}" for why in c.excluded]
     return items
 
 
-def _adaptive(run: Run, card: dict | None) -> list[Block]:
-    """The section that re-judges the whitebox claims under the run's strongest adaptive evaluation."""
-    title = ("h", 2, "The whitebox claims under adaptive evaluation")
+def _adaptive(card: dict | None, rejudged: list[adaptive.Rejudged]) -> list[Block]:
+    """The section that judges the whitebox claims on the run's robustness curves (adaptive evaluation)."""
+    title = ("h", 2, "Robustness curves and minimal perturbations (adaptive evaluation)")
     if card is None:
         return [title, ("p", "Not evaluated: `spikeadv evaluate RUN_DIR` runs the adaptive suite (APGD, "
-                             "Square, several gradient estimators, worst case per image, gradient-masking checks) "
-                             "and this section then shows it.")]
+                             "Square, several gradient estimators, worst case per image over an eps grid, the null "
+                             "attack, gradient-masking checks) and this section then shows it.")]
+    if not adaptive.curves(card):
+        return [title, ("p", f"The evaluation in this run directory (suite `{card['suite']}`) predates robustness "
+                             "curves and judged stochastic models on single encoder draws, so it is not shown; "
+                             "`spikeadv evaluate RUN_DIR` writes a new one.")]
+    focus = card["cards"][0]["eval_eps"] if card["cards"] else 8
     return [
         title,
         ("p", f"`spikeadv evaluate`, suite `{card['suite']}` ({card['suite_doc']}), on {card['images']} test "
-              "images: per image the worst case over every (estimator, attack) pair, each pair run on the images "
-              "no earlier pair broke (accuracies in %). The paper's FGSM column is the study's whitebox cell "
-              "with the paper's gradient; the card (evaluation/" + card["suite"] + "/card.md) lists which pair "
-              "broke which images and every masking check."),
-        ("table", adaptive.table(run, card)),
-        ("p", "The verdicts compare worst-case losses (clean - adversarial accuracy, pp) image by image, as the "
-              "paper's claims are worded. Where the worst case leaves (almost) nothing, a model's loss is its "
-              "clean accuracy, and a verdict then says which model had more to lose: read it beside the "
-              "worst-case column."),
-        ("items", adaptive.items(adaptive.rejudge(card))),
+              "images, every trained instance. **Robust accuracy** at eps (%, the primary metric): per image the "
+              "worst case over every (estimator, attack) pair, a stochastic model judged by its expected "
+              f"correctness over K = {card.get('draws', 1)} encoder draws, the same draws for every input of an "
+              "image (common random numbers); adversarial images found at one eps count at every larger one. "
+              "**eps*** is an image's smallest grid eps at which it is broken (expected correctness below 1/2; "
+              "0 when already below on the clean image; beyond the grid counted as twice its largest eps). AUC: "
+              "the mean robust accuracy over [0, largest eps]. The null attack runs through the identical "
+              "pipeline: the image itself (must keep clean accuracy) and random +-eps signs."),
+        ("table", adaptive.table(card)),
+        ("p", "One judgement per claim and model pair on eps* (Wilcoxon's signed-rank test; the median paired "
+              "difference with a bootstrap interval over instance pairs, then images), Holm-adjusted together "
+              "with the study's judgements above; the per-eps robust accuracies (McNemar) and the attack "
+              "success rate on images both models get right (secondary) beside it."),
+        ("items", adaptive.items(rejudged, focus)),
     ]
 
 
-def _blocks(run: Run, found: list[Conclusion], notes: list[str], card: dict | None = None) -> list[Block]:
+PAIRED = ("Each verdict is a paired comparison over the attacked images on **adversarial accuracy** (not "
+          "the paper's loss, which is capped by clean accuracy: a weaker model has less to lose): per image, "
+          "the difference of the two sides' adversarial errors (1 - expected correctness over K encoder "
+          "draws, averaged over the cell pairs it pools), with a "
+          f"{CONFIDENCE:.0%} percentile bootstrap interval ({RESAMPLES} resamples of the images) and McNemar's "
+          "exact test (one pair of 0/1 outcomes) or Wilcoxon's signed-rank test. One family: every "
+          "judgement here and in the adaptive section, Holm-adjusted (family-wise 5%). **supported**: "
+          "adjusted p < 0.05 in the claimed direction; **not supported**: in the other; otherwise **not "
+          "distinguishable at this sample size**. Cells are pooled only where Gail and Simon's test finds no "
+          "effects of opposite sign beyond noise; a pooled line names any cell of opposite sign. Cells come "
+          "from the Table III grid (Fig. 2 attacks and eps), crafted with the "
+          "paper's gradient where its inputs are eps-bounded and with eps-bounded SNNAdv (`snnadv-clean`) "
+          "where the audit flags the faithful one; (b) and (c) are judged again under the strongest "
+          "gradient the run evaluated.")
+
+
+def _blocks(run: Run, found: list[Conclusion], notes: list[str], card: dict | None = None,
+            rejudged: list[adaptive.Rejudged] = ()) -> list[Block]:
     checks, audit = sanity_checks(run), perturbation_audit(run)
     flagged = [a for a in audit if a.flagged]
-    paired = ("Each verdict is a paired comparison over the attacked images: per image, the difference of "
-              "the two sides' losses (averaged over encoder repeats and over the cell pairs it pools), with a "
-              f"{CONFIDENCE:.0%} percentile bootstrap interval ({RESAMPLES} resamples of the images). "
-              "**supported**: the interval lies above zero; **not supported**: below zero; otherwise **not "
-              "distinguishable at this sample size** (ties and differences inside the interval are evidence "
-              "neither way). Cells come from the Table III grid (Fig. 2 attacks and eps), crafted with the "
-              "paper's gradient where its inputs are eps-bounded and with eps-bounded SNNAdv (`snnadv-clean`) "
-              "where the audit flags the faithful one; (b) and (c) are judged again under the strongest "
-              "gradient the run evaluated.")
+    paired = PAIRED
     if not run.paired:
         paired = (f"**{UNPAIRED}**: this run's results predate per-image outcomes, so no verdict or sanity "
                   "check can be judged; the tables and figures above are complete. Rerun the study to judge them.")
@@ -260,7 +289,7 @@ def _blocks(run: Run, found: list[Conclusion], notes: list[str], card: dict | No
         ("items", conclusion_items(found, SYNTHETIC_MARK if fake else "")),
         ("h", 3, "Every paired comparison (also in comparisons.csv, with each cell pair spelled out)"),
         ("table", (COMPARISON_COLUMNS, comparison_rows(found))),
-        *_adaptive(run, card),
+        *_adaptive(card, list(rejudged)),
     ]
 
 
@@ -282,18 +311,21 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         bar.set_postfix_str(part, refresh=False)
         bar.update(_COST[part])
 
-    found = conclusions(run)  # bootstrap intervals: computed once, rendered three times
+    card = adaptive.load_card(Path(run_dir))
+    rejudged = adaptive.rejudge(card) if adaptive.curves(card) else []
+    found, adjusted = corrected(conclusions(run), [r.stats for r in rejudged])  # one family, Holm
+    rejudged = [replace(r, stats=a) for r, a in zip(rejudged, adjusted)]
     done("conclusions")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = [
         _write_text(out / "table1.md", _md([("table", table1(run))])),
         _write_text(out / "table1.csv", to_csv(
-            ["kind", "instance", "clean_acc", "clean_std", "repeats", "T", "paper_clean_acc"],
-            ([m["kind"], m.get("instance"), m.get("clean_acc"), m.get("clean_std"), m.get("repeats"), m.get("T"),
+            ["kind", "instance", "clean_acc", "clean_std", "draws", "T", "paper_clean_acc"],
+            ([m["kind"], m.get("instance"), m.get("clean_acc"), m.get("clean_std"), m.get("draws", m.get("repeats")), m.get("T"),
               PAPER_CLEAN.get(m["kind"])] for m in run.meta["models"]))),
         _write_text(out / "results.csv", to_csv(COLUMNS, ([r[c] for c in COLUMNS] for r in run.rows))),
-        _write_text(out / "comparisons.csv", to_csv(COMPARISON_COLUMNS, comparison_rows(found, False))),
+        _write_text(out / "comparisons.csv", to_csv([*COMPARISON_COLUMNS, PER_CELL], comparison_rows(found, False))),
     ]
     done("tables")
     notes, images = [], {}
@@ -304,7 +336,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         notes += fig_notes
         written += paths
         done(name)
-    blocks = _blocks(run, found, notes, adaptive.load_card(Path(run_dir)))
+    blocks = _blocks(run, found, notes, card, rejudged)
     written.append(_write_text(out / "report.md", _md(blocks)))
     written.append(_write_text(out / "report.html", _html(blocks, images, blocks[0][2])))
     done("report")

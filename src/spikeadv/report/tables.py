@@ -37,13 +37,14 @@ def _pm(cell: Cell | None) -> str:
 
 
 def table1(run: Run) -> tuple[list[str], list[list[str]]]:
-    """Paper Table I: clean accuracy per kind and instance, the paper's value beside."""
-    headers = ["Model", "Instance", "Clean accuracy (%)", "Std", "Repeats", "T", "Paper (%)"]
+    """Paper Table I: clean accuracy per kind and instance (a stochastic model's expected accuracy over its
+    encoder draws, with the std of one draw's accuracy), the paper's value beside."""
+    headers = ["Model", "Instance", "Clean accuracy (%)", "Std", "Encoder draws", "T", "Paper (%)"]
     models = sorted(run.meta["models"], key=lambda m: (KINDS.index(m["kind"]) if m["kind"] in KINDS else 9,
                                                        m.get("instance", 0)))
     rows = [
         [LABEL.get(m["kind"], m["kind"]), str(m.get("instance", "—")), _num(m.get("clean_acc"), 2),
-         _num(m.get("clean_std"), 2), str(m.get("repeats", "—")), "—" if m.get("T") is None else str(m["T"]),
+         _num(m.get("clean_std"), 2), str(m.get("draws", m.get("repeats", "—"))), "—" if m.get("T") is None else str(m["T"]),
          _num(PAPER_CLEAN.get(m["kind"]), 1)]
         for m in models
     ]
@@ -106,19 +107,24 @@ def to_csv(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def audit_table(audit: list[AuditRow]) -> tuple[list[str], list[list[str]]]:
-    headers = ["Source", "Gradient", "eps", "Mean L-inf (1/255)", "Max L-inf", "Mean L2", "Rows", "Flag"]
+    headers = ["Source", "Gradient", "eps", "Mean L-inf (1/255)", "Max L-inf", "Mean L2", "Unperturbed (%)",
+               "Under 99% of eps (%)", "Rows", "Flag"]
     rows = [[LABEL[a.source_kind], a.gradient, fmt_eps(a.eps), f"{a.linf:.2f}", f"{a.linf_max:.2f}", f"{a.l2:.3f}",
+             _num(None if a.unperturbed is None else 100 * a.unperturbed, 1),
+             _num(None if a.under_budget is None else 100 * a.under_budget, 1),
              str(a.rows), f"**L-inf > eps + {LINF_SLACK}**" if a.flagged else "ok"] for a in audit]
     return headers, rows
 
 
-COMPARISON_COLUMNS = ["Conclusion", "Comparison", "Gradient", "Loss low side (pp)", "Loss high side (pp)",
-                      "High - low, 95% interval", "Images", "McNemar b / c / p", "Verdict", "Cells"]
+COMPARISON_COLUMNS = ["Conclusion", "Comparison", "Gradient", "Adversarial error, claimed side (%)",
+                      "Adversarial error, other side (%)", "Other - claimed, 95% interval", "Images",
+                      "McNemar b / c / p", "p", "Holm-adjusted p", "Opposite signs (Gail-Simon) stat / p", "Verdict", "Cells"]
+PER_CELL = "Per-cell effects (pp, in cell order)"  # comparisons.csv only
 
 
 def comparison_rows(found: list[Conclusion], markdown: bool = True) -> list[list[str]]:
-    """One row per judgement: its two sides' losses, the paired difference and interval, the verdict and
-    the cells (compact in Markdown; every cell pair spelled out for CSV)."""
+    """One row per judgement: its two sides' adversarial errors, the paired difference and interval, the
+    tests (raw and Holm-adjusted p, heterogeneity), the verdict and the cells (compact in Markdown; every cell pair spelled out for CSV)."""
     rows = []
     for c in found:
         for j in c.judgements:
@@ -129,5 +135,8 @@ def comparison_rows(found: list[Conclusion], markdown: bool = True) -> list[list
                          "—" if p is None else f"{p.high:.1f}", "—" if p is None else p.interval(),
                          "—" if p is None else str(p.n),
                          "—" if p is None or p.mcnemar is None else "{} / {} / {:.3g}".format(*p.mcnemar),
-                         f"**{j.verdict}**" if markdown else j.verdict, cells])
+                         "—" if p is None else f"{p.p:.3g}", "—" if p is None or p.adjusted is None else f"{p.adjusted:.3g}",
+                         "—" if j.q is None else f"{j.q[0]:.1f} / {j.q[1]:.3g}",
+                         f"**{j.verdict}**" if markdown else j.verdict, cells,
+                         *([] if markdown else ["; ".join(f"{e:+.2f}" for e in j.effects)])])
     return rows

@@ -14,7 +14,7 @@ reuses what exists and an interrupted run resumes where it stopped::
     .lock                    held by the one process writing here (who: pid, host, command)
     run.json                 the config, the models, stage wall times (written atomically)
     models/<kind><i>-<key>   checkpoints (training resumes epoch-wise)
-    clean/<kind>-<key>.json  clean predictions of each target per encoder seed
+    clean/<kind>-<key>.json  each target's expected correctness per clean image (K encoder draws)
     cells/<key>.json         one crafting job: its recipe and a result row per target and repeat
     results.jsonl            the tidy table (report.COLUMNS), gathered from cells/
     report/                  Table I, Fig. 2-4, Markdown and HTML (spikeadv.report)
@@ -34,7 +34,7 @@ The adaptive evaluation: :mod:`.evaluation` (what to evaluate, units as tasks), 
 unit), :mod:`.card` (the robustness card).
 """
 
-from .compute import clean_predictions, craft, predict, random_targets, repeats, rows
+from .compute import clean_predictions, craft, judged, random_targets, rows
 from .executors import Executor
 from .plan import EXTRA_ATTACKS, Job, Task, bounded_kinds, cell_recipe, grid, main_gradients, plan
 from .plan import cost as plan_cost
@@ -43,5 +43,5 @@ from .runner import run
 from .tasks import run_task
 
 __all__ = ["EXTRA_ATTACKS", "Executor", "Job", "Task", "bounded_kinds", "cell_recipe", "clean_predictions", "craft",
-           "grid", "identity", "load_model", "lock", "main_gradients", "open_run", "plan", "plan_cost", "predict",
-           "random_targets", "repeats", "rows", "run", "run_task"]
+           "grid", "identity", "load_model", "lock", "main_gradients", "open_run", "plan", "plan_cost", "judged",
+           "random_targets", "rows", "run", "run_task"]

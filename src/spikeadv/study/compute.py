@@ -17,6 +17,7 @@ from ..models.neurons import backend_on
 from ..models.trained import Trained
 from ..records import cached, outcomes
 from ..records.provenance import __version__, digest, seed_of
+from .judge import Judge, classes, expected, stochastic
 from .plan import Job
 
 
@@ -24,26 +25,16 @@ def _batches(n: int, size: int) -> Iterator[tuple[int, slice]]:
     yield from enumerate(slice(i, min(i + size, n)) for i in range(0, n, size))
 
 
-@torch.no_grad()
-def predict(model: Trained, x: Tensor, study: StudyConfig, repeat: int) -> Tensor:
-    """Predicted classes of ``x``; an SNN's encoder is seeded by (study seed, repeat, batch), so the clean
-    and adversarial evaluations of one repeat see the same random draws (paired comparisons)."""
-    out = []
-    with runtime.autocast(study.bf16, x.device):
-        for b, part in _batches(len(x), study.batch_size):
-            if model.snn is None:
-                logits = model.net(x[part])
-            else:
-                gen = runtime.generator(seed_of(study.seed, "eval", repeat, b), x.device)
-                logits = model.net(x[part], model.snn, gen)
-            out.append(logits.argmax(1))
-    return torch.cat(out)
+def judge_of(study: StudyConfig) -> Judge:
+    """How the study judges a model's predictions: K draws (or their majority), seeded by the study."""
+    return Judge(study.draws, study.vote, study.seed, study.batch_size, study.bf16)
 
 
-def repeats(model: Trained, study: StudyConfig) -> int:
-    """Evaluations per target: ``study.repeats`` encoder seeds for Poisson-coded SNNs, one for the
-    deterministic ones (the ANN, direct-encoded SNNs)."""
-    return study.repeats if model.snn is not None and model.snn.encoding == "poisson" else 1
+def judged(model: Trained, x: Tensor, y: Tensor, study: StudyConfig) -> Tensor:
+    """Per image, the model's expected correctness on ``x`` (:func:`.judge.expected`): image i of the
+    attacked set is judged on the same K encoder draws whatever input it is given, so the clean and
+    every adversarial evaluation of it are paired."""
+    return expected(model, x, y, torch.arange(len(x), device=x.device), judge_of(study))
 
 
 def random_targets(y: Tensor, classes: int, study: StudyConfig) -> Tensor:
@@ -77,54 +68,58 @@ def craft(job: Job, model: Trained, x: Tensor, y: Tensor, goal: Tensor, study: S
 
 
 def rows(job: Job, target: Trained, x: Tensor, y: Tensor, adv: Tensor, aim: Tensor | None,
-         clean: list[Tensor], study: StudyConfig) -> list[dict]:
-    """The result rows of one adversarial set on one target, one per evaluation repeat (DESIGN
-    "Metrics"): accuracies in percent, loss = clean - adversarial accuracy (pp), success rate over the
-    initially correct images, target hit rate (targeted attacks), mean true L-inf (1/255) and L2; and
-    per image (:mod:`outcomes`) whether the target was right and, for targeted attacks, its predicted
-    class and whether that was the target."""
+         clean: Tensor, study: StudyConfig) -> list[dict]:
+    """The result row of one adversarial set on one target (DESIGN "Metrics"), the target judged by its
+    expected correctness over K encoder draws (:func:`judged`): accuracies in percent, loss = clean -
+    adversarial accuracy (pp, the paper's metric), success rate over the images the target gets right
+    (p >= 1/2) that the attack breaks (p < 1/2), target hit rate (targeted attacks), mean true L-inf
+    (1/255) and L2 and the share of images left unperturbed or under 99% of eps; per image
+    (:mod:`outcomes`) whether the target was right (p >= 1/2), its correct draws out of K (stochastic
+    targets), the true L-inf and L2, and for targeted attacks its predicted class and whether that was
+    the target (on draw 0 for a stochastic target)."""
     delta = (adv - x).flatten(1)
-    linf = round(delta.abs().amax(1).mean().item() * 255, 4)
-    l2 = round(delta.norm(dim=1).mean().item(), 5)
-    out = []
-    for r in range(repeats(target, study)):
-        pred = predict(target, adv, study, r)
-        correct = clean[r] == y
-        clean_acc = 100.0 * correct.float().mean().item()
-        adv_acc = 100.0 * (pred == y).float().mean().item()
-        fooled = (correct & (pred != y)).sum().item()
-        out.append({
-            "target": target.kind, "source_kind": job.source, "source_instance": job.instance,
-            "scenario": job.scenario(), "gradient": job.gradient, "attack": job.attack, "eps": job.eps,
-            "steps": job.steps, "repeat": r, "n": len(y), "clean_acc": round(clean_acc, 4),
-            "adv_acc": round(adv_acc, 4), "loss": round(clean_acc - adv_acc, 4),
-            "success_rate": round(100.0 * fooled / max(1, correct.sum().item()), 4),
-            "target_hit_rate": None if aim is None else round(100.0 * (pred == aim).float().mean().item(), 4),
-            "linf": linf, "l2": l2, "correct": outcomes.pack((pred == y).cpu().numpy()),
-            **({} if aim is None else {"pred": outcomes.pack_classes(pred.cpu().numpy()),
-                                       "hit": outcomes.pack((pred == aim).cpu().numpy())}),
-        })
-    return out
+    linf, l2 = delta.abs().amax(1) * 255, delta.norm(dim=1)
+    p = judged(target, adv, y, study)
+    right, broken = clean >= 0.5, p < 0.5
+    k = study.draws if stochastic(target) else 1
+    row = {
+        "target": target.kind, "source_kind": job.source, "source_instance": job.instance,
+        "scenario": job.scenario(), "gradient": job.gradient, "attack": job.attack, "eps": job.eps,
+        "steps": job.steps, "repeat": 0, "n": len(y), "draws": k, "vote": study.vote,
+        "clean_acc": round(100.0 * clean.mean().item(), 4), "adv_acc": round(100.0 * p.mean().item(), 4),
+        "loss": round(100.0 * (clean.mean() - p.mean()).item(), 4),
+        "success_rate": round(100.0 * (right & broken).sum().item() / max(1, right.sum().item()), 4),
+        "target_hit_rate": None, "linf": round(linf.mean().item(), 4), "l2": round(l2.mean().item(), 5),
+        "unperturbed": round((linf == 0).float().mean().item(), 4),
+        "under_budget": round((linf < 0.99 * job.eps).float().mean().item(), 4),
+        "correct": outcomes.pack((~broken).cpu().numpy()),
+        "linf_image": outcomes.pack_halves(linf.cpu().numpy()), "l2_image": outcomes.pack_halves(l2.cpu().numpy()),
+        **({"hits": outcomes.pack_classes((p * k).round().cpu().numpy())} if k > 1 else {}),
+    }
+    if aim is not None:
+        pred = classes(target, adv, torch.arange(len(y), device=y.device), judge_of(study))
+        row.update(target_hit_rate=round(100.0 * (pred == aim).float().mean().item(), 4),
+                   pred=outcomes.pack_classes(pred.cpu().numpy()), hit=outcomes.pack((pred == aim).cpu().numpy()))
+    return [row]
 
 
 def clean_predictions(target: Trained, x: Tensor, y: Tensor, study: StudyConfig, folder: Path,
-                      can_write: bool = True, log: Callable[[str], None] = print) -> tuple[list[Tensor], dict]:
-    """Clean predictions of a target per repeat (cached by model hash and evaluation recipe, with an
-    integrity digest: an edited or corrupted file is recomputed), and where they are: ``path``, the
-    ``seconds`` they took and whether they were ``reused``."""
+                      can_write: bool = True, log: Callable[[str], None] = print) -> tuple[Tensor, dict]:
+    """A target's expected correctness per clean image (:func:`judged`; cached by model hash and judge,
+    with an integrity digest: an edited or corrupted file is recomputed), and where it is: ``path``, the
+    ``seconds`` it took and whether it was ``reused``."""
     recipe = {"model": target.sha256, "T": target.snn.T if target.snn else None, "images": len(x),
-              "labels": digest(y.tolist()), "repeats": repeats(target, study), "seed": study.seed,
-              "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
+              "labels": digest(y.tolist()), "draws": study.draws if stochastic(target) else 1, "vote": study.vote,
+              "seed": study.seed, "bf16": study.bf16, "batch": study.batch_size, "version": __version__}
     path = folder / f"{target.name}-{digest(recipe)}.json"
 
     def predictions() -> dict:
         start = time.perf_counter()
-        preds = [predict(target, x, study, r).tolist() for r in range(recipe["repeats"])]
-        return {"preds": preds, "seconds": round(time.perf_counter() - start, 2), "device": str(x.device),
+        return {"p": judged(target, x, y, study).tolist(), "seconds": round(time.perf_counter() - start, 2), "device": str(x.device),
                 "neurons": backend_on(x.device)}
 
     saved, reused = cached(path, recipe, predictions, log, None if can_write else (
         f"{folder.parent} is read-only and the clean predictions of {target.name} need computing; make it "
         "writable or pass another --out"))
-    return ([torch.tensor(p, device=x.device) for p in saved["preds"]],
+    return (torch.tensor(saved["p"], device=x.device),
             {"path": path, "seconds": saved["seconds"], "reused": reused})

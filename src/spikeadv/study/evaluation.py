@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,25 +36,36 @@ from . import executors
 from .executors import Executor
 from .plan import Task
 from .rundir import load_model
-from .units import Evaluation, Setting
+from .units import EPS_GRID, Evaluation, Setting
 
 
-def eps_values(values: list[float]) -> tuple[float, ...]:
-    """eps in 1/255 units, each in (0, 255], refused with one line otherwise."""
-    for e in values:
-        if not 0 < e <= 255:
-            raise SpikeAdvError(f"eps is in 1/255 units and must be in (0, 255], got {e:g} (e.g. --eps 8)")
+def eps_grid(values: list[float]) -> tuple[float, ...]:
+    """The robustness curve's eps grid in 1/255 units: at least one, each finite and in (0, 255], strictly
+    increasing; anything else refused with one line."""
     if not values:
-        raise SpikeAdvError("give at least one eps (1/255 units), e.g. --eps 8")
-    return tuple(dict.fromkeys(values))
+        raise SpikeAdvError("give at least one eps (1/255 units), e.g. --eps 0.5,1,2,4,8")
+    for e in values:
+        if not (math.isfinite(e) and 0 < e <= 255):
+            raise SpikeAdvError(f"eps is in 1/255 units and must be a number in (0, 255], got {e:g} (e.g. --eps 8)")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise SpikeAdvError("the eps grid must be strictly increasing, e.g. --eps 0.5,1,2,4,8, got "
+                            + ",".join(f"{e:g}" for e in values))
+    return tuple(float(e) for e in values)
+
+
+def draws_value(k: int) -> int:
+    """K, the encoder draws per judged input: an int >= 1, refused with one line otherwise."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SpikeAdvError(f"--draws (K encoder draws per judged input) must be an integer >= 1, got {k!r}")
+    return k
 
 
 def targets(path: Path, images: int | None, root: Path | None, device: torch.device | None = None
             ) -> tuple[list[Trained], dict[str, list[Trained]], Tensor, Tensor, dict]:
-    """The models to evaluate at ``path`` (a run directory: instance 0 of each kind, with instance 1 of
-    its kind and the ANN's instance 1 as transfer sources; or one checkpoint), the test images (the
-    study's, or the first ``images`` of the checkpoint's test set) and the recorded settings, all on
-    ``device`` (None: this process's)."""
+    """The models to evaluate at ``path`` (a run directory: every instance of each kind, each with the
+    other instances of its kind and the ANN's other instances as transfer sources; or one checkpoint),
+    the test images (the study's, or the first ``images`` of the checkpoint's test set) and the recorded
+    settings, all on ``device`` (None: this process's)."""
     device = runtime.device(device)
     if path.is_dir():
         record = read_json(path / "run.json", "; pass a study's run directory, or a checkpoint")
@@ -64,11 +76,13 @@ def targets(path: Path, images: int | None, root: Path | None, device: torch.dev
         test = data.load(preset.dataset, "test", root)
         test = test.subset(preset.test_subset) if preset.test_subset else test
         n = images or preset.study.images
-        models = {(k, i): load_model(path, k, i, device) for k in KINDS for i in (0, 1)}
-        evaluated = [models[(k, 0)] for k in KINDS]
-        sources = {m.name: [models[(m.kind, 1)], *([models[("ann", 1)]] if m.kind != "ann" else [])]
-                   for m in evaluated}
-        recorded = {"batch_size": preset.study.batch_size, "bf16": preset.study.bf16, "seed": preset.study.seed}
+        instances = range(len(preset.seeds))
+        models = {(k, i): load_model(path, k, i, device) for k in KINDS for i in instances}
+        evaluated = [models[(k, i)] for i in instances for k in KINDS]
+        sources = {m.name: [models[(k, j)] for k in dict.fromkeys((m.kind, "ann")) for j in instances
+                            if j != m.instance] for m in evaluated}
+        recorded = {"batch_size": preset.study.batch_size, "bf16": preset.study.bf16, "seed": preset.study.seed,
+                    "draws": preset.study.draws, "vote": preset.study.vote}
     else:
         model = Trained.load(path, device=device)
         name = model.meta.get("data", {}).get("dataset")
@@ -101,14 +115,15 @@ def custom_suite(base: Suite, specs: list[str]) -> Suite:
 
 def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Setting, images: int) -> list[Task]:
     """The evaluation's units as independent tasks (for an executor to run anywhere, filling the cache
-    the card is then read from): each model's ensemble per eps, curves per estimator and EOT, and the
-    transfers from each source per eps (one task per source set, shared by its targets). Cost: image-steps."""
+    the card is then read from): each model's sweep over the eps grid and its null attack, curves per
+    estimator and EOT, and the transfers from each source (one task per source, shared by its targets).
+    Cost: image-steps."""
     suite, curve = setting.suite, min(images, setting.suite.curve_images)
     out = []
     for m in models:
         steps = sum(p.steps for p in suite.pairs(m.snn))
-        out += [Task(f"{m.name}-eps{e:g}", "unit", {"unit": "ensemble", "model": m.name, "eps": e}, cost=images * steps)
-                for e in setting.eps]
+        out += [Task(f"{m.name}-sweep", "unit", {"unit": "sweep", "model": m.name}, cost=images * steps * len(setting.eps)),
+                Task(f"{m.name}-null", "unit", {"unit": "null", "model": m.name}, cost=images * len(setting.eps))]
         points = len(suite.eps_curve) + len(suite.steps_curve)
         out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
                      cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn)]
@@ -116,8 +131,8 @@ def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Set
             out.append(Task(f"{m.name}-eot", "unit", {"unit": "eot", "model": m.name},
                             cost=curve * suite.curve_steps * sum(suite.eot_draws)))
     for source in {s.name: s for group in sources.values() for s in group}.values():
-        out += [Task(f"from-{source.name}-eps{e:g}", "unit", {"unit": "transfer", "source": source.name, "eps": e},
-                     cost=images * suite.pairs(source.snn)[0].steps) for e in setting.eps]
+        out.append(Task(f"from-{source.name}", "unit", {"unit": "transfer", "source": source.name},
+                        cost=images * suite.pairs(source.snn)[0].steps))
     return out
 
 
@@ -135,9 +150,11 @@ def run_unit(path: str, setting: Setting, images: int | None, out: str, root: st
     if unit["unit"] == "transfer":
         for target in models:
             if unit["source"] in (s.name for s in sources[target.name]):
-                evaluation.transfer(target, by_name[unit["source"]], unit["eps"])
-    elif unit["unit"] == "ensemble":
-        evaluation.ensemble(by_name[unit["model"]], unit["eps"])
+                evaluation.transfer(target, by_name[unit["source"]], setting.focus)
+    elif unit["unit"] == "sweep":
+        evaluation.sweep(by_name[unit["model"]])
+    elif unit["unit"] == "null":
+        evaluation.null(by_name[unit["model"]])
     elif unit["unit"] == "curves":
         evaluation.curves(by_name[unit["model"]], unit["estimator"])
     else:
@@ -145,17 +162,19 @@ def run_unit(path: str, setting: Setting, images: int | None, out: str, root: st
     return {}
 
 
-def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int | None = None,
+def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] = EPS_GRID, images: int | None = None,
                   out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print,
-                  executor: Executor = Executor()) -> list[Path]:
-    """Evaluate a run directory's models (or one checkpoint) and write the card into ``out`` (default:
-    RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE). On a Ray ``executor`` the
-    units run as Ray tasks first; the card is then made here from their cached records."""
+                  executor: Executor = Executor(), draws: int | None = None, vote: bool | None = None) -> list[Path]:
+    """Evaluate a run directory's models (or one checkpoint) over the eps grid ``eps`` and write the card
+    into ``out`` (default: RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE); ``draws``
+    and ``vote`` (None: the study's, else K = 32 and the mean) say how a stochastic model is judged. On a
+    Ray ``executor`` the units run as Ray tasks first; the card is then made here from their cached records."""
     models, sources, x, y, recorded = targets(path, images, root, executors.driver_device(executor))
     for model in models:  # every model's pairs accepted or refused before anything is written
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
     if out is None:
         out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name
+    recorded.update({k: v for k, v in (("draws", draws), ("vote", vote)) if v is not None})
     setting = Setting(suite, eps, **recorded)
     if executor.kind == "ray":
         executors.check(executor)
@@ -175,9 +194,10 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
     for model in models:
         done.append(evaluation.card(model, sources[model.name]))
         failed = [c for c in done[-1]["checks"] if c["passed"] is False]
-        log(f"{model.name}: worst case " + ", ".join(f"{100 * e['worst_acc']:.1f}% at eps {k}"
-                                                     for k, e in by_eps(done[-1]["eps"]))
-            + f" ({done[-1]['seconds']:.0f} s); " + (f"{len(failed)} masking check(s) failed" if failed
+        star = done[-1]["median_eps_star"]
+        log(f"{model.name}: robust accuracy " + ", ".join(f"{100 * e['worst_acc']:.1f}% at {k}"
+                                                         for k, e in by_eps(done[-1]["eps"]))
+            + f"; median eps* {'beyond the grid' if star is None else f'{star:g}/255'} ({done[-1]['seconds']:.0f} s); " + (f"{len(failed)} masking check(s) failed" if failed
                                                        else "masking checks pass"))
     return cards.write(out, done, {**card_meta(str(path), setting, x, y),
                                       "seconds": round(time.perf_counter() - start, 1)})
@@ -186,24 +206,26 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...], images: int 
 def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
     """What a card records about its evaluation: what was evaluated, how, on which images, with what."""
     return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "images": len(y),
-            "prune": setting.suite.prune,
+            "prune": setting.suite.prune, "draws": setting.draws, "vote": setting.vote,
             "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
             "versions": versions(), "device": str(x.device), "neurons": backend_on(x.device),
             "command": command_line()}
 
 
 def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor,
-                   eps: tuple[float, ...] = (8,), suite: str = "quick", out: str | Path | None = None,
-                   name: str = "model", seed: int = 0, batch_size: int = 125,
+                   eps: tuple[float, ...] = EPS_GRID, suite: str = "quick", out: str | Path | None = None,
+                   name: str = "model", seed: int = 0, batch_size: int = 125, draws: int = 32, vote: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """The adaptive evaluation of any model (``spikeadv.evaluate``: spikeadv's own, a ``torch.nn.Module``,
     a :class:`spikeadv.models.foreign.TimeLoop` around another library's SNN, or a callable mapping
-    images in [0, 1] to logits) on images ``x`` with labels ``y`` (eps in 1/255 units): its card
-    (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json, card.md, rows.jsonl
-    and a plot, units cached for a rerun."""
+    images in [0, 1] to logits) on images ``x`` with labels ``y`` over the eps grid ``eps`` (1/255 units,
+    increasing), a stochastic model judged on ``draws`` encoder draws per input (``vote``: their
+    majority): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
+    card.md, rows.jsonl and a plot, units cached for a rerun."""
     target = as_model(model, name)
     chosen = suites.get(suite)
-    setting = Setting(chosen, eps_values(list(eps)), seed=seed, batch_size=batch_size)
+    setting = Setting(chosen, eps_grid(list(eps)), seed=seed, batch_size=batch_size, draws=draws_value(draws),
+                      vote=bool(vote))
     card = Evaluation(setting, x, y, None if out is None else Path(out), log).card(target)
     if out is not None:
         cards.write(Path(out), [card], card_meta(name, setting, x, y))

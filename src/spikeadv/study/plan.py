@@ -124,25 +124,25 @@ def _forward(preset: Preset) -> dict[str, float]:
     return {"ann": 1.0, "snn1": float(preset.study.snn1_T or preset.snn1.T), "snn2": float(preset.snn2.T)}
 
 
-def repeats_of(preset: Preset, kind: str) -> int:
-    """Evaluations per target: ``study.repeats`` encoder seeds for Poisson-coded SNNs, one otherwise."""
+def draws_of(preset: Preset, kind: str) -> int:
+    """Forward passes per judged image: ``study.draws`` (K) for Poisson-coded SNNs, one otherwise."""
     encoding = {"ann": None, "snn1": preset.snn1.encoding, "snn2": preset.snn2.encoding}[kind]
-    return preset.study.repeats if encoding == "poisson" else 1
+    return preset.study.draws if encoding == "poisson" else 1
 
 
-def cost(job: Job, forward: dict[str, float], repeats: dict[str, int], images: int) -> float:
+def cost(job: Job, forward: dict[str, float], draws: dict[str, int], images: int) -> float:
     """Expected work of one cell: crafting takes a forward and a backward pass (about 3 forwards) per
     step through the gradient's network (BPTT: the SNN itself; the ANN and SNNAdv: a network of ANN
-    cost), evaluation one pass per target repeat."""
+    cost), evaluation one pass per target draw."""
     through = job.source if job.gradient == "bptt" else "ann"
-    return images * (3 * job.steps * forward[through] + sum(repeats[t] * forward[t] for t in job.targets))
+    return images * (3 * job.steps * forward[through] + sum(draws[t] * forward[t] for t in job.targets))
 
 
 def cell_recipe(job: Job, study: StudyConfig, labels: str) -> dict:
     """What determines one cell's result rows, but for the content hashes of its source and targets,
     which its task adds once they are built: the job, the study settings its draws and batches depend
     on, the attacked images and the version. The cell's file is named by the hash of the whole."""
-    fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "repeats")}
+    fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "draws", "vote")}
     return canonical({"job": asdict(job), "study": fixed, "images": study.images, "labels": labels,
                       "version": __version__})
 
@@ -154,7 +154,7 @@ def plan(preset: Preset, data: tuple[str, str], train_images: int, labels: str) 
     model; then one cell per job of :func:`grid` (its recipe: :func:`cell_recipe`), after its source,
     its targets and their clean predictions. Every recipe is made here, once."""
     study, images, forward = preset.study, preset.study.images, _forward(preset)
-    repeats = {k: repeats_of(preset, k) for k in KINDS}
+    draws = {k: draws_of(preset, k) for k in KINDS}
     train = {"ann": preset.ann.epochs * 3.0, "snn2": preset.snn2.train.epochs * 3.0 * forward["snn2"]}
     out: list[Task] = []
     for instance, seed in enumerate(preset.seeds):
@@ -166,9 +166,9 @@ def plan(preset: Preset, data: tuple[str, str], train_images: int, labels: str) 
         out.append(Task(f"snn1{instance}", "model", {"kind": "snn1", "instance": instance, "seed": seed, "model": snn1},
                         (f"ann{instance}",), cost=preset.snn1.images * forward["snn1"]))
     out += [Task(f"clean/{kind}{i}", "clean", {"model": f"{kind}{i}"}, (f"{kind}{i}",),
-                 repeats[kind] * images * forward[kind]) for i in range(len(preset.seeds)) for kind in KINDS]
+                 draws[kind] * images * forward[kind]) for i in range(len(preset.seeds)) for kind in KINDS]
     for job in grid(study, bounded_kinds(preset)):
         deps = (f"{job.source}{job.instance}", *(f"{t}0" for t in job.targets), *(f"clean/{t}0" for t in job.targets))
         out.append(Task(f"cell/{job}", "cell", cell_recipe(job, study, labels), tuple(dict.fromkeys(deps)),
-                        cost(job, forward, repeats, images)))
+                        cost(job, forward, draws, images)))
     return out

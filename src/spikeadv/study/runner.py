@@ -48,11 +48,11 @@ def run(preset: Preset, out: Path, report: Report, root: Path | None = None, log
     Returns the report's files. Holds ``out``'s lock throughout (the driver is the one writer of
     run.json; tasks write only their own artifacts); a read-only ``out`` serves a run that needs
     nothing computed."""
-    if len(preset.seeds) != 2:
+    if len(preset.seeds) < 2:
         raise SpikeAdvError(
-            f"the study needs two distinct seeds, one per model instance (instance 0 crafts the whitebox "
-            f"inputs, instance 1 the blackbox ones), got seeds={','.join(map(str, preset.seeds)) or 'none'}; "
-            "pass e.g. --set seeds=0,1")
+            f"the study needs at least two distinct seeds, one per model instance (instance 0 crafts the "
+            f"whitebox inputs, instance 1 the blackbox ones; every instance is a target of the evaluation), "
+            f"got seeds={','.join(map(str, preset.seeds)) or 'none'}; pass e.g. --set seeds=0,1")
     out = Path(out)
     meta = open_run(out, preset, log)  # reads only: a directory of another config is refused untouched
     executors.check(executor)  # Ray missing or a cluster that cannot be reached: refused before anything is written

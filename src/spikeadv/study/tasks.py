@@ -7,9 +7,9 @@ correct file."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from ..models.trained import Trained, load_network, model_digest, spiking
 from ..records import cached, outcomes, read_json
 from ..records.provenance import digest
 from . import compute
+from .judge import stochastic
 from .plan import Job, Task
 
 
@@ -136,28 +137,30 @@ def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
 
 def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
            log: Callable[[str], None]) -> dict:
-    """A model's clean predictions per evaluation repeat, and its run.json entry (Table I)."""
+    """A model's expected correctness per clean image, and its run.json entry (Table I): accuracy, and
+    for a stochastic model the standard deviation of single-draw accuracy implied by its per-image p."""
     built = deps[task.recipe["model"]]
     model = _model(ctx, out, built)
-    preds, found = compute.clean_predictions(model, ctx.x, ctx.y, ctx.preset.study, out / "clean", can_write, log)
-    accs = [100.0 * (p == ctx.y).float().mean().item() for p in preds]
+    p, found = compute.clean_predictions(model, ctx.x, ctx.y, ctx.preset.study, out / "clean", can_write, log)
+    draws = ctx.preset.study.draws if stochastic(model) else 1
     entry = {
-        "kind": model.kind, "instance": model.instance, "clean_acc": round(statistics.fmean(accs), 3),
-        "clean_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0, "repeats": len(accs),
+        "kind": model.kind, "instance": model.instance, "clean_acc": round(100.0 * p.mean().item(), 3),
+        "clean_std": round(100.0 * math.sqrt((p * (1 - p)).sum().item()) / len(p), 3), "draws": draws,
         "T": model.snn.T if model.snn else None, "images": len(ctx.y), "path": built["path"],
         "sha256": model.sha256, "seed": built["seed"], "checkpoint_test_acc": built["checkpoint_test_acc"],
         "build_seconds": round(built["seconds"], 1), "encoding": model.snn.encoding if model.snn else None,
         "augmentation": built["augmentation"],
-        "clean_correct": [outcomes.pack((p == ctx.y).cpu().numpy()) for p in preds],
+        "clean_correct": [outcomes.pack((p >= 0.5).cpu().numpy())],
+        **({"clean_hits": outcomes.pack_classes((p * draws).round().cpu().numpy())} if draws > 1 else {}),
     }
     return {"path": str(found["path"].relative_to(out)), "seconds": found["seconds"], "entry": entry,
             "reused": found["reused"]}
 
 
-def _clean_preds(ctx: Context, path: Path) -> list[Tensor]:
-    """A target's clean predictions per repeat, read once per process."""
+def _clean_preds(ctx: Context, path: Path) -> Tensor:
+    """A target's expected correctness per clean image, read once per process."""
     if str(path) not in ctx.clean:
-        ctx.clean[str(path)] = [torch.tensor(p, device=ctx.device) for p in read_json(path)["preds"]]
+        ctx.clean[str(path)] = torch.tensor(read_json(path)["p"], device=ctx.device)
     return ctx.clean[str(path)]
 
 

@@ -11,6 +11,7 @@ Every random draw (encoder spikes, random starts, Square's squares) is seeded by
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,49 +23,65 @@ from tqdm import tqdm
 
 from .. import runtime
 from ..attack import apgd, checks, estimators, registry
-from ..attack.suite import ROBUST, WRONG_CLEAN, Pair, Suite, check_pairs, worst_case
-from ..config.presets import StudyConfig
+from ..attack.suite import Pair, Suite, check_pairs, worst_case
 from ..models.trained import Trained
 from ..records import cached
 from ..records.provenance import __version__, digest, seed_of
-from .compute import predict
+from .judge import Judge, expected, stochastic
 
-REVISION = 2  # of the attacks' semantics within a version: a change invalidates every cached unit
+REVISION = 3  # of the attacks' semantics within a version: a change invalidates every cached unit
+
+
+EPS_GRID = (0.5, 1, 2, 3, 4, 6, 8, 16, 32)  # 1/255 units: the robustness curve's default grid (DESIGN 8.3)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """What an evaluation runs: the suite, eps values (1/255 units), the seed of every draw, the batch
-    size and bf16 autocast; the deployed model is judged on the study's first seeded evaluation draw."""
+    """What an evaluation runs: the suite, the eps grid (1/255 units, increasing) of the robustness curve,
+    the seed of every draw, the batch size, bf16 autocast, and how the model is judged: its expected
+    correctness over ``draws`` encoder draws (common random numbers), or with ``vote`` their majority."""
 
     suite: Suite
     eps: tuple[float, ...]
     seed: int = 0
     batch_size: int = 125
     bf16: bool = False
+    draws: int = 32
+    vote: bool = False
 
     @property
-    def study(self) -> StudyConfig:
-        return StudyConfig(seed=self.seed, batch_size=self.batch_size, bf16=self.bf16)
+    def judge(self) -> Judge:
+        return Judge(self.draws, self.vote, self.seed, self.batch_size, self.bf16)
+
+    @property
+    def focus(self) -> float:
+        """The eps of the steps curve, EOT and transfer: 8/255 where the grid has it, else its middle."""
+        return 8.0 if 8 in self.eps else self.eps[len(self.eps) // 2]
+
+
+JudgeFn = Callable[[Trained, Tensor, Tensor], Tensor]  # (model, images, their indices) -> expected correctness
 
 
 class Evaluation:
     """The evaluation of models on images ``x``, ``y`` with a :class:`Setting`; units cached in
-    ``folder/cells`` (None: nothing written)."""
+    ``folder/cells`` (None: nothing written). ``judge`` (default: :func:`.judge.expected` with the
+    setting's draws) says how a model's prediction on an input is judged."""
 
     def __init__(self, setting: Setting, x: Tensor, y: Tensor, folder: Path | None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, judge: JudgeFn | None = None) -> None:
         self.setting, self.x, self.y, self.folder, self.log = setting, x, y, folder, log
         self.labels = digest(y.tolist())
         self.transfer_sets: dict[tuple[str, float], Tensor] = {}
+        self.cleans: dict[str, Tensor] = {}
+        self.judge = judge or (lambda model, adv, idx: expected(model, adv, self.y[idx], idx, setting.judge))
 
     # --- plumbing --------------------------------------------------------------------------------------
 
     def _unit(self, name: str, recipe: dict, compute: Callable[[], dict]) -> dict:
         """A cached unit: its record if one with this recipe exists, else computed and written."""
         recipe = {**recipe, "images": len(self.y), "labels": self.labels, "seed": self.setting.seed,
-                  "bf16": self.setting.bf16, "batch": self.setting.batch_size, "version": __version__,
-                  "revision": REVISION}
+                  "bf16": self.setting.bf16, "batch": self.setting.batch_size, "draws": self.setting.draws,
+                  "vote": self.setting.vote, "version": __version__, "revision": REVISION}
         path = None if self.folder is None else self.folder / "cells" / f"{name}-{digest(recipe)}.json"
 
         def timed() -> dict:
@@ -73,8 +90,18 @@ class Evaluation:
 
         return cached(path, recipe, timed, self.log)[0]
 
-    def predict(self, model: Trained, x: Tensor) -> Tensor:
-        return predict(model, x, self.setting.study, repeat=0)
+    def clean(self, model: Trained) -> Tensor:
+        """The model's expected correctness on each clean image, judged once per evaluation."""
+        if model.sha256 not in self.cleans:
+            every = torch.arange(len(self.y), device=self.x.device)
+            size = self.setting.batch_size
+            self.cleans[model.sha256] = torch.cat([self.judge(model, self.x[i:i + size], every[i:i + size])
+                                                   for i in range(0, len(self.y), size)])
+        return self.cleans[model.sha256]
+
+    def accuracy(self, model: Trained, x: Tensor) -> float:
+        """The model's expected accuracy on images ``x`` (the first len(x) of this evaluation's)."""
+        return self.judge(model, x, torch.arange(len(x), device=x.device)).mean().item()
 
     def attack(self, model: Trained, pair: Pair, x: Tensor, y: Tensor, eps: float, tag: object,
                trace: list | None = None) -> Tensor:
@@ -92,39 +119,72 @@ class Evaluation:
 
     # --- units -----------------------------------------------------------------------------------------
 
-    def ensemble(self, model: Trained, eps: float) -> dict:
-        """The worst case over the suite's pairs at ``eps`` (:func:`.suite.worst_case`)."""
-        pairs = self.setting.suite.pairs(model.snn)
+    def ensemble(self, model: Trained, eps: float, before: dict | None = None) -> dict:
+        """The worst case over the suite's pairs at ``eps`` (:func:`.suite.worst_case`), starting from
+        ``before``, the record at the grid's previous eps (its adversarial images lie in this ball too:
+        an image broken there stays broken, and only images some draw still gets right are attacked)."""
+        pairs, grid = self.setting.suite.pairs(model.snn), self.setting.eps
+        prefix = [e for e in grid if e <= eps]
 
         def compute() -> dict:
+            start = None if before is None else torch.tensor(before["p"], device=self.x.device)
             with self._bar(len(self.y) * sum(p.steps for p in pairs), f"{model.name} eps {eps:g}") as bar:
                 def progress(done: int, left: int) -> None:  # the total shrinks as images are broken
                     bar.total = bar.n + done + left
                     bar.update(done)
 
-                result = worst_case(pairs, self.x, self.y, lambda v: self.predict(model, v),
+                result = worst_case(pairs, self.x, self.y, lambda v, idx: self.judge(model, v, idx),
                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, b),
-                                    self.setting.batch_size, self.setting.suite.prune, progress)
+                                    self.setting.batch_size, self.setting.suite.prune, progress, start,
+                                    self.clean(model))
             delta = (result.adv - self.x).flatten(1)
-            broken = result.winner >= 0
+            linf, l2 = delta.abs().amax(1) * 255, delta.norm(dim=1)
+            if before is not None:  # the adversarial images carried from the smaller eps keep their size
+                kept = result.p >= torch.tensor(before["p"], device=self.x.device)
+                linf = torch.where(kept, torch.tensor(before["linf"], device=self.x.device), linf)
+                l2 = torch.where(kept, torch.tensor(before["l2"], device=self.x.device), l2)
             stats = [{**asdict(p), "name": p.name, "ran": r, "fooled": f, "won": w, "seconds": s}
                      for p, r, f, w, s in zip(pairs, result.ran, result.fooled, result.won, result.seconds)]
             for pair in stats:
                 self.log(f"  {model.name} eps {eps:g}: {pair['name']}: broke {pair['fooled']} of {pair['ran']} "
                          f"images ({pair['won']} first) in {pair['seconds']:.0f} s")
-            return {"winner": result.winner.tolist(), "pairs": stats,
-                    "linf": round(delta[broken].abs().amax(1).mean().item() * 255, 4) if broken.any() else 0.0,
-                    "l2": round(delta[broken].norm(dim=1).mean().item(), 5) if broken.any() else 0.0}
+            return {"clean": _rounded(result.clean), "p": _rounded(result.p), "winner": result.winner.tolist(), "pairs": stats,
+                    "linf": _rounded(linf), "l2": _rounded(l2)}
 
         return self._unit(f"{model.name}-eps{eps:g}", {"unit": "ensemble", "model": model.sha256, "eps": eps,
-                                                        "pairs": [p.name for p in pairs],
+                                                        "grid": prefix, "pairs": [p.name for p in pairs],
                                                         "prune": self.setting.suite.prune}, compute)
+
+    def sweep(self, model: Trained) -> dict[float, dict]:
+        """The ensemble at every eps of the grid, smallest first, each starting where the last left off."""
+        out, before = {}, None
+        for eps in self.setting.eps:
+            out[eps] = before = self.ensemble(model, eps, before)
+        return out
+
+    def null(self, model: Trained) -> dict:
+        """The null attack through the identical pipeline (judge, ensemble, batches): the image itself
+        (eps 0), and uniformly random +-eps signs at each eps of the grid. With common random numbers the
+        first gives exactly the clean accuracy; a noisy judge shows here as accuracy lost to nothing."""
+        source = self.setting.suite.pairs(model.snn)[0].estimator
+
+        def run(attack: str, eps: float) -> float:
+            result = worst_case((Pair(source, attack, 1),), self.x, self.y, lambda v, idx: self.judge(model, v, idx),
+                                lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, ("null", b)),
+                                self.setting.batch_size, clean=None if attack == "null" else self.clean(model))
+            return result.p.mean().item()
+
+        def compute() -> dict:
+            return {"zero": run("null", 0.0), "noise": {f"{e:g}": run("noise", e) for e in self.setting.eps}}
+
+        return self._unit(f"{model.name}-null", {"unit": "null", "model": model.sha256, "grid": list(self.setting.eps)},
+                          compute)
 
     def curves(self, model: Trained, estimator: str) -> dict:
         """Accuracy vs eps and vs steps (APGD-CE) on the first ``curve_images`` images (the unbounded eps
         with the most steps), the loss trace of the longest run and the share of exactly-zero input
         gradients at the clean images."""
-        suite, eps = self.setting.suite, self.setting.eps[0]
+        suite, eps = self.setting.suite, self.setting.focus
         x, y = self.x[:suite.curve_images], self.y[:suite.curve_images]
         longest, unbounded = max(suite.steps_curve), max(suite.eps_curve)
         on_eps = {e: longest if e == unbounded else suite.curve_steps for e in suite.eps_curve}
@@ -136,7 +196,7 @@ class Evaluation:
                 for e, steps in sorted(points):
                     keep = [] if (e, steps) == (eps, longest) else None
                     adv = self.attack(model, Pair(estimator, "apgd-ce", steps), x, y, e, "curve", keep)
-                    acc[(e, steps)] = (self.predict(model, adv) == y).float().mean().item()
+                    acc[(e, steps)] = self.accuracy(model, adv)
                     trace = keep if keep is not None else trace
                     bar.update(len(y) * steps)
             source = estimators.make(estimator, model.net, model.snn, seed=seed_of(self.setting.seed, "zero"))
@@ -157,14 +217,14 @@ class Evaluation:
         """EOT convergence: APGD-CE through BPTT averaged over n and 2n encoder draws (Poisson input only)."""
         if model.snn is None or model.snn.encoding != "poisson":
             return None
-        suite, eps = self.setting.suite, self.setting.eps[0]
+        suite, eps = self.setting.suite, self.setting.focus
         x, y = self.x[:suite.curve_images], self.y[:suite.curve_images]
 
         def compute() -> dict:
             acc = {}
             for n in suite.eot_draws:
                 adv = self.attack(model, Pair(f"bptt:eot={n}", "apgd-ce", suite.curve_steps), x, y, eps, "eot")
-                acc[str(n)] = (self.predict(model, adv) == y).float().mean().item()
+                acc[str(n)] = self.accuracy(model, adv)
             return {"estimator": "bptt", "acc": acc}
 
         return self._unit(f"{model.name}-eot", {"unit": "eot", "model": model.sha256, "eps": eps,
@@ -182,8 +242,7 @@ class Evaluation:
                                      self.y[i:i + self.setting.batch_size], eps, ("transfer", i))
                          for i in range(0, len(self.y), self.setting.batch_size)]
                 self.transfer_sets[key] = torch.cat(parts)
-            pred = self.predict(target, self.transfer_sets[key])
-            return {"acc": (pred == self.y).float().mean().item(), "pair": pair.name}
+            return {"acc": self.accuracy(target, self.transfer_sets[key]), "pair": pair.name}
 
         return self._unit(f"{target.name}-from-{source.name}-eps{eps:g}",
                           {"unit": "transfer", "model": target.sha256, "source": source.sha256, "eps": eps,
@@ -192,33 +251,34 @@ class Evaluation:
     # --- one model -------------------------------------------------------------------------------------
 
     def card(self, model: Trained, transfer: list[Trained] = ()) -> dict:
-        """Everything evaluated on ``model`` and its masking checks, as a JSON-ready card."""
-        suite = self.setting.suite
+        """Everything evaluated on ``model`` and its masking checks, as a JSON-ready card: the robust
+        accuracy at each eps of the grid (the mean worst-case expected correctness), each image's minimal
+        perturbation eps* on the grid, their median and the area under the curve, the null attack, the
+        curves of the main estimators, EOT, transfer and the checks."""
+        suite, focus = self.setting.suite, self.setting.focus
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
         start, n = time.perf_counter(), len(self.y)
-        by_eps = {}
-        for eps in self.setting.eps:
-            unit = self.ensemble(model, eps)
-            winner = torch.tensor(unit["winner"])
-            first = ~torch.isin(winner, torch.tensor([WRONG_CLEAN, 0]))
-            clean = int((winner != WRONG_CLEAN).sum())
-            alone = [(p["name"], (clean - p["fooled"]) / n) for p in unit["pairs"] if p["ran"] == clean]
-            by_eps[f"{eps:g}"] = {
-                "clean_acc": clean / n,
-                "single": {"pair": unit["pairs"][0]["name"], "acc": first.float().mean().item(),
-                           "correct": first.tolist()},
-                "best_single": dict(zip(("pair", "acc"), min(alone, key=lambda a: a[1]))),
-                "worst_acc": (winner == ROBUST).float().mean().item(), "winner": unit["winner"],
-                "pairs": unit["pairs"], "linf": unit["linf"], "l2": unit["l2"],
-                "transfer": {s.name: self.transfer(model, s, eps)["acc"] for s in transfer},
-            }
+        sweep = self.sweep(model)
+        clean = next(iter(sweep.values()))["clean"]
+        by_eps = {f"{eps:g}": {
+            "clean_acc": sum(clean) / n, "worst_acc": sum(unit["p"]) / n, "p": unit["p"], "winner": unit["winner"],
+            "pairs": unit["pairs"], "linf": unit["linf"], "l2": unit["l2"],
+            "transfer": {s.name: self.transfer(model, s, eps)["acc"] for s in transfer} if eps == focus else {},
+        } for eps, unit in sweep.items()}
+        star = eps_star(clean, [sweep[e]["p"] for e in self.setting.eps], self.setting.eps)
         curves = {e: self.curves(model, e) for e in suite.curve_sources(model.snn)}
         card = {
-            "model": {"name": model.name, "kind": model.kind, "file": model.path.name, "sha256": model.sha256,
+            "model": {"name": model.name, "kind": model.kind, "instance": model.instance, "file": model.path.name,
+                      "sha256": model.sha256,
                       **({"neuron": model.snn.neuron, "T": model.snn.T, "encoding": model.snn.encoding,
                           "surrogate": model.snn.surrogate} if model.snn else {})},
             "suite": suite.name, "images": n, "curve_images": min(n, suite.curve_images),
-            "eval_eps": self.setting.eps[0], "eps": by_eps,
+            "judge": {"draws": self.setting.draws if stochastic(model) else 1, "vote": self.setting.vote,
+                      "stochastic": stochastic(model)},
+            "grid": list(self.setting.eps), "eval_eps": focus, "clean": clean, "clean_acc": sum(clean) / n,
+            "eps": by_eps, "eps_star": star, "median_eps_star": median_star(star),
+            "auc": auc(sum(clean) / n, [by_eps[f"{e:g}"]["worst_acc"] for e in self.setting.eps], self.setting.eps),
+            "null": self.null(model),
             "curves": {e: {k: c[k] for k in ("eps", "steps", "trace", "zero_gradient_images",
                                              "zero_gradient_entries", "seconds")} for e, c in curves.items()},
             "eot": self.eot(model), "seed": self.setting.seed, "bf16": self.setting.bf16,
@@ -226,3 +286,31 @@ class Evaluation:
         card["checks"] = checks.as_records(checks.check_card(card))
         card["seconds"] = round(time.perf_counter() - start, 1)
         return card
+
+
+def _rounded(t: Tensor) -> list[float]:
+    return [round(v, 4) for v in t.tolist()]
+
+
+def eps_star(clean: list[float], worst: list[list[float]], grid: tuple[float, ...]) -> list[float | None]:
+    """Per image its minimal L-inf perturbation on the grid: the smallest eps at which the worst case
+    brought its expected correctness below 1/2 (0 where it is below 1/2 on the clean image; None where no
+    eps of the grid did: beyond the grid)."""
+    out = []
+    for i, c in enumerate(clean):
+        broken = [e for e, p in zip(grid, worst) if p[i] < 0.5]
+        out.append(0.0 if c < 0.5 else (float(broken[0]) if broken else None))
+    return out
+
+
+def median_star(star: list[float | None]) -> float | None:
+    """The median eps* (None, beyond the grid, where more than half the images were never broken)."""
+    ordered = sorted(star, key=lambda s: math.inf if s is None else s)
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
+
+
+def auc(clean: float, robust: list[float], grid: tuple[float, ...]) -> float:
+    """The area under the robust-accuracy curve from eps 0 (clean accuracy) to the grid's largest eps,
+    trapezoidal in eps, divided by that eps: the mean robust accuracy over [0, eps_max]."""
+    xs, ys = (0.0, *grid), (clean, *robust)
+    return sum((b - a) * (u + v) / 2 for a, b, u, v in zip(xs, xs[1:], ys, ys[1:])) / grid[-1]
