@@ -20,7 +20,7 @@ from spikeadv.errors import SpikeAdvError
 from spikeadv.records import outcomes
 from spikeadv.study import evaluation, units
 
-QUICK = ["--suite", "quick", "--images", "24", "--eps", "8"]
+QUICK = ["--suite", "quick", "--images", "16", "--eps", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_evaluate_writes_a_card_rows_and_plots_for_every_model(evaluated):
     folder = evaluated / "evaluation" / "quick"
     data = card(evaluated)
     assert [c["model"]["name"] for c in data["cards"]] == ["ann0", "snn10", "snn20", "ann1", "snn11", "snn21"]
-    assert data["images"] == 24 and data["versions"]["spikeadv"] and data["labels"] and data["draws"] == 4
+    assert data["images"] == 16 and data["versions"]["spikeadv"] and data["labels"] and data["draws"] == 2
     for c in data["cards"]:
         e = c["eps"]["8"]
         assert e["worst_acc"] <= e["clean_acc"] and c["grid"] == [8.0]
@@ -196,7 +196,7 @@ def test_report_judges_the_whitebox_claims_on_robustness_curves(evaluated):
     report.write_report(evaluated)
     text = (evaluated / "report" / "report.md").read_text()
     section = text[text.index("## Robustness curves and minimal perturbations"):]
-    assert "suite `quick`" in section and "| snn20 | 4 draw(s) |" in section and "median eps*" in section
+    assert "suite `quick`" in section and "| snn20 | 2 draw(s) |" in section and "median eps*" in section
     assert "(b) Under whitebox attacks" in section and "(c) SNN-II" in section and "Wilcoxon" in section
     assert "2 instance pair(s)" in section and "Holm-adjusted p" in section
 

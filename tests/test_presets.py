@@ -12,7 +12,7 @@ def test_paper_preset_is_the_paper():
     p = get_preset("paper")
     assert (p.dataset, p.spec, p.width, p.dropout, p.batchnorm) == ("cifar10", "vgg9", 1.0, 0.2, False)
     assert (p.ann.epochs, p.ann.lr, p.ann.milestones, p.ann.gamma) == (200, 0.09, (81, 122), 0.1)
-    assert p.test_subset is None and len(p.seeds) == 2
+    assert p.test_subset is None and len(p.seeds) == 3  # three instances: seed variance
 
 
 def test_paper_schedule_anneals_by_ten_at_epochs_81_and_122():
@@ -75,5 +75,5 @@ def test_the_gpu_preset_is_the_paper_s_study_on_its_encoding():
     p = get_preset("gpu")
     assert (p.spec, p.width, p.dataset) == ("vgg9", 1.0, "cifar10")
     assert p.snn1.encoding == p.snn2.encoding == "poisson" and p.snn1.T <= 256
-    assert p.snn2.spiking().neuron == "lif" and len(p.seeds) == 2 and p.study.images >= 1000
+    assert p.snn2.spiking().neuron == "lif" and len(p.seeds) == 3 and p.study.images >= 1000
     assert p.study.attacks == get_preset("paper").study.attacks and p.study.eps == get_preset("paper").study.eps

@@ -318,8 +318,8 @@ PRESETS: dict[str, Preset] = {
         snn2=SNNConfig(T=6, leak=0.9, surrogate="fast-sigmoid", alpha=4.0, dropout=0.0,
                        train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, optimizer="adamw", weight_decay=1e-2,
                                          schedule="onecycle", warmup=0.2)),
-        study=StudyConfig(images=64, batch_size=64, draws=4),
-        notes="tiny synthetic data and model, 4 encoder draws per judgement: the test suite's end-to-end run",
+        study=StudyConfig(images=64, batch_size=64, draws=2),
+        notes="tiny synthetic data and model, 2 encoder draws per judgement: the test suite's end-to-end run",
     ),
 }
 

@@ -176,14 +176,19 @@ def heterogeneity(diffs: Sequence[np.ndarray]) -> tuple[float, float]:
 
 def hierarchical(groups: Sequence[np.ndarray], statistic=np.mean, resamples: int = RESAMPLES, seed: int = SEED,
                  confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of ``statistic`` of the pooled values under a two-stage bootstrap: draw the
-    instances (``groups``) with replacement, then the images within each drawn instance."""
+    """Percentile interval of ``statistic`` (a numpy reduction taking ``axis``) of the pooled values under a
+    two-stage bootstrap: draw the instances (``groups``) with replacement, then the images within each
+    drawn instance (every group the size of the smallest, so that each resample is one array)."""
     rng = np.random.default_rng(seed)
-    groups = [np.asarray(g, dtype=np.float64) for g in groups]
-    stats = np.empty(resamples)
-    for r in range(resamples):
-        picked = rng.integers(0, len(groups), len(groups))
-        stats[r] = statistic(np.concatenate([rng.choice(groups[i], len(groups[i])) for i in picked]))
+    n = min(len(g) for g in groups)
+    data = np.stack([np.asarray(g, dtype=np.float64)[:n] for g in groups])  # [instances, images]
+    stats, chunk = [], max(1, 2**22 // data.size)  # resamples at a time: at most 4M values in memory
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        picked = rng.integers(0, len(groups), (r, len(groups)))
+        images = rng.integers(0, n, (r, len(groups), n))
+        stats.append(statistic(data[picked[:, :, None], images].reshape(r, -1), axis=1))
+    stats = np.concatenate(stats)
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(stats, [tail, 1 - tail])
     return float(lo), float(hi)
