@@ -53,7 +53,7 @@ def test_expected_accuracy_is_the_same_whatever_the_batch_size_and_order(referen
     assert ((p > 0) & (p < 1)).any()  # a randomised classifier: some images right on some draws only
     vote = judge.expected(snn2, x, y, ids, judge.Judge(draws=16, batch_size=64, vote=True))
     assert torch.equal(vote, (p > 0.5).float())
-    with pytest.raises(Exception, match="K >= 1"):
+    with pytest.raises(Exception, match="must be an integer >= 1"):
         judge.Judge(draws=0)
 
 

@@ -82,8 +82,9 @@ def test_only_poisson_coded_snns_are_judged_on_several_draws():
     x, y = torch.rand(6, 3, 32, 32), torch.arange(6)
     p = judge.expected(model(Spiking(encoding="poisson", T=2)), x, y, torch.arange(6), judge.Judge(draws=5))
     assert torch.equal(p * 5, (p * 5).round())  # a share of 5 draws
-    assert study.plan_cost(study.grid(StudyConfig())[0], {"ann": 1.0, "snn1": 1.0, "snn2": 1.0},
-                           {"ann": 1, "snn1": 1, "snn2": 32}, 10) > 0
+    job = study.Job("ann", 1, "ann", "fgsm", 8, 1, ("snn2",))  # evaluation cost: one pass per target draw
+    forward = {"ann": 1.0, "snn1": 1.0, "snn2": 6.0}
+    assert study.plan_cost(job, forward, {"ann": 1, "snn1": 1, "snn2": 32}, 10) == pytest.approx(10 * (3 + 32 * 6))
 
 
 def test_smoke_run_writes_every_artifact(reference):

@@ -34,6 +34,7 @@ from ..records.provenance import command_line, digest, versions
 from . import card as cards
 from . import executors
 from .executors import Executor
+from .judge import Judge
 from .plan import Task
 from .rundir import load_model
 from .units import EPS_GRID, Evaluation, Setting
@@ -54,10 +55,8 @@ def eps_grid(values: list[float]) -> tuple[float, ...]:
 
 
 def draws_value(k: int) -> int:
-    """K, the encoder draws per judged input: an int >= 1, refused with one line otherwise."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise SpikeAdvError(f"--draws (K encoder draws per judged input) must be an integer >= 1, got {k!r}")
-    return k
+    """K, the encoder draws per judged input: an int >= 1, refused with one line otherwise (by the judge)."""
+    return Judge(draws=k).draws
 
 
 def targets(path: Path, images: int | None, root: Path | None, device: torch.device | None = None

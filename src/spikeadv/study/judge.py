@@ -35,7 +35,8 @@ class Judge:
 
     def __post_init__(self) -> None:
         if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
-            raise SpikeAdvError(f"the judge needs K >= 1 encoder draws per input, got {self.draws!r}")
+            raise SpikeAdvError(f"K (--draws, encoder draws per judged input) must be an integer >= 1, "
+                                f"got {self.draws!r}")
 
 
 def stochastic(model: Trained) -> bool:
