@@ -1,0 +1,69 @@
+"""Options and values the commands share, each parsed into what the package takes or refused with one line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .. import data, runtime
+from ..config.presets import PRESETS, Preset
+from ..errors import SpikeAdvError
+
+
+def preset_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    p.add_argument("--preset", default=default, help=f"one of {', '.join(PRESETS)} "
+                   + ("(default: cpu)" if default else "(default: the one recorded in the checkpoint)"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set ann.epochs=3 (repeatable; see `spikeadv presets`)")
+
+
+def root_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, help="data directory (default: $SPIKEADV_DATA or ~/.cache/spikeadv/data)")
+
+
+def device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (the first CUDA GPU if there is one, else the CPU), "
+                   "cpu, cuda or cuda:N (default: auto); not part of a result's identity: resume on any device")
+
+
+def device(args: argparse.Namespace) -> torch.device:
+    """``--device`` resolved (one line and nothing written if this machine lacks it), and printed."""
+    device = runtime.use(args.device)
+    print(f"device: {runtime.describe(device)}")
+    return device
+
+
+def datasets(preset: Preset, root: Path | None) -> tuple[data.Dataset, data.Dataset]:
+    train_ds = data.load(preset.dataset, "train", root)
+    test_ds = data.load(preset.dataset, "test", root)
+    return train_ds, test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
+
+
+def numbers(parts: list[str], option: str) -> list[float]:
+    """Comma-separated numbers from repeated options, refused with one line if one is not a number."""
+    try:
+        return [float(v) for part in parts for v in part.split(",") if v.strip()]
+    except ValueError:
+        raise SpikeAdvError(f"{option} takes numbers, e.g. {option} 8,16, got {' '.join(parts)!r}") from None
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def timesteps(text: str) -> list[int]:
+    """``--T``: one or more comma-separated timesteps, each >= 1."""
+    try:
+        values = [positive(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"takes whole numbers >= 1, e.g. 32 or 32,64,128, got {text!r}")
+    return values
+
+

@@ -1,0 +1,133 @@
+"""The commands on a study: ``run``, ``evaluate``, ``report``, ``presets``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..config.presets import PRESETS, as_dict, get_preset
+from ..errors import SpikeAdvError
+from . import args as opts
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """The whole study (paper Table III) and its report, reusing whatever the run directory holds."""
+    from ..report import write_report
+    from ..study.runner import run
+
+    preset = get_preset(args.preset, args.overrides)
+    out = args.out or Path("runs") / preset.name
+    start = time.perf_counter()
+    written = run(preset, out, write_report, args.root, executor=_executor(args))
+    report = next(p for p in written if p.name == "report.html")
+    print(f"done in {time.perf_counter() - start:.0f} s: results {out / 'results.jsonl'}, report {report}")
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole study: models, attacks, every scenario, the report")
+    opts.preset_args(p)
+    p.add_argument("--out", type=Path, help="run directory (default: runs/PRESET); a rerun reuses what it holds")
+    opts.root_arg(p)
+    _executor_args(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    opts.device_arg(p)
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: every task in this process (default); ray: each task a Ray task")
+    p.add_argument("--address", help="ray: a running cluster, auto or HOST:PORT (default: start a local Ray)")
+    p.add_argument("--workers", type=opts.positive, help="ray: worker processes of a local Ray (default: cores / threads)")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, metavar="F", help="ray: GPUs each task asks for")
+
+
+def _executor(args: argparse.Namespace):
+    """Where the tasks run (:class:`spikeadv.study.executors.Executor`), each with this process's torch threads,
+    on ``--device`` (refused here if this machine lacks it: before anything is written)."""
+    from ..study import executors
+
+    if args.executor == "local" and (args.address or args.workers or args.gpus_per_task):
+        raise SpikeAdvError("--address, --workers and --gpus-per-task apply to --executor ray")
+    if not 0 <= args.gpus_per_task < 1e6:
+        raise SpikeAdvError(f"--gpus-per-task must be >= 0, got {args.gpus_per_task}")
+    threads = torch.get_num_threads()
+    return executors.Executor(args.executor, args.address, args.workers or max(1, (os.cpu_count() or 1) // threads),
+                    args.gpus_per_task, threads, executors.task_device(args.device, args.executor, args.gpus_per_task))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Adaptive evaluation: the suite's worst case per image, curves and gradient-masking checks."""
+    from ..attack import suite
+    from ..study import evaluation
+
+    chosen = suite.get(args.suite)
+    chosen = evaluation.custom_suite(chosen, args.pairs) if args.pairs else chosen
+    chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
+    eps = evaluation.eps_grid(opts.numbers(args.eps, "--eps")) if args.eps else evaluation.EPS_GRID
+    draws = None if args.draws is None else evaluation.draws_value(args.draws)
+    executor = _executor(args)
+    if not args.path.exists():
+        raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
+    start = time.perf_counter()
+    written = evaluation.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root, executor=executor,
+                                       draws=draws, vote=args.vote or None)
+    print(f"done in {time.perf_counter() - start:.0f} s: card {written[1]}, rows {written[2]}")
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="adaptive robustness evaluation of a run's models or a checkpoint")
+    p.add_argument("path", type=Path, help="a run directory (its instance-0 models) or a model checkpoint")
+    p.add_argument("--suite", default="standard", help="quick, standard or full (default: standard)")
+    p.add_argument("--eps", action="append", default=None, metavar="EPS",
+                   help="the robustness curve's eps grid in 1/255 units, increasing, comma-separated or repeated "
+                        "(default: 0.5,1,2,3,4,6,8,16,32)")
+    p.add_argument("--draws", type=int, metavar="K",
+                   help="encoder draws per judged input of a stochastic SNN (default: the study's, else 32)")
+    p.add_argument("--vote", action="store_true",
+                   help="judge a stochastic SNN by the majority of its K draws instead of their mean")
+    p.add_argument("--images", type=opts.positive, help="test images (default: the study's, or 500 for a checkpoint)")
+    p.add_argument("--pair", dest="pairs", action="append", default=[], metavar="ESTIMATOR/ATTACK[/STEPS]",
+                   help="replace the suite's ensemble by these pairs, e.g. bptt:surrogate=atan/apgd-ce/100 (repeatable)")
+    p.add_argument("--every-image", action="store_true",
+                   help="run every pair on every image (each pair's own accuracy known; slower) instead of "
+                        "only on the images earlier pairs left")
+    p.add_argument("--out", type=Path, help="card folder (default: RUN/evaluation/SUITE)")
+    opts.root_arg(p)
+    _executor_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Tables and figures from a run directory's saved results alone."""
+    from ..report import write_report
+
+    written = write_report(args.run_dir, args.out)
+    print(f"wrote {len(written)} files to {written[0].parent}: " + ", ".join(p.name for p in written))
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="Table I and Fig. 2-4 from a run directory's saved results")
+    p.add_argument("run_dir", type=Path, help="a run directory written by `spikeadv run`")
+    p.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    for name in [args.name] if args.name else list(PRESETS):
+        print(json.dumps(as_dict(get_preset(name, args.overrides)), indent=2))
+
+
+def add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="show presets (with overrides applied)")
+    p.add_argument("name", nargs="?", choices=list(PRESETS), help="one preset (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="show the preset with this override applied (repeatable)")
+    p.set_defaults(func=cmd_presets)
+
+
