@@ -33,7 +33,7 @@ from .estimators import Source
 PIXEL_TOL = 1e-6  # float rounding tolerated at the edges of [0, 1]
 
 
-def _amount(name: str, value: float) -> None:
+def amount(name: str, value: float) -> None:
     """eps or a step size: a finite number of pixel units in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SpikeAdvError(f"{name} must be a number in [0, 1] (pixel units, e.g. 8/255), got {value!r}")
@@ -95,10 +95,10 @@ def validate(
     as :func:`check_images` wants, one integer label (and target) per image."""
     if norm not in NORMS:
         raise SpikeAdvError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
-    amount = _amount if norm == "linf" else lambda name, value: _radius(name, value, x)
-    amount("eps", eps)
+    size = amount if norm == "linf" else lambda name, value: _radius(name, value, x)
+    size("eps", eps)
     if a is not None:
-        amount("a", a)
+        size("a", a)
     count("steps", steps, "the number of gradient steps")
     check_images(x)
     _labels("y", y, len(x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -41,14 +42,6 @@ def datasets(preset: Preset, root: Path | None) -> tuple[data.Dataset, data.Data
     return train_ds, test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
 
 
-def numbers(parts: list[str], option: str) -> list[float]:
-    """Comma-separated numbers from repeated options, refused with one line if one is not a number."""
-    try:
-        return [float(v) for part in parts for v in part.split(",") if v.strip()]
-    except ValueError:
-        raise SpikeAdvError(f"{option} takes numbers, e.g. {option} 8,16, got {' '.join(parts)!r}") from None
-
-
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -67,3 +60,13 @@ def timesteps(text: str) -> list[int]:
     return values
 
 
+
+
+def eps_values(parts: list[str], option: str = "--eps") -> list[Fraction]:
+    """eps in pixel units from comma-separated, repeated options, each ``8/255`` or ``0.0314``, parsed
+    exactly; anything else refused with one line (the range is the grid's to check)."""
+    try:
+        return [Fraction(v.strip()) for part in parts for v in part.split(",") if v.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise SpikeAdvError(f"{option} takes eps in pixel units, e.g. {option} 8/255 or {option} 0.0314, "
+                            f"got {' '.join(parts)!r}") from None

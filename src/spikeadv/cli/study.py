@@ -69,7 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     chosen = suite.get(args.suite)
     chosen = evaluation.custom_suite(chosen, args.pairs) if args.pairs else chosen
     chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
-    eps = evaluation.eps_grid(opts.numbers(args.eps, "--eps")) if args.eps else evaluation.EPS_GRID
+    eps = evaluation.eps_grid(None if args.eps is None else opts.eps_values(args.eps))
     draws = None if args.draws is None else evaluation.draws_value(args.draws)
     executor = _executor(args)
     if not args.path.exists():
@@ -85,8 +85,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", type=Path, help="a run directory (its instance-0 models) or a model checkpoint")
     p.add_argument("--suite", default="standard", help="quick, standard or full (default: standard)")
     p.add_argument("--eps", action="append", default=None, metavar="EPS",
-                   help="the robustness curve's eps grid in 1/255 units, increasing, comma-separated or repeated "
-                        "(default: 0.5,1,2,3,4,6,8,16,32)")
+                   help="the robustness curve's eps grid in pixel units like every attack, increasing, "
+                        "comma-separated or repeated, e.g. 2/255,8/255 or 0.0314 (default: 0.5/255 ... 32/255: "
+                        "0.5, 1, 2, 3, 4, 6, 8, 16, 32 /255)")
     p.add_argument("--draws", type=int, metavar="K",
                    help="encoder draws per judged input of a stochastic SNN (default: the study's, else 32)")
     p.add_argument("--vote", action="store_true",

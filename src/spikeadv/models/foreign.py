@@ -19,6 +19,9 @@ there (SpikingJelly issue 386).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +30,11 @@ from torch import Tensor, nn
 
 from .. import runtime
 from ..records import checkpoint
+from ..runtime.draws import Draws
 from .neurons import encode
 from .trained import Trained
+
+PROBE = 8  # images in the fixed probe batch whose outputs fingerprint a model's function
 
 
 class TimeLoop(nn.Module):
@@ -44,6 +50,15 @@ class TimeLoop(nn.Module):
         self.module, self.T, self.reset, self.encoding, self.multistep = module, T, reset, encoding, multistep
         self.generator: torch.Generator | None = None
         self.seed = seed
+
+    def config(self) -> dict:
+        """What this wrapper adds to its module's function (part of the model's identity)."""
+        reset = None if self.reset is None else getattr(self.reset, "__qualname__", repr(self.reset))
+        return {"T": self.T, "encoding": self.encoding, "multistep": self.multistep, "seed": self.seed, "reset": reset}
+
+    def restart(self) -> None:
+        """Encoder draws from the start of this wrapper's seeded stream again."""
+        self.generator = None
 
     @property
     def stochastic(self) -> bool:
@@ -62,10 +77,42 @@ class TimeLoop(nn.Module):
 
 
 def as_model(model: nn.Module | Callable[[Tensor], Tensor], name: str = "model") -> Trained:
-    """A model to evaluate: spikeadv's own as it is, anything else as a classifier of images in [0, 1]
-    (its digest covers a module's weights, so cached units follow the weights)."""
+    """A model to evaluate: spikeadv's own as it is, anything else as a classifier of images in [0, 1];
+    :func:`identified` gives either the digest its cached results are keyed by."""
     if isinstance(model, Trained):
         return model
-    weights = model.state_dict() if isinstance(model, nn.Module) else {}
-    digest = checkpoint.tensors_digest({k: v.detach().cpu() for k, v in weights.items()}, f"{type(model).__name__}")
-    return Trained("model", 0, model, None, Path(name), digest, {})
+    return Trained("model", 0, model, None, Path(name), "", {})
+
+
+def identified(model: Trained, like: Tensor) -> Trained:
+    """``model`` with a digest of the function it computes now, the key of its cached results: its
+    weights and buffers as they are (not as a file once held them), its type and configuration (a
+    :class:`TimeLoop`'s T, encoding and reset; an SNN's settings, a T override included) and its outputs
+    on a fixed probe batch shaped like ``like``, which tells apart what the rest cannot see (a function
+    around another network, a changed closure). A :class:`TimeLoop` restarts its seeded draws here."""
+    net = model.net
+    state = net.state_dict() if isinstance(net, nn.Module) else {}
+    how = {"type": f"{type(net).__module__}.{type(net).__qualname__}",
+           "code": repr(net) if isinstance(net, nn.Module) else getattr(net, "__qualname__", ""),
+           "wrapper": net.config() if isinstance(net, TimeLoop) else None,
+           "runs": dataclasses.asdict(model.snn) if model.snn else None, "outputs": _probe(model, like)}
+    tensors = {k: v.detach().cpu() for k, v in state.items()}
+    return dataclasses.replace(model, sha256=checkpoint.tensors_digest(tensors, json.dumps(how, sort_keys=True)))
+
+
+@torch.no_grad()
+def _probe(model: Trained, like: Tensor) -> str:
+    """The digest of ``model``'s outputs (to 3 decimals) on PROBE fixed uniform images shaped like ``like``;
+    random draws are fixed too: an SNN's by image, torch's global generator's and a TimeLoop's by seed."""
+    probe = torch.rand((PROBE, *like.shape[1:]), generator=torch.Generator().manual_seed(0)).to(like.device, like.dtype)
+    if isinstance(model.net, TimeLoop):
+        model.net.restart()
+    with torch.random.fork_rng(devices=[like.device] if like.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        if model.snn is None:
+            out = model.net(probe)
+        else:
+            out = model.net(probe, model.snn, Draws.of(0, torch.arange(PROBE, device=like.device), 1))
+    if isinstance(model.net, TimeLoop):
+        model.net.restart()
+    return hashlib.sha256(out.float().round(decimals=3).cpu().numpy().tobytes()).hexdigest()

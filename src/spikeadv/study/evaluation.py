@@ -13,20 +13,21 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .. import data, runtime
-from ..attack import estimators, registry
+from ..attack import attacks, estimators, registry
 from ..attack import suite as suites
 from ..attack.suite import Pair, Suite, check_pairs
 from ..config.grid import KINDS, by_eps
 from ..config.presets import Preset, from_dict
 from ..errors import SpikeAdvError
-from ..models.foreign import as_model
+from ..models.foreign import as_model, identified
 from ..models.neurons import backend_on
 from ..models.trained import Trained
 from ..records import read_json
@@ -40,18 +41,24 @@ from .rundir import load_model
 from .units import EPS_GRID, Evaluation, Setting
 
 
-def eps_grid(values: list[float]) -> tuple[float, ...]:
-    """The robustness curve's eps grid in 1/255 units: at least one, each finite and in (0, 255], strictly
-    increasing; anything else refused with one line."""
+def eps_grid(values: float | Sequence[float] | None) -> tuple[float, ...]:
+    """The robustness curve's eps grid from eps in pixel units (8/255 = 0.0314; one number or an
+    increasing sequence; None: the default grid), returned in 1/255 units, as cards and units name them.
+    Each is checked as every attack checks eps (:func:`spikeadv.attack.attacks.amount`: a number above 1
+    is refused with the way to write it) and must be above 0."""
+    if values is None:
+        return EPS_GRID
+    values = [values] if isinstance(values, (int, float, Fraction)) else list(values)
     if not values:
-        raise SpikeAdvError("give at least one eps (1/255 units), e.g. --eps 0.5,1,2,4,8")
+        raise SpikeAdvError("give at least one eps in pixel units, e.g. 8/255")
     for e in values:
-        if not (math.isfinite(e) and 0 < e <= 255):
-            raise SpikeAdvError(f"eps is in 1/255 units and must be a number in (0, 255], got {e:g} (e.g. --eps 8)")
+        attacks.amount("eps", float(e) if isinstance(e, Fraction) else e)
+        if e == 0:
+            raise SpikeAdvError("eps=0 is no attack; the grid's eps must be above 0 (the null attack runs anyway)")
     if any(b <= a for a, b in zip(values, values[1:])):
-        raise SpikeAdvError("the eps grid must be strictly increasing, e.g. --eps 0.5,1,2,4,8, got "
-                            + ",".join(f"{e:g}" for e in values))
-    return tuple(float(e) for e in values)
+        raise SpikeAdvError("the eps grid must be strictly increasing, e.g. 1/255,2/255,8/255, got "
+                            + ", ".join(f"{float(e):.4g}" for e in values))
+    return tuple(round(float(Fraction(e) * 255), 6) for e in values)
 
 
 def draws_value(k: int) -> int:
@@ -74,9 +81,9 @@ def targets(path: Path, images: int | None, root: Path | None, device: torch.dev
             raise SpikeAdvError(f"{path} is not a study's run directory ({e}); pass one, or a checkpoint") from None
         test = data.load(preset.dataset, "test", root)
         test = test.subset(preset.test_subset) if preset.test_subset else test
-        n = images or preset.study.images
         instances = range(len(preset.seeds))
-        models = {(k, i): load_model(path, k, i, device) for k in KINDS for i in instances}
+        x, y = _images(test, images or preset.study.images, device)
+        models = {(k, i): identified(load_model(path, k, i, device), x) for k in KINDS for i in instances}
         evaluated = [models[(k, i)] for i in instances for k in KINDS]
         sources = {m.name: [models[(k, j)] for k in dict.fromkeys((m.kind, "ann")) for j in instances
                             if j != m.instance] for m in evaluated}
@@ -88,12 +95,16 @@ def targets(path: Path, images: int | None, root: Path | None, device: torch.dev
         if name is None:
             raise SpikeAdvError(f"{path} does not record its dataset, so its test images are unknown")
         test = data.load(name, "test", root)
-        n, evaluated, sources = images or 500, [model], {model.name: []}
-        recorded = {}
+        x, y = _images(test, images or 500, device)
+        model = identified(model, x)
+        evaluated, sources, recorded = [model], {model.name: []}, {}
+    return evaluated, sources, x, y, recorded
+
+
+def _images(test: data.Dataset, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     if n > len(test):
         raise SpikeAdvError(f"--images {n} exceeds the {len(test)} test images")
-    x, y = data.to_float(test.images[:n]).to(device), test.labels[:n].long().to(device)
-    return evaluated, sources, x, y, recorded
+    return data.to_float(test.images[:n]).to(device), test.labels[:n].long().to(device)
 
 
 def custom_suite(base: Suite, specs: list[str]) -> Suite:
@@ -212,18 +223,18 @@ def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
 
 
 def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor,
-                   eps: tuple[float, ...] = EPS_GRID, suite: str = "quick", out: str | Path | None = None,
+                   eps: float | Sequence[float] | None = None, suite: str = "quick", out: str | Path | None = None,
                    name: str = "model", seed: int = 0, batch_size: int = 125, draws: int = 32, vote: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """The adaptive evaluation of any model (``spikeadv.evaluate``: spikeadv's own, a ``torch.nn.Module``,
     a :class:`spikeadv.models.foreign.TimeLoop` around another library's SNN, or a callable mapping
-    images in [0, 1] to logits) on images ``x`` with labels ``y`` over the eps grid ``eps`` (1/255 units,
-    increasing), a stochastic model judged on ``draws`` encoder draws per input (``vote``: their
+    images in [0, 1] to logits) on images ``x`` with labels ``y`` over the eps grid ``eps`` (pixel units
+    like every attack, e.g. 8/255 or (2/255, 8/255); default 0.5/255 ... 32/255), a stochastic model judged on ``draws`` encoder draws per input (``vote``: their
     majority): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
     card.md, rows.jsonl and a plot, units cached for a rerun."""
-    target = as_model(model, name)
+    target = identified(as_model(model, name), x)
     chosen = suites.get(suite)
-    setting = Setting(chosen, eps_grid(list(eps)), seed=seed, batch_size=batch_size, draws=draws_value(draws),
+    setting = Setting(chosen, eps_grid(eps), seed=seed, batch_size=batch_size, draws=draws_value(draws),
                       vote=bool(vote))
     card = Evaluation(setting, x, y, None if out is None else Path(out), log).card(target)
     if out is not None:

@@ -4,7 +4,8 @@ other models, and the gradient-masking checks (:mod:`spikeadv.attack.checks`), a
 (:mod:`.evaluation` says what to evaluate and schedules the units; :mod:`.card` writes the cards).
 
 Each unit (one model's ensemble at one eps, one estimator's curves, EOT, one transfer) is a record in
-``FOLDER/cells/`` named by the hash of its recipe (model digest, images, suite pairs, eps, seed, version)
+``FOLDER/cells/`` named by the hash of its recipe (the digest of the model's function,
+:func:`spikeadv.models.foreign.identified`; the images' and labels' digests, suite pairs, eps, seed, version)
 with a digest of its content, so a rerun reuses what exists and an interrupted evaluation resumes.
 Every random draw (encoder spikes, random starts, Square's squares) is seeded by the unit's recipe.
 """
@@ -26,6 +27,7 @@ from ..attack import apgd, checks, estimators, registry
 from ..attack.suite import Pair, Suite, check_pairs, worst_case
 from ..models.trained import Trained
 from ..records import cached
+from ..records.checkpoint import tensors_digest
 from ..records.provenance import __version__, digest, seed_of
 from .judge import Judge, expected, stochastic
 
@@ -70,7 +72,7 @@ class Evaluation:
     def __init__(self, setting: Setting, x: Tensor, y: Tensor, folder: Path | None,
                  log: Callable[[str], None] = print, judge: JudgeFn | None = None) -> None:
         self.setting, self.x, self.y, self.folder, self.log = setting, x, y, folder, log
-        self.labels = digest(y.tolist())
+        self.labels, self.pixels = digest(y.tolist()), tensors_digest({"x": x.detach().cpu()}, "images")
         self.transfer_sets: dict[tuple[str, float], Tensor] = {}
         self.cleans: dict[str, Tensor] = {}
         self.judge = judge or (lambda model, adv, idx: expected(model, adv, self.y[idx], idx, setting.judge))
@@ -79,7 +81,7 @@ class Evaluation:
 
     def _unit(self, name: str, recipe: dict, compute: Callable[[], dict]) -> dict:
         """A cached unit: its record if one with this recipe exists, else computed and written."""
-        recipe = {**recipe, "images": len(self.y), "labels": self.labels, "seed": self.setting.seed,
+        recipe = {**recipe, "images": len(self.y), "labels": self.labels, "pixels": self.pixels, "seed": self.setting.seed,
                   "bf16": self.setting.bf16, "batch": self.setting.batch_size, "draws": self.setting.draws,
                   "vote": self.setting.vote, "version": __version__, "revision": REVISION}
         path = None if self.folder is None else self.folder / "cells" / f"{name}-{digest(recipe)}.json"
