@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from spikeadv import report
+from spikeadv.records import digest_text
 
 N = 200  # images attacked
 GRADIENTS = {"ann": "ann", "snn1": "snnadv", "snn2": "snnadv"}
@@ -101,7 +102,16 @@ def make_run(path, paired=True, encoding="poisson", **preset):
         for m in meta["models"]:
             del m["clean_correct"]
     path.mkdir(parents=True, exist_ok=True)
-    (path / "run.json").write_text(json.dumps(meta))
-    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (path / "run.json").write_text(json.dumps({**meta, "results_sha256": digest_text(text)}))
+    (path / "results.jsonl").write_text(text)
     return path
 
+
+
+def restate(path, text: str) -> None:
+    """Replace a run's results.jsonl as the study would (its digest in run.json): tests of what the
+    report makes of unusual rows; an edit without this is refused (tests/test_guards.py)."""
+    meta = json.loads((path / "run.json").read_text())
+    (path / "run.json").write_text(json.dumps({**meta, "results_sha256": digest_text(text)}))
+    (path / "results.jsonl").write_text(text)

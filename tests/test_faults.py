@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_run import restate
 
 from spikeadv import cli, records, report, study
 from spikeadv.config.presets import get_preset
@@ -126,7 +127,7 @@ def test_a_nan_in_the_results_fails_the_sanity_checks(copy):
     rows = [json.loads(line) for line in (copy / "results.jsonl").read_text().splitlines()]
     assert all(check.passed is not False for check in sanity_checks(load_run(copy)))
     rows[7]["loss"] = float("nan")
-    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    restate(copy, "".join(json.dumps(r) + "\n" for r in rows))
     failed = [c for c in sanity_checks(load_run(copy)) if c.passed is False]
     assert failed and "finite" in failed[0].name and "rows[7].loss" in failed[0].detail
 

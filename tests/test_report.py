@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_run import MISSING, make_run, row
+from fake_run import MISSING, make_run, restate, row
 
 from spikeadv import report
 from spikeadv.errors import SpikeAdvError
@@ -170,7 +170,7 @@ def test_outcomes_that_do_not_decode_are_a_clear_error(tmp_path, damage):
     lines = (run_dir / "results.jsonl").read_text().splitlines()
     broken = json.loads(lines[3])
     broken["correct"] = damage(broken["correct"])
-    (run_dir / "results.jsonl").write_text("\n".join([*lines[:3], json.dumps(broken), *lines[4:]]) + "\n")
+    restate(run_dir, "\n".join([*lines[:3], json.dumps(broken), *lines[4:]]) + "\n")
     with pytest.raises(SpikeAdvError, match=r"results.jsonl row 4: per-image outcomes do not decode"):
         report.load_run(run_dir)
 
@@ -227,10 +227,10 @@ def test_missing_results_raise(tmp_path):
 def test_malformed_files_raise(tmp_path):
     run_dir = make_run(tmp_path / "run")
     lines = (run_dir / "results.jsonl").read_text().splitlines()
-    (run_dir / "results.jsonl").write_text("\n".join([lines[0], lines[1][:20]]) + "\n")
+    restate(run_dir, "\n".join([lines[0], lines[1][:20]]) + "\n")
     with pytest.raises(SpikeAdvError, match=r"results.jsonl line 2"):
         report.load_run(run_dir)
-    (run_dir / "results.jsonl").write_text(json.dumps({"target": "ann"}) + "\n")
+    restate(run_dir, json.dumps({"target": "ann"}) + "\n")
     with pytest.raises(SpikeAdvError, match=r"results.jsonl line 1 lacks"):
         report.load_run(run_dir)
     (run_dir / "run.json").write_text("{")
@@ -241,7 +241,7 @@ def test_malformed_files_raise(tmp_path):
 def test_partial_run_still_reports(tmp_path):
     run_dir = make_run(tmp_path / "run")
     rows = [row("ann", "whitebox", "fgsm", 1, e, "ann", 0) for e in (8, 16)]
-    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    restate(run_dir, "".join(json.dumps(r) + "\n" for r in rows))
     written = report.write_report(run_dir)
     assert all(p.stat().st_size > 0 for p in written)
     run = report.load_run(run_dir)

@@ -10,6 +10,7 @@ import torch
 
 from .. import data, runtime
 from ..config.presets import PRESETS, Preset
+from ..config.spiking import MAX_T
 from ..errors import SpikeAdvError
 
 
@@ -50,16 +51,16 @@ def positive(text: str) -> int:
 
 
 def timesteps(text: str) -> list[int]:
-    """``--T``: one or more comma-separated timesteps, each >= 1."""
+    """``--T``: one or more comma-separated timesteps, each in [1, MAX_T]."""
     try:
         values = [positive(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
     if not values:
         raise argparse.ArgumentTypeError(f"takes whole numbers >= 1, e.g. 32 or 32,64,128, got {text!r}")
+    if max(values) > MAX_T:
+        raise argparse.ArgumentTypeError(f"at most {MAX_T} timesteps (the paper runs 2000 at most), got {max(values)}")
     return values
-
-
 
 
 def eps_values(parts: list[str], option: str = "--eps") -> list[Fraction]:

@@ -12,7 +12,7 @@ from .. import data, runtime
 from ..config.datasets import DATASETS, GENERATED
 from ..config.presets import get_preset, recorded
 from ..errors import SpikeAdvError
-from ..records import checkpoint
+from ..records import checkpoint, writable
 from . import args as opts
 
 
@@ -44,11 +44,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..runtime.distributed import is_main
 
     preset = get_preset(args.preset, args.overrides)
-    device = opts.device(args) if is_main() else runtime.use(args.device)
-    train_ds, test_ds = opts.datasets(preset, args.root)
     seed = preset.seeds[0] if args.seed is None else args.seed
     kind = "ann" if args.kind == "ann" else "snn2"
     out = args.out or Path("runs") / preset.name / f"{kind}-seed{seed}.safetensors"
+    writable(out, f"{kind}.safetensors")  # before any data is read or any epoch trained
+    device = opts.device(args) if is_main() else runtime.use(args.device)
+    train_ds, test_ds = opts.datasets(preset, args.root)
     start = time.perf_counter()
     _, meta = fit(kind, preset, seed, out, train_ds, test_ds, resume=args.resume, device=device)
     final = meta["metrics"][-1]
@@ -76,20 +77,27 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     """SNN-I from a trained ANN by threshold balancing (paper III-A, IV-C)."""
     from ..models.convert import convert_file
+    from ..models.trained import interrupted
 
+    meta = checkpoint.load(args.ann)[1]
+    unfinished = interrupted(args.ann, meta)
+    if unfinished and not args.incomplete:
+        raise SpikeAdvError(f"{unfinished}, or pass --incomplete to convert it as it is")
+    if unfinished:
+        print(f"warning: {unfinished}")
     if args.preset:
         preset = get_preset(args.preset, args.overrides)
     else:
-        meta = checkpoint.load(args.ann)[1]
         if not isinstance(meta.get("preset"), dict):
             raise SpikeAdvError(f"{args.ann} records no preset; pass --preset")
         preset = recorded(meta["preset"], args.overrides)
-    device = opts.device(args)
-    train_ds, test_ds = opts.datasets(preset, args.root)
     out = args.out or args.ann.with_name(args.ann.name.replace("ann", "snn1", 1) if "ann" in args.ann.name
                                          else f"snn1-{args.ann.name}")
+    writable(out, "snn1.safetensors")
     if out.exists() and not args.force:
         raise SpikeAdvError(f"{out} exists; pass --force to replace it, or choose another --out")
+    device = opts.device(args)
+    train_ds, test_ds = opts.datasets(preset, args.root)
     start = time.perf_counter()
     net = convert_file(args.ann, preset, train_ds, test_ds, args.seed, out, device=device)
     c = preset.snn1
@@ -104,6 +112,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="picks the balancing images and their spikes")
     p.add_argument("--out", type=Path, help="default: the ANN's name with ann -> snn1")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--incomplete", action="store_true", help="convert an ANN whose training was interrupted")
     opts.root_arg(p)
     opts.device_arg(p)
     p.set_defaults(func=cmd_convert)
@@ -113,11 +122,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import statistics
 
     from ..models.train import accuracy
-    from ..models.trained import load_network, spiking
+    from ..models.trained import interrupted, load_network, spiking
 
     device = opts.device(args)
     net, meta = load_network(args.checkpoint, device)
     snn = spiking(meta)
+    if snn is None:
+        given = [f"--{k}" for k in ("T", "reset", "repeats", "seed") if getattr(args, k) is not None]
+        if given:
+            raise SpikeAdvError(f"{' and '.join(given)} apply to an SNN; {args.checkpoint} is an ANN (it has no "
+                                "timesteps, reset or encoder)")
     name = args.dataset or meta.get("data", {}).get("dataset")
     if name is None:
         raise SpikeAdvError(f"{args.checkpoint} does not record its dataset; pass --dataset")
@@ -130,14 +144,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.subset:
         ds = ds.subset(args.subset)
     where = f"{name}/{args.split} ({len(ds)} images)"
+    unfinished = interrupted(args.checkpoint, meta)
+    if unfinished:
+        print(f"warning: {unfinished}")
     if snn is None:
         print(f"{args.checkpoint}: ann accuracy {accuracy(net, ds, bf16=args.bf16, device=device):.2f}% on {where}")
         return
+    repeats, seed = args.repeats or 1, args.seed or 0
+    steps = sum(args.T or [snn.T]) * repeats * len(ds)
+    print(f"evaluating {len(ds)} images x {repeats} encoder seed(s) at T = {', '.join(map(str, args.T or [snn.T]))}: "
+          f"{steps:,} image-timesteps")
     for T in args.T or [snn.T]:  # several: the accuracy-vs-T curve, the same encoder seeds at every T
         snn = dataclasses.replace(snn, T=T, reset=args.reset or snn.reset)
         spikes: dict = {}
-        accs = [accuracy(net, ds, snn=snn, seed=args.seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16,
-                         device=device) for r in range(args.repeats)]
+        accs = [accuracy(net, ds, snn=snn, seed=seed + r, spikes=spikes if r == 0 else None, bf16=args.bf16,
+                         device=device) for r in range(repeats)]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         reset = f", {snn.reset} reset" if snn.reset != "subtract" else ""
         print(f"{args.checkpoint}: {meta['kind']} ({snn.neuron.upper()}, T={snn.T}{reset}) accuracy "
@@ -158,8 +179,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reset", choices=["subtract", "zero", "signed"],
                    help="SNN: run with this reset instead of the checkpoint's (signed: IF neurons whose spikes are "
                         "taken back when the membrane falls below zero)")
-    p.add_argument("--repeats", type=opts.positive, default=1, help="SNN: mean and std over R encoder seeds")
-    p.add_argument("--seed", type=int, default=0, help="SNN: first encoder seed")
+    p.add_argument("--repeats", type=opts.positive, help="SNN: mean and std over R encoder seeds (default: 1)")
+    p.add_argument("--seed", type=int, help="SNN: first encoder seed (default: 0)")
     opts.root_arg(p)
     opts.device_arg(p)
     p.set_defaults(func=cmd_eval)

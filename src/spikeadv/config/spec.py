@@ -8,6 +8,7 @@ connected), ``No`` (output layer with N classes). :class:`spikeadv.models.networ
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -84,3 +85,27 @@ def parse_spec(text: str) -> Spec:
         if seen_fc and layer.kind in ("conv", "pool", "maxpool"):
             raise SpikeAdvError(f"spec {text!r}: {layer.kind} layer after a fully connected layer")
     return Spec(text, int(size[1]), int(size[2]), tuple(layers))
+
+
+def parameters(spec: Spec, channels: int, width: float) -> int:
+    """The number of weights of a network built from ``spec`` on ``channels`` input maps with hidden
+    widths scaled by ``width`` (as :class:`spikeadv.models.network.Network` builds it, biases aside)."""
+    c, h, w, total = channels, spec.height, spec.width, 0
+    for layer in spec.layers:
+        if layer.kind == "conv":
+            out = max(1, round(layer.size * width))
+            total, c = total + c * out * layer.k * layer.k, out
+        elif layer.kind in ("pool", "maxpool"):
+            h, w = h // layer.size, w // layer.size
+        else:
+            out = layer.size if layer.kind == "out" else max(1, round(layer.size * width))
+            total, c, h, w = total + c * h * w * out, out, 1, 1
+    return total
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -10,6 +10,7 @@ from ..errors import SpikeAdvError
 
 SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
 RESETS = ("subtract", "zero", "signed")
+MAX_T = 65536  # timesteps: 30 times the paper's longest (SNN-I, T = 2000); beyond, one image is hours of CPU
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class Spiking:
     def __post_init__(self) -> None:
         if self.neuron not in ("if", "lif"):
             raise SpikeAdvError(f"neuron must be if or lif, got {self.neuron!r}")
-        if self.T < 1:
-            raise SpikeAdvError(f"T (timesteps) must be >= 1, got {self.T}")
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or not 1 <= self.T <= MAX_T:
+            raise SpikeAdvError(f"T (timesteps) must be an integer in [1, {MAX_T}], got {self.T!r} (the paper runs "
+                                "2000 at most; each timestep is one forward pass of every image)")
         if not 0 < self.leak <= 1:
             raise SpikeAdvError(f"leak must be in (0, 1], got {self.leak}")
         if self.neuron == "if" and self.leak != 1:

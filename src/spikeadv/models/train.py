@@ -73,12 +73,12 @@ def accuracy(
     device = runtime.device(device)
     gen = runtime.generator(seed, device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    with runtime.autocast(bf16, device):
-        for x, y in tqdm(batches(ds, batch_size, shuffle=False, device=device), desc="evaluating", unit="img",
-                         unit_scale=batch_size, total=-(-len(ds) // batch_size), leave=False, dynamic_ncols=True,
-                         mininterval=1.0):
+    with runtime.autocast(bf16, device), tqdm(total=len(ds), desc="evaluating", unit="img", leave=False,
+                                              dynamic_ncols=True, mininterval=1.0) as bar:
+        for x, y in batches(ds, batch_size, shuffle=False, device=device):
             logits = net(x) if snn is None else net(x, snn, gen, spikes)
             correct += (logits.argmax(1) == y).sum()
+            bar.update(len(y))
     net.train(was_training)
     return 100.0 * correct.item() / len(ds)
 

@@ -56,6 +56,11 @@ def load_network(path: Path, device: torch.device | str | None = None) -> tuple[
         raise SpikeAdvError(f"{path} holds no network (it is a {meta.get('kind', 'different')} artifact)")
     net = Network.from_config(meta["network"])
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise SpikeAdvError(f"{path}: {bad} value(s) of {name} are not finite (NaN or inf): a diverged training "
+                                "or an edited file; rebuild it")
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SpikeAdvError(
@@ -63,6 +68,15 @@ def load_network(path: Path, device: torch.device | str | None = None) -> tuple[
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
         )
     return net.to(runtime.device(device)).eval(), meta
+
+
+def interrupted(path: Path, meta: dict) -> str | None:
+    """What to say when a checkpoint is of an unfinished training (``complete`` false), else None."""
+    if meta.get("complete", True):
+        return None
+    done, planned = meta.get("epochs_done"), (meta.get("train") or {}).get("epochs")
+    return (f"{path} is an interrupted training ({done} of {planned} epochs); finish it with "
+            "`spikeadv train ... --resume`")
 
 
 def spiking(meta: dict, **overrides) -> Spiking | None:

@@ -71,6 +71,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def writable(path: Path, example: str = "model.safetensors") -> None:
+    """Refuse, before any work, a file path that cannot be written: a directory, a path under a file,
+    or one in a directory without write permission (``example``: a file name to suggest)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpikeAdvError(f"{path} is a directory; give a file path, e.g. {path / example}")
+    above = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not above.is_dir():
+        raise SpikeAdvError(f"cannot write {path}: {above} is a file, not a directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise SpikeAdvError(f"cannot write {path}: {above} is not writable")
+
+
 def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
@@ -142,6 +155,11 @@ def cached(path: Path | None, recipe: dict, compute: Callable[[], dict], log: Ca
     if path is not None:
         write_record(path, saved)
     return saved, False
+
+
+def digest_text(text: str) -> str:
+    """The SHA-256 of a text file's content (``results.jsonl``'s, recorded in run.json)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_digest(path: Path) -> str:

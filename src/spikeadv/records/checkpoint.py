@@ -4,8 +4,10 @@ network and how it runs) is :mod:`spikeadv.models.trained`'s."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -33,13 +35,25 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(meta, sort_keys=True)
     header = {"format": FORMAT, "meta": text, "sha256": tensors_digest(tensors, text)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+        except SafetensorError as e:  # safetensors reports a failed write (a full disk) as its own error
+            need = sum(t.numel() * t.element_size() for t in tensors.values()) + len(text)
+            free = shutil.disk_usage(tmp.parent).free
+            raise OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO,
+                          f"{str(e).splitlines()[0]} (the file needs {need / 2**20:.1f} MiB, "
+                          f"{free / 2**20:.1f} MiB are free there)") from None
+
+    atomic_write(path, write)
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint written by :func:`save`. Anything else (a missing file, a pickle, a truncated
-    or foreign file, one whose content no longer matches its digest) is refused with one line that
-    names the file; nothing is ever unpickled."""
+    or foreign file, one without its digest or whose content no longer matches it) is refused with one
+    line that names the file; nothing is ever unpickled. A file without a digest cannot be recognised as
+    older than digests (its format tag is the same), so none is accepted."""
     path = Path(path)
     if not path.is_file():
         raise SpikeAdvError(f"checkpoint {path} does not exist")
@@ -61,7 +75,10 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise SpikeAdvError(f"{path} is not a readable safetensors checkpoint ({e}); is it truncated?") from None
     if header.get("format") != FORMAT:
         raise SpikeAdvError(f"{path} is a safetensors file but not a spikeadv checkpoint (no {FORMAT} header)")
-    if "sha256" in header and header["sha256"] != tensors_digest(tensors, header["meta"]):
+    if "sha256" not in header:  # every checkpoint spikeadv writes has one: without it, an edit cannot be told apart
+        raise SpikeAdvError(f"{path} has no integrity digest: spikeadv writes one into every checkpoint, so this file "
+                            "was edited or written by something else; rebuild it (train, convert or rerun the study)")
+    if header["sha256"] != tensors_digest(tensors, header.get("meta", "")):
         raise SpikeAdvError(f"{path} failed its integrity check: its weights or metadata no longer match the "
                             "digest written with them (the file was corrupted or edited)")
     try:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config.grid import ITERATIVE, KINDS, STUDY_ATTACKS
 from ..errors import SpikeAdvError
-from ..records import read_json
+from ..records import digest_text, read_json
 from ..records.outcomes import unpack, unpack_classes, unpack_halves
 
 SCENARIOS = ("whitebox", "bb-snn1", "bb-snn2", "bb-ann")
@@ -160,14 +160,23 @@ def _check_row(path: Path, line: int, row: object) -> dict:
     return row
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(path: Path, recorded: str | None) -> list[dict]:
+    """The rows of ``results.jsonl``, refused unless its content is the one whose digest run.json
+    recorded (``recorded``) when the study wrote it: an edited table never reaches a report."""
     if not path.is_file():
         raise SpikeAdvError(f"{path} does not exist; run the study (spikeadv run) before the report")
     rows = []
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise SpikeAdvError(f"{path} cannot be read ({e})") from None
+    if recorded is None:
+        raise SpikeAdvError(f"{path.parent / 'run.json'} records no digest of {path.name} (a run written before "
+                            "digests, or an unfinished one): rerun the study with the same settings to restate it")
+    if digest_text(text) != recorded:
+        raise SpikeAdvError(f"{path} is not the table the study wrote (its digest differs from run.json's: edited or "
+                            "damaged); rerun the study with the same settings to rebuild it from its cells")
+    lines = text.splitlines()
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
@@ -255,7 +264,7 @@ def load_run(run_dir: Path) -> Run:
     meta_path = run_dir / "run.json"
     meta = read_json(meta_path, "; is this a spikeadv run directory?")
     _check_meta(meta_path, meta)
-    rows = _read_rows(run_dir / "results.jsonl")
+    rows = _read_rows(run_dir / "results.jsonl", meta.get("results_sha256"))
     return Run(path=run_dir, meta=meta, rows=rows, cells=aggregate(rows, per_image_outcomes(run_dir, meta, rows)))
 
 

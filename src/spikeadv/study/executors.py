@@ -136,12 +136,17 @@ def _reachable(address: str) -> None:
 
 
 def check(executor: Executor) -> None:
-    """Refuse an executor that cannot run, before anything is written: Ray missing, or no cluster at
-    ``--address``."""
+    """Refuse an executor that cannot run, before anything is written: Ray missing, no cluster at
+    ``--address``, or GPUs per task on a local Ray of a machine without a GPU (its tasks would wait
+    for them forever; a cluster's GPUs are counted when joining it, :func:`connect`)."""
     if executor.kind == "ray":
         _ray()
         if executor.address and executor.address != "auto":
             _reachable(executor.address)
+        if executor.gpus_per_task and not executor.address and torch.cuda.device_count() == 0:
+            raise SpikeAdvError(f"--gpus-per-task {executor.gpus_per_task:g}: this machine has no GPU for its local "
+                                "Ray, so no task could start; drop --gpus-per-task, or pass --address of a cluster "
+                                "with GPUs")
 
 
 def connect(executor: Executor) -> Callable[[], None]:
@@ -160,6 +165,11 @@ def connect(executor: Executor) -> Callable[[], None]:
             ray.init(num_cpus=slots, object_store_memory=128 << 20, **options)
     except ConnectionError as e:
         raise SpikeAdvError(f"no Ray cluster at {executor.address}: {str(e).splitlines()[0]}") from None
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if executor.gpus_per_task > gpus:
+        ray.shutdown()
+        raise SpikeAdvError(f"--gpus-per-task {executor.gpus_per_task:g}: the Ray cluster has {gpus:g} GPU(s), so "
+                            "no task could start; drop --gpus-per-task or join a cluster with GPUs")
     return ray.shutdown
 
 

@@ -77,7 +77,10 @@ def classes(model: Trained, x: Tensor, ids: Tensor, judge: Judge) -> Tensor:
 
 
 def _logits(model: Trained, x: Tensor, draws: Draws | None, judge: Judge) -> Tensor:
+    """The model's outputs on ``x``, refused in one line where they are not finite (no prediction then)."""
     with runtime.autocast(judge.bf16, x.device):
-        if model.snn is None:
-            return model.net(x).float()
-        return model.net(x, model.snn, draws).float()
+        out = (model.net(x) if model.snn is None else model.net(x, model.snn, draws)).float()
+    if not torch.isfinite(out).all():
+        raise SpikeAdvError(f"{model.name} gives non-finite outputs (NaN or inf) on {int((~torch.isfinite(out)).any(1).sum())} "
+                            f"of {len(x)} images: its weights or its computation are broken, so it has no prediction")
+    return out

@@ -63,14 +63,32 @@ def open_run(out: Path, preset: Preset, log: Callable[[str], None] = print) -> d
     return meta
 
 
+FOLDERS = ("models", "cells", "clean", "report", "evaluation")  # a run directory's subfolders
+FILES = ("run.json", "results.jsonl")
+
+
+def check_layout(out: Path) -> None:
+    """Refuse, before any work or lock, a run directory whose own paths are in the way: ``out`` a file
+    or under one, a subfolder that is a file, a record that is a directory."""
+    above = next((p for p in (out, *out.parents) if p.exists()), out)
+    if not above.is_dir():
+        raise SpikeAdvError(f"--out {out} is or lies under the file {above}; pass a directory")
+    for name in FOLDERS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise SpikeAdvError(f"{out / name} is a file where the run keeps its {name} folder; move it away or "
+                                "pass another --out")
+    for name in FILES:
+        if (out / name).is_dir():
+            raise SpikeAdvError(f"{out / name} is a directory where the run keeps its {name}; move it away or "
+                                "pass another --out")
+
+
 @contextlib.contextmanager
 def lock(out: Path) -> Iterator[bool]:
     """Hold ``out``'s lock for the block: one writer per run directory. A second process is refused at
     once with the holder's pid, host and command; the kernel releases the lock when the holder
     exits, even by kill -9. Yields False (no lock, nothing may be written) where ``out`` is read-only."""
-    above = next((p for p in (out, *out.parents) if p.exists()), out)
-    if not above.is_dir():
-        raise SpikeAdvError(f"--out {out} is or lies under the file {above}; pass a directory")
+    check_layout(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)

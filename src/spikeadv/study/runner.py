@@ -15,12 +15,12 @@ from .. import data
 from ..config.presets import Preset
 from ..errors import SpikeAdvError
 from ..models.neurons import backend_on
-from ..records import atomic_write, read_record, write_json
+from ..records import atomic_write, digest_text, read_record, write_json
 from ..records.provenance import command_line, digest, versions
 from . import executors
 from .executors import Executor
 from .plan import bounded_kinds, main_gradients, plan
-from .rundir import identity, lock, open_run
+from .rundir import check_layout, identity, lock, open_run
 
 
 @dataclass
@@ -54,7 +54,9 @@ def run(preset: Preset, out: Path, report: Report, root: Path | None = None, log
             f"whitebox inputs, instance 1 the blackbox ones; every instance is a target of the evaluation), "
             f"got seeds={','.join(map(str, preset.seeds)) or 'none'}; pass e.g. --set seeds=0,1")
     out = Path(out)
+    check_layout(out)  # a path in the way: refused before any work, and before the lock is taken
     meta = open_run(out, preset, log)  # reads only: a directory of another config is refused untouched
+    datasets = _datasets(preset, root, log)
     executors.check(executor)  # Ray missing or a cluster that cannot be reached: refused before anything is written
     with contextlib.ExitStack() as stack:
         if executor.address:  # joining a cluster writes nothing here, so it is refused before the lock
@@ -64,19 +66,26 @@ def run(preset: Preset, out: Path, report: Report, root: Path | None = None, log
             raise SpikeAdvError(f"{out} is read-only and holds no run; pass another --out")
         if can_write and not executor.address:  # a Ray of our own starts only under the lock
             stack.callback(executors.connect(executor))
-        return _run(preset, out, report, root, log, can_write, meta, executor)
+        return _run(preset, out, report, root, log, can_write, meta, executor, datasets)
 
 
-def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Callable[[str], None], can_write: bool,
-         meta: dict, executor: Executor) -> list[Path]:
-    call = time.perf_counter()
-    study = preset.study
+def _datasets(preset: Preset, root: Path | None, log: Callable[[str], None]) -> tuple[data.Dataset, data.Dataset]:
+    """The preset's training and test sets (prepared if they can be), refused where the study asks for
+    more test images than there are: all before the run directory is touched."""
     data.ensure(preset.dataset, root, log)
     train_ds = data.load(preset.dataset, "train", root)
     test_ds = data.load(preset.dataset, "test", root)
     test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
-    if study.images > len(test_ds):
-        raise SpikeAdvError(f"study.images = {study.images} exceeds the {len(test_ds)} test images of the preset")
+    if preset.study.images > len(test_ds):
+        raise SpikeAdvError(f"study.images = {preset.study.images} exceeds the {len(test_ds)} test images of the preset")
+    return train_ds, test_ds
+
+
+def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Callable[[str], None], can_write: bool,
+         meta: dict, executor: Executor, datasets: tuple[data.Dataset, data.Dataset]) -> list[Path]:
+    call = time.perf_counter()
+    study = preset.study
+    train_ds, test_ds = datasets
     y = test_ds.labels[:study.images].long()
     device = executor.device or str(executors.driver_device(executor))  # where the tasks compute
     record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded_kinds(preset)),
@@ -119,7 +128,7 @@ def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Call
         return _read_only(out, text, log)
     atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))
 
-    record.update(stages=stages.seconds, complete=True)
+    record.update(stages=stages.seconds, complete=True, results_sha256=digest_text(text))
     save(out / "run.json", record)
     t0 = time.perf_counter()
     written = report(out)
