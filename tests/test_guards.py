@@ -1,6 +1,8 @@
 """Nothing silently wrong: cached results keyed by what a model computes and on which images, one eps
 convention, and the Python API's guard rails (one readable SpikeAdvError, never a raw internal error)."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -101,3 +103,64 @@ def test_evaluate_takes_eps_in_pixel_units_like_the_attacks():
             spikeadv.evaluate(net, x, y, eps=bad, log=lambda line: None)
     with pytest.raises(SpikeAdvError, match="pass 8/255"):
         spikeadv.fgsm(spikeadv.ann(net), x, y, eps=8)
+
+
+def test_the_readme_example_crafts_within_eps_and_the_faithful_snnadv_says_it_does_not(reference):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (gradient,) = re.findall(r'x_adv = spikeadv\.fgsm\(snn2\.source\("([\w-]+)"\)', example)
+    snn2 = spikeadv.Model.from_run(reference, "snn2")
+    x, y = _smoke(16)
+    assert (spikeadv.fgsm(snn2.source(gradient), x, y, eps=8 / 255) - x).abs().max() <= 8 / 255 + 1e-6
+    # the paper's SNNAdv starts from the Poisson-rate image: not within eps of x, and it says so
+    assert (spikeadv.fgsm(snn2.source("snnadv"), x, y, eps=8 / 255) - x).abs().max() > 8 / 255
+    assert "not within eps of x" in spikeadv.snnadv.__doc__ and "not within eps of x" in example
+
+
+# --- the Python API's guard rails ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ann(reference):
+    return spikeadv.Model.from_run(reference, "ann")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda src, x, y: spikeadv.fgsm(src, x, torch.full_like(y, 10), eps=8 / 255), "classes of the model, 0 to 9"),
+    (lambda src, x, y: spikeadv.ifgsm(src, x, y, eps=8 / 255, steps=2, target=torch.full_like(y, 11)),
+     "target must hold classes of the model, 0 to 9"),
+    (lambda src, x, y: spikeadv.fgsm(src, x, y - 1 - y.max(), eps=8 / 255), "got values from -"),
+    (lambda src, x, y: spikeadv.fgsm(src, torch.rand(len(y), 1, 28, 28), y, eps=8 / 255),
+     "takes images of shape (3, 32, 32)"),
+    (lambda src, x, y: spikeadv.evaluate(src.logits, x[:8], y[:3], eps=8 / 255), "one integer class per image"),
+    (lambda src, x, y: spikeadv.evaluate(lambda v: src.logits(v)[:, :4], x, y, eps=8 / 255),
+     "classes of the model, 0 to 3"),
+    (lambda src, x, y: spikeadv.evaluate(nn.Sequential(nn.Flatten(), nn.Linear(10, 10)), x, y, eps=8 / 255),
+     "cannot take images of shape (3, 32, 32)"),
+    (lambda src, x, y: spikeadv.TimeLoop(nn.Identity(), 0), "T (timesteps) must be an integer"),
+    (lambda src, x, y: spikeadv.TimeLoop(nn.Identity(), 4, encoding="rate"), "unknown encoding"),
+])
+def test_the_api_refuses_bad_requests_in_one_readable_line(ann, call, message):
+    x, y = _smoke(16)
+    with pytest.raises(SpikeAdvError, match=re.escape(message)):
+        call(ann.source("ann"), x, y)
+
+
+def test_a_model_where_a_source_is_expected_is_attacked_or_refused_in_one_line(ann, reference):
+    x, y = _smoke(16)
+    with pytest.raises(SpikeAdvError, match=r"pass model.source\(NAME\) with NAME one of ann"):
+        spikeadv.fgsm(ann, x, y, eps=8 / 255)
+    snn2 = spikeadv.Model.from_run(reference, "snn2")
+    with pytest.raises(SpikeAdvError, match="snnadv, snnadv-clean, bptt, bptr, hart"):
+        spikeadv.ifgsm(snn2, x, y, eps=8 / 255, steps=2)
+    # a module (or a TimeLoop) is a classifier: attacked through its own autograd, like spikeadv.ann(net)
+    assert torch.equal(spikeadv.fgsm(ann.net, x, y, eps=8 / 255), spikeadv.fgsm(ann.source("ann"), x, y, eps=8 / 255))
+
+
+@pytest.mark.parametrize("device, message", [("garbage", "not a device"), ("cuda:7", "cuda:7")])
+def test_a_device_this_machine_lacks_is_refused_in_one_line(ann, device, message):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.fail("this test assumes fewer than 8 GPUs")
+    with pytest.raises(SpikeAdvError, match=message):
+        spikeadv.Model.load(ann.path, device=device)

@@ -138,7 +138,7 @@ def apgd(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *, 
     after each iteration of each run (at most ``steps`` entries per run: a run stops once every image
     is fooled). ``norm="l2"``: steps along grad / ||grad||_2 in the L2 ball of radius eps.
     """
-    validate(x, y, eps, steps, target=target, norm=norm)
+    source = validate(source, x, y, eps, steps, target=target, norm=norm)
     if loss not in LOSSES:
         raise SpikeAdvError(f"unknown APGD loss {loss!r} (known: {', '.join(LOSSES)})")
     search = _Search(source, source.base(x), y, eps, steps, restarts, generator, trace, NORMS[norm])
@@ -155,7 +155,7 @@ def apgd_t(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *
     """APGD-T of AutoAttack (Croce & Hein 2020, sec. 5): APGD on the targeted DLR loss towards each of the
     ``targets`` highest-scoring classes other than y on x0 in turn (``restarts`` runs each), attacking
     only the images not yet misclassified; success is any misclassification."""
-    validate(x, y, eps, steps)
+    source = validate(source, x, y, eps, steps)
     count("targets", targets, "target classes")
     x0 = source.base(x)
     search = _Search(source, x0, y, eps, steps, restarts, generator, trace)

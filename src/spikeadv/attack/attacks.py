@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SpikeAdvError
-from .estimators import Source
+from .estimators import Source, as_source
 
 PIXEL_TOL = 1e-6  # float rounding tolerated at the edges of [0, 1]
 
@@ -46,7 +46,7 @@ def amount(name: str, value: float) -> None:
         raise SpikeAdvError(f"{name}={value:g} is in pixel units (images in [0, 1]) and must be in [0, 1]{hint}")
 
 
-def _labels(name: str, labels: Tensor, n: int) -> None:
+def check_labels(name: str, labels: Tensor, n: int) -> None:
     """One integer class per image."""
     if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point() or labels.is_complex():
         got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
@@ -87,12 +87,14 @@ def _radius(name: str, value: float, x: Tensor) -> None:
 
 
 def validate(
-    x: Tensor, y: Tensor, eps: float, steps: int = 1, a: float | None = None, target: Tensor | None = None,
-    norm: str = "linf",
-) -> None:
+    source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 1, a: float | None = None,
+    target: Tensor | None = None, norm: str = "linf",
+) -> Source:
     """Check an attack request (pixel units) and refuse a bad one with one readable message: eps and
     the step size ``a`` in [0, 1] (L2: up to the diameter of the image space), ``steps`` an int >= 1, x
-    as :func:`check_images` wants, one integer label (and target) per image."""
+    as :func:`check_images` wants, one integer label (and target) per image, each a class of the model,
+    images of the shape it takes. Returns the source (:func:`.estimators.as_source`)."""
+    source = as_source(source)
     if norm not in NORMS:
         raise SpikeAdvError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
     size = amount if norm == "linf" else lambda name, value: _radius(name, value, x)
@@ -101,9 +103,33 @@ def validate(
         size("a", a)
     count("steps", steps, "the number of gradient steps")
     check_images(x)
-    _labels("y", y, len(x))
+    check_labels("y", y, len(x))
     if target is not None:
-        _labels("target", target, len(x))
+        check_labels("target", target, len(x))
+    fits(source, x, y, target)
+    return source
+
+
+def fits(source: Source, x: Tensor, *classes: Tensor | None) -> None:
+    """Refuse images of a shape the model does not take and labels (or targets) that are not its
+    classes, in one line; where the source does not know its model's classes and input shape (a model
+    of another library), one image is run to learn them."""
+    known, shape = source.classes, source.shape
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise SpikeAdvError(f"the model takes images of shape {tuple(shape)} ([C, H, W]), got {tuple(x.shape[1:])}")
+    if known is None and len(x):
+        try:
+            with torch.no_grad():
+                known = source.logits(x[:1]).shape[-1]
+        except RuntimeError as e:
+            raise SpikeAdvError(f"the model cannot take images of shape {tuple(x.shape[1:])} ([C, H, W]): "
+                                f"{str(e).splitlines()[0]}") from None
+    for name, values in zip(("y", "target"), classes):
+        if values is not None and len(values):
+            lo, hi = torch.aminmax(values)
+            if lo < 0 or hi >= known:
+                raise SpikeAdvError(f"{name} must hold classes of the model, 0 to {known - 1}, got values from "
+                                    f"{int(lo)} to {int(hi)}")
 
 
 def clip(x: Tensor, x0: Tensor, eps: float) -> Tensor:
@@ -167,7 +193,7 @@ def iterate(
 
 def fgsm(source: Source, x: Tensor, y: Tensor, eps: float) -> Tensor:
     """FGSM (paper eq. 1, Goodfellow et al.): x_adv = x + eps * sign(grad_x J(x, y))."""
-    validate(x, y, eps)
+    source = validate(source, x, y, eps)
     x0 = source.base(x)
     return iterate(source, x0, x0, y, eps, eps, 1, targeted=False)
 
@@ -175,7 +201,7 @@ def fgsm(source: Source, x: Tensor, y: Tensor, eps: float) -> Tensor:
 def rfgsm(source: Source, x: Tensor, y: Tensor, eps: float, generator: torch.Generator, a: float | None = None) -> Tensor:
     """R-FGSM (paper eqs. 2-3, Tramer et al.): x' = x + a * sign(N(0, I)) with a = eps / 2, then
     x_adv = x' + (eps - a) * sign(grad_x J(x', y))."""
-    validate(x, y, eps, a=a)
+    source = validate(source, x, y, eps, a=a)
     a = eps / 2 if a is None else a
     if a > eps:
         raise SpikeAdvError(f"R-FGSM's random step a={a:g} exceeds eps={eps:g}; pass a <= eps "
@@ -190,7 +216,7 @@ def ifgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, target: 
     """I-FGSM (paper eqs. 4-5, Kurakin et al.): k = ``steps`` steps of a = eps / k,
     x_{n+1} = Clip_{x,eps}{x_n + a sign(grad J(x_n, y))}; with ``target`` the targeted variant
     (eq. 6), x_{n+1} = Clip_{x,eps}{x_n - a sign(grad J(x_n, y_target))}."""
-    validate(x, y, eps, steps, target=target)
+    source = validate(source, x, y, eps, steps, target=target)
     x0 = source.base(x)
     labels, targeted = (y, False) if target is None else (target, True)
     return iterate(source, x0, x0, labels, eps, eps / steps, steps, targeted)
@@ -203,7 +229,7 @@ def pgd(
     """PGD (Madry et al.): I-FGSM with step a (default 2.5 eps / k) from a uniform random start in the
     eps-ball (no ``generator``: no random start, the first step from x). ``norm="l2"``: steps along
     grad / ||grad||_2 in the L2 ball of radius eps."""
-    validate(x, y, eps, steps, a=a, norm=norm)
+    source = validate(source, x, y, eps, steps, a=a, norm=norm)
     a = 2.5 * eps / steps if a is None else a
     x0 = source.base(x)
     start = x0 if generator is None else NORMS[norm].random(x0, eps, generator)

@@ -41,6 +41,7 @@ from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
 from ..models.network import Network
 from ..models.neurons import encode
+from ..models.trained import Trained
 from .losses import Loss, cross_entropy
 
 
@@ -65,6 +66,8 @@ class Source:
     base: Callable[[Tensor], Tensor] = field(default=lambda x: x)
     draws: int = 1
     stochastic: bool = False
+    classes: int | None = None  # the model's classes and image shape [C, H, W], where known without a forward
+    shape: tuple[int, ...] | None = None
 
     def value_and_grad(self, x: Tensor, labels: Tensor, loss: Loss = cross_entropy) -> Step:
         """The per-image ``loss(logits(x), labels)``, the gradient of its sum at ``x`` and the logits,
@@ -92,12 +95,37 @@ class Source:
 def ann(net: Network) -> Source:
     """Exact gradient of the ANN (paper eq. 1 as written), or of any classifier of images; one that
     says it is ``stochastic`` (:class:`.external.TimeLoop` on Poisson input) is treated as such."""
-    return Source("ann", net, stochastic=getattr(net, "stochastic", False))
+    return Source("ann", net, stochastic=getattr(net, "stochastic", False), **outline(net))
+
+
+def outline(net: object) -> dict:
+    """What is known of a network's inputs and outputs without running it (spikeadv's own)."""
+    return {"classes": net.classes, "shape": net.input_shape} if isinstance(net, Network) else {}
+
+
+def as_source(source: object) -> Source:
+    """What an attack was given, as a :class:`Source`: a source as it is; any other classifier of images
+    (a ``torch.nn.Module``, a :class:`spikeadv.TimeLoop`, a function) attacked through its own autograd
+    (:func:`ann`); a trained model is refused with the sources it offers, since which one to attack
+    through is the researcher's choice."""
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, Trained):
+        offered = "ann" if source.snn is None else ", ".join(n for n, e in ESTIMATORS.items() if "snn" in e.kinds)
+        raise SpikeAdvError(f"an attack takes a gradient source, not the model {source.name}: pass "
+                            f"model.source(NAME) with NAME one of {offered}")
+    if callable(source):
+        return ann(source)
+    raise SpikeAdvError(f"an attack takes a gradient source (e.g. model.source('bptt') or spikeadv.ann(net)), "
+                        f"got {type(source).__name__}")
 
 
 def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> Source:
     """Paper Algorithm 2: the proxy ANN (``Network.proxy``) attacked from X_rate = sum_t X_t / T
-    (X_t the SNN's input frames: Poisson spikes, or the pixels themselves under direct encoding)."""
+    (X_t the SNN's input frames: Poisson spikes, or the pixels themselves under direct encoding). With
+    Poisson input the attack starts from X_rate and stays within eps of it, so its output is
+    not within eps of x (the rate noise adds to eps: up to about 0.8 of the pixel range at T = 6); ``base="clean"``
+    (``snnadv-clean``) starts from x and stays within eps of it."""
     if base not in ("rate", "clean"):
         raise SpikeAdvError(f"snnadv base must be rate or clean, got {base!r}")
     if base == "clean":
@@ -219,5 +247,5 @@ def make(spec: str, net: Network, snn: Spiking | None, *, seed: int = 0, eot_n: 
         raise SpikeAdvError(f"gradient estimator {name!r} does not apply to {kind} "
                             f"(it applies to: {', '.join(ESTIMATORS[name].kinds)})")
     draws = max(eot_n, options.pop("eot"))
-    source = dataclasses.replace(ESTIMATORS[name].build(net, snn, seed, **options), name=spec.strip())
+    source = dataclasses.replace(ESTIMATORS[name].build(net, snn, seed, **options), name=spec.strip(), **outline(net))
     return source if draws == 1 else eot(source, draws)

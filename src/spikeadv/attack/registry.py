@@ -66,7 +66,7 @@ def _rfgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generat
 def _tifgsm(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None,
             target: Tensor | None) -> Tensor:
     """Targeted I-FGSM; without ``target``, a random class other than y per image (paper II-C)."""
-    attacks.validate(x, y, eps, steps, target=target)
+    source = attacks.validate(source, x, y, eps, steps, target=target)
     if target is None:
         target = attacks.targets(y, source.scores(x[:1]).shape[1], "random", _generator("tifgsm", generator))
     return attacks.ifgsm(source, x, y, eps, steps, target=target)

@@ -44,7 +44,7 @@ def square(source: Source, x: Tensor, y: Tensor, eps: float, queries: int = 1000
            generator: torch.Generator, p_init: float = 0.8) -> Tensor:
     """Square Attack with at most ``queries`` forwards per image (the stripes included); returns the
     first misclassified point of each image, else its highest-margin point."""
-    validate(x, y, eps)
+    source = validate(source, x, y, eps)
     count("queries", queries, "forwards per image")
     if not isinstance(generator, torch.Generator):
         raise SpikeAdvError("the Square Attack draws its squares at random: pass a torch.Generator")

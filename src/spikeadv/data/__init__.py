@@ -186,7 +186,9 @@ def prepare(name: str, root: Path | None = None, log: Callable[[str], None] = pr
 
 def ensure(name: str, root: Path | None = None, log: Callable[[str], None] = print) -> None:
     """Prepare a dataset that has never been prepared (a prepared copy is verified by :func:`load`)."""
-    if name not in GENERATED and not (Path(root or data_root()) / _info(name).name / "manifest.json").is_file():
+    folder = Path(root or data_root()) / _info(name).name
+    if name not in GENERATED and not (folder / "manifest.json").is_file() and \
+            not all((folder / f"{s}.safetensors").is_file() for s in SPLITS):
         prepare(name, root, log)
 
 
@@ -218,6 +220,18 @@ def info(name: str, root: Path | None = None) -> dict:
         out["prepared"] = _prepared(meta, folder)
     except SpikeAdvError as e:
         out.update(prepared=False, problem=str(e))
+    if not out["prepared"] and "problem" not in out:  # no manifest: the arrays may still be there and verify
+        if not all((folder / f"{s}.safetensors").is_file() for s in SPLITS):
+            return out | {"problem": f"not prepared at {folder}: run `spikeadv data prepare {name}`"}
+        try:
+            for split in SPLITS:
+                load(name, split, root)
+        except SpikeAdvError as e:
+            return out | {"problem": str(e)}
+        return out | {"prepared": True, "verified": True, "digests": meta.digests,
+                      "manifest": f"missing from {folder} (where the source and date are kept); the arrays verify "
+                                  f"against the official digests, so commands use them; `spikeadv data prepare {name}` "
+                                  "writes it again"}
     if out["prepared"]:
         manifest = json.loads((folder / "manifest.json").read_text())
         out.update(source=manifest.get("source"), date=manifest.get("date", manifest.get("prepared")),

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import runtime
+from ..config.spiking import Spiking
+from ..errors import SpikeAdvError
 from ..records import checkpoint
 from ..runtime.draws import Draws
 from .neurons import encode
@@ -47,6 +49,9 @@ class TimeLoop(nn.Module):
     def __init__(self, module: nn.Module, T: int, *, reset: Callable[[nn.Module], object] | None = None,
                  encoding: str = "direct", multistep: bool = False, seed: int = 0) -> None:
         super().__init__()
+        Spiking(T=T, encoding=encoding)  # T and the encoding refused here, in one line, not at the first forward
+        if reset is not None and not callable(reset):
+            raise SpikeAdvError(f"reset must be a function of the module (e.g. functional.reset_net), got {reset!r}")
         self.module, self.T, self.reset, self.encoding, self.multistep = module, T, reset, encoding, multistep
         self.generator: torch.Generator | None = None
         self.seed = seed

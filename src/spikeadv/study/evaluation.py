@@ -231,7 +231,10 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: T
     like every attack, e.g. 8/255 or (2/255, 8/255); default 0.5/255 ... 32/255), a stochastic model judged on ``draws`` encoder draws per input (``vote``: their
     majority): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
     card.md, rows.jsonl and a plot, units cached for a rerun."""
-    target = identified(as_model(model, name), x)
+    target = as_model(model, name)
+    # images, labels, their classes and the model's input shape checked as every attack checks them
+    attacks.validate(estimators.Source(name, target.net, **estimators.outline(target.net)), x, y, eps=0)
+    target = identified(target, x)
     chosen = suites.get(suite)
     setting = Setting(chosen, eps_grid(eps), seed=seed, batch_size=batch_size, draws=draws_value(draws),
                       vote=bool(vote))

@@ -124,8 +124,15 @@ def load_model(run_dir: Path, kind: str, instance: int = 0, device: torch.device
         raise SpikeAdvError(f"cannot read the models of {record} ({e}); pass the --out directory of a "
                             "study (spikeadv run, or spikeadv.run)") from None
     found = [m for m in entries if (m.get("kind"), m.get("instance")) == (kind, instance)]
+    if not found and not entries:
+        files = sorted(p.name for p in (Path(run_dir) / "models").glob("*.safetensors"))
+        raise SpikeAdvError(f"the study in {run_dir} has not finished: run.json lists its models once every one is built "
+                            f"and judged, and {len(files)} checkpoint(s) are in {Path(run_dir) / 'models'} so far; "
+                            f"finish it with `spikeadv run --out {run_dir}` (the same preset and --set values)"
+                            + (f", or evaluate one checkpoint: spikeadv evaluate {Path(run_dir) / 'models' / files[0]}"
+                               if files else ""))
     if not found:
-        have = ", ".join(f"{m.get('kind')} {m.get('instance')}" for m in entries) or "none yet"
+        have = ", ".join(f"{m.get('kind')} {m.get('instance')}" for m in entries)
         raise SpikeAdvError(f"{run_dir} has no model {kind} instance {instance} (it has: {have})")
     model = cls.load(Path(run_dir) / found[0]["path"], T=found[0].get("T"), device=device, instance=instance)
     if found[0].get("sha256", model.sha256) != model.sha256:
