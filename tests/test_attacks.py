@@ -445,11 +445,12 @@ def test_make_refuses_sources_that_do_not_fit_the_model(snn1):
 
 def test_every_eps_of_the_study_passes_in_pixel_units_and_not_in_1_255_units():
     x, y = images(2), labels(2)
+    src = sources.Source("s", lambda v: v.flatten(1)[:, :10], classes=10)
     for eps in range(256):
-        attacks.validate(x, y, eps / 255, steps=7)  # what study.tasks.craft passes: job.eps / 255
+        attacks.validate(src, x, y, eps / 255, steps=7)  # what study.tasks.craft passes: job.eps / 255
         check("ifgsm", eps, 7)  # the 1/255-unit check of presets
     with pytest.raises(SpikeAdvError, match="8 looks like 1/255 units: pass 8/255"):
-        attacks.validate(x, y, 8, steps=7)
+        attacks.validate(src, x, y, 8, steps=7)
 
 
 def test_float_rounding_at_the_pixel_edges_is_accepted_and_clipped():

@@ -116,7 +116,7 @@ def test_the_readme_example_crafts_within_eps_and_the_faithful_snnadv_says_it_do
     assert (spikeadv.fgsm(snn2.source(gradient), x, y, eps=8 / 255) - x).abs().max() <= 8 / 255 + 1e-6
     # the paper's SNNAdv starts from the Poisson-rate image: not within eps of x, and it says so
     assert (spikeadv.fgsm(snn2.source("snnadv"), x, y, eps=8 / 255) - x).abs().max() > 8 / 255
-    assert "not within eps of x" in spikeadv.snnadv.__doc__ and "not within eps of x" in example
+    assert "not within eps of x" in spikeadv.snnadv.__doc__ and "not within eps of x" in readme
 
 
 # --- the Python API's guard rails ------------------------------------------------------------------
@@ -164,3 +164,40 @@ def test_a_device_this_machine_lacks_is_refused_in_one_line(ann, device, message
         pytest.fail("this test assumes fewer than 8 GPUs")
     with pytest.raises(SpikeAdvError, match=message):
         spikeadv.Model.load(ann.path, device=device)
+
+
+def test_a_study_cell_is_keyed_by_the_T_its_snn1_runs_at():
+    import dataclasses
+
+    from spikeadv.study.plan import plan
+
+    preset = spikeadv.get_preset("smoke")
+    longer = dataclasses.replace(preset, study=dataclasses.replace(preset.study, snn1_T=preset.snn1.T * 2))
+    cells = [{t.name: t.recipe for t in plan(p, ("a", "b"), 64, "labels") if t.kind == "cell"} for p in (preset, longer)]
+    assert cells[0].keys() == cells[1].keys() and all(cells[0][k] != cells[1][k] for k in cells[0])
+
+
+def test_the_accuracy_bar_counts_the_images_evaluated(monkeypatch):
+    from spikeadv import data
+    from spikeadv.models import train
+    from spikeadv.models.network import Network
+
+    seen = {}
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            seen["total"], seen["n"] = total, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            seen["n"] += n
+
+    monkeypatch.setattr(train, "tqdm", Bar)
+    ds = data.synthetic("test", 500).subset(32)
+    train.accuracy(Network("32x32-8c3-2s-10o", 3, (0.5,) * 3, (0.25,) * 3), ds)
+    assert seen == {"total": 32, "n": 32}

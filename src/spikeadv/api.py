@@ -10,6 +10,7 @@ Usage::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from . import runtime
 from .attack import attacks, estimators
 from .config.presets import Preset, StudyConfig, get_preset
-from .models.trained import Trained
+from .models.trained import Trained, interrupted
 from .study import judge, runner
 from .study.executors import Executor
 from .study.rundir import load_model
@@ -37,6 +38,17 @@ class Model(Trained):
         """Model ``kind`` (ann, snn1, snn2), instance 0 or 1, of a study's run directory, on ``device``,
         with the T the study ran it at; refused if its file is not the one the run recorded."""
         return load_model(Path(run_dir), kind, instance, device, cls)
+
+    @classmethod
+    def load(cls, path: str | Path, T: int | None = None, device: torch.device | str | None = None,
+             kind: str | None = None, instance: int = 0) -> Model:
+        """A checkpoint spikeadv wrote, on ``device``; ``T`` overrides an SNN's time steps. A checkpoint of
+        an interrupted training loads with a warning that says so."""
+        model = super().load(path, T, device, kind, instance)
+        note = interrupted(model.path, model.meta)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        return model
 
     def __repr__(self) -> str:
         runs = "ANN" if self.snn is None else f"SNN ({self.snn.neuron}, T={self.snn.T}, {self.snn.encoding} input)"

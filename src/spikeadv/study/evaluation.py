@@ -28,7 +28,7 @@ from ..config.presets import Preset, from_dict
 from ..errors import SpikeAdvError
 from ..models.foreign import as_model, identified
 from ..models.neurons import backend_on
-from ..models.trained import Trained
+from ..models.trained import Trained, interrupted
 from ..records import read_json
 from ..records.provenance import command_line, digest, versions
 from . import card as cards
@@ -179,6 +179,8 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] = EPS_GRID, i
     and ``vote`` (None: the study's, else K = 32 and the mean) say how a stochastic model is judged. On a
     Ray ``executor`` the units run as Ray tasks first; the card is then made here from their cached records."""
     models, sources, x, y, recorded = targets(path, images, root, executors.driver_device(executor))
+    for note in filter(None, (interrupted(m.path, m.meta) for m in models)):
+        log(f"warning: {note}")
     for model in models:  # every model's pairs accepted or refused before anything is written
         check_pairs(suite.pairs(model.snn), model.snn, model.name)
     if out is None:

@@ -143,8 +143,8 @@ def check(executor: Executor) -> None:
         _ray()
         if executor.address and executor.address != "auto":
             _reachable(executor.address)
-        if executor.gpus_per_task and not executor.address and torch.cuda.device_count() == 0:
-            raise SpikeAdvError(f"--gpus-per-task {executor.gpus_per_task:g}: this machine has no GPU for its local "
+        if executor.gpus and not executor.address and torch.cuda.device_count() == 0:
+            raise SpikeAdvError(f"--gpus-per-task {executor.gpus:g}: this machine has no GPU for its local "
                                 "Ray, so no task could start; drop --gpus-per-task, or pass --address of a cluster "
                                 "with GPUs")
 
@@ -166,9 +166,9 @@ def connect(executor: Executor) -> Callable[[], None]:
     except ConnectionError as e:
         raise SpikeAdvError(f"no Ray cluster at {executor.address}: {str(e).splitlines()[0]}") from None
     gpus = ray.cluster_resources().get("GPU", 0)
-    if executor.gpus_per_task > gpus:
+    if executor.gpus > gpus:
         ray.shutdown()
-        raise SpikeAdvError(f"--gpus-per-task {executor.gpus_per_task:g}: the Ray cluster has {gpus:g} GPU(s), so "
+        raise SpikeAdvError(f"--gpus-per-task {executor.gpus:g}: the Ray cluster has {gpus:g} GPU(s), so "
                             "no task could start; drop --gpus-per-task or join a cluster with GPUs")
     return ray.shutdown
 

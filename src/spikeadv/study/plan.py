@@ -143,6 +143,8 @@ def cell_recipe(job: Job, study: StudyConfig, labels: str) -> dict:
     which its task adds once they are built: the job, the study settings its draws and batches depend
     on, the attacked images and the version. The cell's file is named by the hash of the whole."""
     fixed = {k: getattr(study, k) for k in ("seed", "eot", "target", "batch_size", "bf16", "draws", "vote")}
+    if study.snn1_T is not None:  # SNN-I run at another T than its checkpoint's: not in the model's hash
+        fixed["snn1_T"] = study.snn1_T
     return canonical({"job": asdict(job), "study": fixed, "images": study.images, "labels": labels,
                       "version": __version__})
 
