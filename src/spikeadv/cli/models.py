@@ -79,15 +79,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from ..models.convert import convert_file
     from ..models.trained import interrupted
 
+    preset = get_preset(args.preset, args.overrides) if args.preset else None  # a bad override: refused first
     meta = checkpoint.load(args.ann)[1]
     unfinished = interrupted(args.ann, meta)
     if unfinished and not args.incomplete:
         raise SpikeAdvError(f"{unfinished}, or pass --incomplete to convert it as it is")
     if unfinished:
         print(f"warning: {unfinished}")
-    if args.preset:
-        preset = get_preset(args.preset, args.overrides)
-    else:
+    if preset is None:
         if not isinstance(meta.get("preset"), dict):
             raise SpikeAdvError(f"{args.ann} records no preset; pass --preset")
         preset = recorded(meta["preset"], args.overrides)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import SpikeAdvError
 from .datasets import DATASETS
 from .grid import check
-from .spec import parameters, parse_spec, physical_memory
+from .spec import check_size, parse_spec
 from .spiking import Spiking
 
 
@@ -221,13 +221,7 @@ class Preset:
                 f"spec {self.spec} takes {spec.height}x{spec.width} images in {spec.classes} classes, but "
                 f"{self.dataset} has {info.shape[1]}x{info.shape[2]} images in {info.classes} classes; pass a spec "
                 f"for it, e.g. --set spec={info.shape[1]}x{info.shape[2]}-{spec.text.split('-', 1)[1]}")
-        memory = physical_memory()
-        for key, width in (("width", self.width), ("snn2.width", self.snn2.width or self.width)):
-            weights = parameters(spec, info.shape[0], width)
-            if memory and weights * 16 > memory:  # training holds weights, gradients and two moments (fp32)
-                raise SpikeAdvError(f"{key}={width:g} makes {weights:.3g} weights: training needs at least "
-                                    f"{weights * 16 / 2**30:.3g} GiB, and this machine has {memory / 2**30:.3g} "
-                                    "GiB; pass a smaller width")
+        check_size(spec, info.shape[0], {"width": self.width, "snn2.width": self.snn2.width or self.width})
 
 
 _FAST = Preset(

@@ -103,6 +103,18 @@ def parameters(spec: Spec, channels: int, width: float) -> int:
     return total
 
 
+def check_size(spec: Spec, channels: int, widths: dict[str, float]) -> None:
+    """Refuse a width (by its preset key) whose training cannot fit this machine's memory: weights,
+    gradients and two optimizer moments in fp32, 16 bytes per weight, before any activation."""
+    memory = physical_memory()
+    for key, width in widths.items():
+        weights = parameters(spec, channels, width)
+        if memory and weights * 16 > memory:
+            raise SpikeAdvError(f"{key}={width:g} makes {weights:.3g} weights: training needs at least "
+                                f"{weights * 16 / 2**30:.3g} GiB, and this machine has {memory / 2**30:.3g} GiB; "
+                                "pass a smaller width")
+
+
 def physical_memory() -> int | None:
     """This machine's memory in bytes (None where the system does not say)."""
     try:
