@@ -55,10 +55,22 @@ def snntorch_model(net: Network, snn: Spiking) -> Callable[[torch.Tensor], torch
     return run
 
 
+def fastest_backend(device: torch.device) -> str:
+    """SpikingJelly's fastest neuron backend on ``device``: its GPU kernels (``triton``, else ``cupy``) where
+    it has them, else its per-step ``torch`` loop. Its GPU kernels keep a float32 membrane: run them at fp32,
+    since under bf16 autocast they fall back to the loop (a win over that would be no win)."""
+    from spikingjelly.activation_based import neuron
+
+    offered = neuron.LIFNode(step_mode="m").supported_backends
+    return next((b for b in ("triton", "cupy") if device.type == "cuda" and b in offered), "torch")
+
+
 def spikingjelly_model(net: Network, snn: Spiking) -> Callable[[torch.Tensor], torch.Tensor]:
-    """SpikingJelly's multi-step idiom: layers wrapped to fold [T, B] into the batch, LIF nodes in 'm' mode."""
+    """SpikingJelly's multi-step idiom: layers wrapped to fold [T, B] into the batch, LIF nodes in 'm' mode
+    on its fastest backend (:func:`fastest_backend`)."""
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
+    backend = fastest_backend(next(net.parameters()).device)
     mods: list[nn.Module] = []
     for i, m in enumerate(net.layers):
         if isinstance(m, nn.Linear) and not isinstance(net.layers[i - 1], nn.Linear):
@@ -66,7 +78,7 @@ def spikingjelly_model(net: Network, snn: Spiking) -> Callable[[torch.Tensor], t
         mods.append(layer.SeqToANNContainer(m))
         if i < len(net.layers) - 1:
             mods.append(neuron.LIFNode(tau=1 / (1 - LEAK), decay_input=False, v_threshold=1.0, v_reset=None,
-                                       surrogate_function=surrogate.Sigmoid(), step_mode="m"))
+                                       surrogate_function=surrogate.Sigmoid(), step_mode="m", backend=backend))
     seq = nn.Sequential(*mods)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +86,7 @@ def spikingjelly_model(net: Network, snn: Spiking) -> Callable[[torch.Tensor], t
         frames = (torch.rand((snn.T, *x.shape), device=x.device) < x).to(x.dtype)
         return seq(net.normalise(frames.flatten(0, 1)).view(snn.T, *x.shape)).mean(0)
 
+    run.backend = backend  # type: ignore[attr-defined]
     return run
 
 

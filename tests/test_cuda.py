@@ -20,6 +20,14 @@ pytestmark = [pytest.mark.cuda,
 GPU = torch.device("cuda", 0)
 
 
+@pytest.fixture(autouse=True)
+def deterministic_cudnn(monkeypatch):
+    """Tests here compare two runs: cuDNN's choice of algorithm (benchmark mode) and its nondeterministic
+    ones would make them differ by more than the code does."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
 def cells(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
 

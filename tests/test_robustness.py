@@ -42,6 +42,42 @@ def test_counter_uniforms_are_uniform_and_independent_across_draws():
     assert abs(r) < 5 / math.sqrt(draws[:, 0].numel())
 
 
+def test_crafting_sources_draw_the_same_spikes_under_any_chunking_of_time():
+    """BPTT's, SNNAdv's and a TimeLoop's encoder draws are counter-based: one call's spikes do not depend on
+    how many timesteps are folded into one forward pass (on CUDA the fold follows free memory). Were the
+    spikes drawn per chunk from a generator, the logits would differ by whole spikes, not by rounding."""
+    import dataclasses
+
+    from spikeadv.config.spiking import Spiking
+    from spikeadv.models.foreign import TimeLoop
+    from spikeadv.models.network import Network
+
+    torch.manual_seed(0)
+    net = Network("32x32-8c3-2s-16fc-10o", 3, (0.5,) * 3, (0.25,) * 3).eval()
+    x, y = torch.rand(5, 3, 32, 32), torch.arange(5)
+    base = Spiking(neuron="lif", T=7, leak=0.9, encoding="poisson")
+    grads, rates = [], []
+    for chunk in (0, 1, 3, 7):
+        snn = dataclasses.replace(base, chunk=chunk)
+        source = estimators.make("bptt", net, snn, seed=4)
+        first = source.value_and_grad(x, y)
+        grads.append((first.logits, first.grad, source.scores(x)))  # two calls: the stream moves on
+        rates.append(estimators.make("snnadv", net, snn, seed=4).base(x))
+    for other in grads[1:]:  # the same spikes; sums over time in another order differ by float rounding only
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * a.abs().max().item())
+    assert all(torch.equal(rates[0], r) for r in rates[1:])
+    assert not torch.equal(grads[0][0], grads[0][2])  # successive calls draw fresh spikes
+    # call c's spikes are the pure function Draws(seed, row, c): what the CPU and CUDA compute alike
+    pure = [net(x, base, Draws(4, torch.arange(5), torch.full((5,), c))).detach() for c in (0, 1)]
+    assert torch.equal(grads[0][0], pure[0]) and torch.equal(grads[0][2], pure[1])
+    loop = TimeLoop(torch.nn.Flatten(), T=3, encoding="poisson", seed=2)
+    first = loop(x)
+    assert not torch.equal(loop(x), first)
+    loop.restart()
+    assert torch.equal(loop(x), first)
+
+
 def test_expected_accuracy_is_the_same_whatever_the_batch_size_and_order(reference):
     snn2 = Model.from_run(reference, "snn2")
     _, _, x, y, _ = evaluation.targets(reference, 40, None)

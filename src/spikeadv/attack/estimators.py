@@ -36,12 +36,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .. import runtime
 from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
 from ..models.network import Network
 from ..models.neurons import encode
 from ..models.trained import Trained
+from ..runtime.draws import Draws, Stream
 from .losses import Loss, cross_entropy
 
 
@@ -132,9 +132,9 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
         return Source("snnadv-clean", lambda x: standardised(net.proxy(x, snn)))
     if snn.encoding == "direct":  # every input frame is the image itself: X_rate = x exactly
         return Source("snnadv", lambda x: net.proxy(x, snn))
-    def rate(x: Tensor) -> Tensor:
+    def rate(x: Tensor) -> Tensor:  # one draw per image, the same at every call (a pure function of seed, row)
         with torch.no_grad():
-            return encode(x, snn.T, snn.encoding, runtime.generator(seed, x.device)).mean(0)
+            return encode(x, snn.T, snn.encoding, Draws.of(seed, torch.arange(len(x), device=x.device), 1)).mean(0)
 
     return Source("snnadv", lambda x: net.proxy(x, snn), rate)
 
@@ -150,14 +150,12 @@ def standardised(logits: Tensor) -> Tensor:
 def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
     """Backpropagation through time: surrogate derivative at each spike (``snn.surrogate``,
     ``snn.alpha``; ``snn.rate_mix`` > 0 mixes in the rate path), straight-through encoder. Each call
-    draws fresh input spikes from one seeded generator (made on the inputs' device at the first call),
-    so a run is reproducible."""
-    gens: dict[torch.device, torch.Generator] = {}
+    draws fresh input spikes from one seeded counter-based stream (:class:`spikeadv.runtime.draws.Stream`),
+    so a run is reproducible, and the same on any device and under any chunking of time."""
+    stream = Stream(seed)
 
     def logits(x: Tensor) -> Tensor:
-        if x.device not in gens:
-            gens[x.device] = runtime.generator(seed, x.device)
-        return net(x, snn, gens[x.device])
+        return net(x, snn, stream.next(len(x), x.device))
 
     return Source("bptt", logits, stochastic=snn.encoding == "poisson")
 

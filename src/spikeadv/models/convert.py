@@ -30,6 +30,7 @@ from ..config.spiking import Spiking
 from ..data import Dataset, to_float
 from ..errors import SpikeAdvError
 from ..records import checkpoint, file_digest, provenance
+from ..runtime.draws import Draws
 from .network import Network
 from .neurons import backend_on
 from .trained import load_network, model_state
@@ -85,8 +86,8 @@ def convert(
         if pool:  # a neuron after pooling (or none, threshold unused): rates scale by 1 / threshold
             threshold = torch.tensor(pool_threshold if snn.spike_after_pool else 1.0)
         elif method == "spike":
-            gen = runtime.generator(seed, images.device)  # the same input spikes for every layer
-            threshold = max(c.max() for c in net.timesteps(images, snn, gen, upto=i)).float().cpu()
+            draws = Draws.of(seed, torch.arange(len(images), device=images.device), 1)  # the same spikes for every layer
+            threshold = max(c.max() for c in net.timesteps(images, snn, draws, upto=i)).float().cpu()
         else:
             threshold = activations[i] / below
         if not threshold > 0:

@@ -28,11 +28,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import runtime
 from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
 from ..records import checkpoint
-from ..runtime.draws import Draws
+from ..runtime.draws import Draws, Stream
 from .neurons import encode
 from .trained import Trained
 
@@ -42,7 +41,7 @@ PROBE = 8  # images in the fixed probe batch whose outputs fingerprint a model's
 class TimeLoop(nn.Module):
     """An SNN of another library as an image classifier: ``reset(module)`` (its state), then T input
     frames (``direct``: the image each step; ``poisson``: Bernoulli spikes, straight-through backward,
-    from this wrapper's own seeded generator), logits = mean over t of its outputs. ``multistep``: the
+    from this wrapper's own seeded counter-based stream), logits = mean over t of its outputs. ``multistep``: the
     module takes all frames at once, ``[T, B, ...]`` -> ``[T, B, classes]`` (SpikingJelly's multi-step
     mode); otherwise it is called once per step (snnTorch, SpikingJelly single-step)."""
 
@@ -53,8 +52,8 @@ class TimeLoop(nn.Module):
         if reset is not None and not callable(reset):
             raise SpikeAdvError(f"reset must be a function of the module (e.g. functional.reset_net), got {reset!r}")
         self.module, self.T, self.reset, self.encoding, self.multistep = module, T, reset, encoding, multistep
-        self.generator: torch.Generator | None = None
         self.seed = seed
+        self.stream = Stream(seed)
 
     def config(self) -> dict:
         """What this wrapper adds to its module's function (part of the model's identity)."""
@@ -63,7 +62,7 @@ class TimeLoop(nn.Module):
 
     def restart(self) -> None:
         """Encoder draws from the start of this wrapper's seeded stream again."""
-        self.generator = None
+        self.stream = Stream(self.seed)
 
     @property
     def stochastic(self) -> bool:
@@ -71,11 +70,9 @@ class TimeLoop(nn.Module):
         return self.encoding == "poisson"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.generator is None or self.generator.device != x.device:
-            self.generator = runtime.generator(self.seed, x.device)
         if self.reset is not None:
             self.reset(self.module)
-        frames = encode(x, self.T, self.encoding, self.generator)
+        frames = encode(x, self.T, self.encoding, self.stream.next(len(x), x.device))
         if self.multistep:
             return self.module(frames).mean(0)
         return sum(self.module(frames[t]) for t in range(self.T)) / self.T

@@ -34,7 +34,7 @@ from ..config.spiking import Spiking
 triton: Any = None  # imported by _jit
 tl: Any = None
 _JITTED: dict[tuple[str, bool], Any] = {}
-BLOCK = 1024  # neurons per program
+BLOCK = 512  # neurons per program: 4 per thread of 4 warps (1024 spills registers on sm_80)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # currents; the membrane is float32
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.checkpoint import checkpoint
 
 from .. import runtime
 from ..config.spec import Spec, parse_spec
@@ -26,6 +28,7 @@ from ..runtime.draws import Draws
 from .neurons import encode, spike_train
 
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
+SAVED_BYTES = 16  # per activation element and frame, what BPTT keeps: the layer input, u_t, spikes (fp32)
 
 
 def _scaled(n: int, width: float) -> int:
@@ -153,15 +156,49 @@ class Network(nn.Module):
             # call, or early and late steps get different normalisations that eval (running
             # statistics) does not reproduce (seen: SNN-II 47.5% instead of 65.2%)
             step = snn.T
+        recompute = self._recomputes(x, snn, spikes, rows)
+        if recompute and not snn.chunk:  # a chunk's activations are kept while it is recomputed: under the budget too
+            step = min(step, max(1, runtime.saved_budget(x.device) // (SAVED_BYTES * sum(self._sizes()) * x.shape[0])))
         for t0 in range(0, snn.T, step):
             t = min(step, snn.T - t0)
             frames = encode(x, t, snn.encoding, generator, rows).flatten(0, 1)
-            out = self._run(self.normalise(frames), snn, t, state, spikes, upto, rows=rows)
+            if recompute:
+                out = self._checkpointed(frames, snn, t, state, upto)
+            else:
+                out = self._run(self.normalise(frames), snn, t, state, spikes, upto, rows=rows)
             yield out.view(t, x.shape[0], *out.shape[1:])
 
-    def _largest_activation(self) -> int:
-        """Elements of the largest input or activation of one frame (one image at one timestep)."""
-        (c, h, w), largest = self.input_shape, math.prod(self.input_shape)
+    def _recomputes(self, x: Tensor, snn: Spiking, spikes: dict | None, rows: Rows | None) -> bool:
+        """Whether backpropagation through time keeps only each chunk's inputs and recomputes the chunk
+        in the backward pass (gradient checkpointing): when an attack (eval mode, gradients on) would
+        otherwise save more than the device's budget (:func:`spikeadv.runtime.saved_budget`) for all T
+        steps. Training keeps everything (its batches are small, its speed matters)."""
+        if self.training or not torch.is_grad_enabled() or spikes is not None or rows is not None:
+            return False
+        return SAVED_BYTES * sum(self._sizes()) * snn.T * x.shape[0] > runtime.saved_budget(x.device)
+
+    def _checkpointed(self, frames: Tensor, snn: Spiking, t: int, state: dict, upto: int | None) -> Tensor:
+        """One chunk of time as :meth:`_run` computes it, its activations recomputed in the backward pass:
+        only its input frames and the neuron state it starts from are kept (the state dict updated)."""
+        keys = list(state)
+        leaves, spec = tree_flatten([state[k] for k in keys])
+        made: dict = {}
+
+        def chunk(frames: Tensor, *leaves: Tensor) -> tuple[Tensor, ...]:
+            st = dict(zip(keys, tree_unflatten(list(leaves), spec)))
+            out = self._run(self.normalise(frames), snn, t, st, None, upto)
+            made["keys"] = list(st)
+            new, made["spec"] = tree_flatten([st[k] for k in made["keys"]])
+            return (out, *new)
+
+        out, *new = checkpoint(chunk, frames, *leaves, use_reentrant=False)
+        state.clear()
+        state.update(zip(made["keys"], tree_unflatten(new, made["spec"])))
+        return out
+
+    def _sizes(self) -> list[int]:
+        """Elements of each layer's output for one frame (one image at one timestep)."""
+        (c, h, w), sizes = self.input_shape, []
         for layer in self.layers:
             if isinstance(layer, nn.Conv2d):
                 c = layer.out_channels
@@ -169,8 +206,12 @@ class Network(nn.Module):
                 h, w = h // layer.kernel_size, w // layer.kernel_size
             else:
                 c, h, w = layer.out_features, 1, 1
-            largest = max(largest, c * h * w)
-        return largest
+            sizes.append(c * h * w)
+        return sizes
+
+    def _largest_activation(self) -> int:
+        """Elements of the largest input or activation of one frame."""
+        return max(math.prod(self.input_shape), *self._sizes())
 
     def _run(
         self, h: Tensor, snn: Spiking | None, t: int, state: dict, spikes: dict | None, upto: int | None = None,

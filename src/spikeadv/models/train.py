@@ -27,6 +27,7 @@ from ..data import Dataset, augmentation, batches
 from ..errors import SpikeAdvError
 from ..records import checkpoint, provenance
 from ..runtime import distributed
+from ..runtime.draws import Draws
 from .network import Network, fold_batchnorm
 from .neurons import backend_on
 from .trained import load_network, model_state
@@ -71,13 +72,14 @@ def accuracy(
     was_training = net.training
     net.eval()
     device = runtime.device(device)
-    gen = runtime.generator(seed, device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
     with runtime.autocast(bf16, device), tqdm(total=len(ds), desc="evaluating", unit="img", leave=False,
                                               dynamic_ncols=True, mininterval=1.0) as bar:
         for x, y in batches(ds, batch_size, shuffle=False, device=device):
-            logits = net(x) if snn is None else net(x, snn, gen, spikes)
+            draws = Draws.of(seed, torch.arange(seen, seen + len(y), device=device), 1)  # image i's, on any device
+            logits = net(x) if snn is None else net(x, snn, draws, spikes)
             correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
             bar.update(len(y))
     net.train(was_training)
     return 100.0 * correct.item() / len(ds)

@@ -11,6 +11,7 @@ for (:func:`generator`), and how many timesteps are folded into one batch is a p
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -24,10 +25,13 @@ MAX_FOLD = 4096  # CPU: frames (timesteps x images) per layer call when Spiking.
 # than the whole neuron update (README, Benchmarks). Chunking changes no result: the membrane carries
 # over and the Poisson encoder draws the same stream.
 CPU_FOLD_BYTES = 16 * 2**20
-# On CUDA, the largest activation of one call may take this share of the free memory: a layer call
+# On CUDA, the largest activation of one call may take this share of the device's memory: a layer call
 # holds its input, its output and the neuron's state and spikes at once (about 4 such tensors), and
-# autocast keeps a bf16 copy beside them.
+# autocast keeps a bf16 copy beside them. A share of the total, not of the memory free at the call: the
+# chunking is then a fixed policy of (device, model, batch), so sums over time are taken in one order
+# from run to run, whatever other tensors (or other tasks of a worker) hold.
 CUDA_FOLD_SHARE = 1 / 8
+MAX_ELEMENTS = 2**31 - 1  # per tensor: beyond it, indexing in pooling, views and backward leaves 32 bits
 
 
 def resolve(spec: str | torch.device | None = "auto") -> torch.device:
@@ -93,11 +97,24 @@ def generator(seed: int, device: torch.device | str) -> torch.Generator:
 def fold(device: torch.device, frame_bytes: int) -> int:
     """Frames (timesteps x images) one layer call may hold when the largest float32 activation of one
     frame takes ``frame_bytes``: on the CPU at most :data:`MAX_FOLD` and under :data:`CPU_FOLD_BYTES`;
-    on CUDA a share of the memory free now (:data:`CUDA_FOLD_SHARE`)."""
+    on CUDA a share of the device's memory (:data:`CUDA_FOLD_SHARE`); on either, no tensor beyond
+    :data:`MAX_ELEMENTS` elements."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(free * CUDA_FOLD_SHARE) // frame_bytes)
-    return max(1, min(MAX_FOLD, CPU_FOLD_BYTES // frame_bytes))
+        frames = int(torch.cuda.get_device_properties(device).total_memory * CUDA_FOLD_SHARE) // frame_bytes
+    else:
+        frames = min(MAX_FOLD, CPU_FOLD_BYTES // frame_bytes)
+    return max(1, min(frames, MAX_ELEMENTS * 4 // frame_bytes))
+
+
+SAVED_SHARE = 1 / 4  # of the device's memory (the CPU's: its RAM) that BPTT may keep for the backward pass
+
+
+def saved_budget(device: torch.device) -> int:
+    """Bytes that backpropagation through time may keep for its backward pass on ``device`` before it
+    recomputes chunks of time instead (a fixed policy of the device, like :func:`fold`)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * SAVED_SHARE)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * SAVED_SHARE)
 
 
 def synchronize(device: torch.device) -> None:

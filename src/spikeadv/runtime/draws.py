@@ -62,3 +62,18 @@ class Draws:
         h = mix(key[:, :, None] ^ pairs[None, None], rounds=1)  # [T, B, pixels / 2]
         u = torch.cat(((h & 0xFFFF).to(torch.float32), (h >> 16).to(torch.float32)), -1)[..., :pixels]
         return u.mul_(2.0**-16).view(T, *shape)
+
+
+class Stream:
+    """Encoder draws for the successive calls of one stochastic source: call c draws, for row r of its
+    batch, draw c of image r (:class:`Draws`). An attack's spikes are then a pure function of (seed,
+    call, row, timestep, pixel): the same on the CPU and on CUDA and under any chunking of time."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.calls = seed, 0
+
+    def next(self, rows: int, device: torch.device) -> Draws:
+        draws = Draws(self.seed, torch.arange(rows, device=device),
+                      torch.full((rows,), self.calls, dtype=torch.int64, device=device))
+        self.calls += 1
+        return draws
