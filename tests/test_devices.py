@@ -171,6 +171,20 @@ def test_timestep_folding_asks_the_device_and_cuda_folds_by_its_whole_memory(mon
     assert runtime.fold(torch.device("cuda", 0), 4 * 256 * 32 * 32) * 256 * 32 * 32 <= 2**31 - 1  # 1.21 x 2^31 before
 
 
+def test_balancing_percentiles_are_kthvalues_taken_as_topk():
+    """Conversion's percentile of the activations (CUDA's kthvalue runs in one thread block, so it is taken
+    from the top instead): the very element kthvalue gives, at every percentile."""
+    from spikeadv.models.convert import _relu_maxima
+
+    torch.manual_seed(0)
+    net = Network("16x16-4c3-2s-8fc-3o", 2, (0.5, 0.5), (0.25, 0.25), dropout=0.0).eval()
+    images = torch.rand(32, 2, 16, 16)
+    for percentile in (50.0, 99.9, 100.0):
+        for i, value in _relu_maxima(net, images, percentile).items():
+            h = net._run(net.normalise(images), None, 1, {}, None, upto=i).clamp(min=0).flatten().float()
+            assert torch.equal(value, h.kthvalue(max(1, round(percentile / 100 * h.numel()))).values)
+
+
 def saved_bytes_and_grad(net, snn, x, y):
     """Bytes that autograd keeps for the backward pass per frame (saved-tensor hooks) and the input gradient."""
     from spikeadv.runtime.draws import Draws

@@ -17,6 +17,7 @@ from spikeadv.models.convert import convert, proxy_scales
 from spikeadv.models.network import Network
 from spikeadv.models.neurons import encode
 from spikeadv.models.train import accuracy, train
+from spikeadv.runtime.draws import Draws
 
 
 def spikeadv(*args):
@@ -65,7 +66,7 @@ def test_conversion_keeps_the_ann_and_records_proxy_scales(ann):
     assert all(snn1.thresholds[i] == 0.75 for i in pools)  # the authors' threshold after pooling
     assert proxy_scales(snn1)[:-1] == pytest.approx([1 / float(t) for t in snn1.thresholds])
     # layer 0's threshold is the largest current the balancing spike trains drive into it
-    frames = encode(balancing_images(64), 16, "poisson", torch.Generator().manual_seed(0)).flatten(0, 1)
+    frames = encode(balancing_images(64), 16, "poisson", Draws.of(0, torch.arange(64), 1)).flatten(0, 1)  # seed 0's
     currents = snn1.layers[0](snn1.normalise(frames))
     assert snn1.thresholds[0] == pytest.approx(currents.max().item())
 

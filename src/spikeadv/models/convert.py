@@ -107,7 +107,8 @@ def _relu_maxima(net: Network, images: Tensor, percentile: float) -> dict[int, T
         if isinstance(layer, nn.AvgPool2d):
             continue
         h = net._run(net.normalise(images), None, 1, {}, None, upto=i).clamp(min=0).flatten().float()
-        out[i] = h.kthvalue(max(1, round(percentile / 100 * h.numel()))).values.cpu()
+        k = max(1, round(percentile / 100 * h.numel()))  # the k-th smallest value, taken as the (n-k+1)-th largest:
+        out[i] = h.topk(h.numel() - k + 1).values[-1].cpu()  # kthvalue's, but CUDA's kthvalue runs in one block
     return out
 
 
