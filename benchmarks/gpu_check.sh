@@ -60,9 +60,10 @@ study)
     preset=gpu; dataset=synthetic-cifar
     [ -f "${SPIKEADV_DATA:-/nonexistent}/cifar10/manifest.json" ] && dataset=cifar10
     [ "$device" = cpu ] && { preset=smoke; dataset=synthetic; }
+    start=$SECONDS
     timeout "${STUDY_SECONDS:-$limit}" "$py" -m spikeadv run --preset "$preset" --set "dataset=$dataset" \
         --device "$device" --out "$run" > "$out/study.txt" 2>&1
-    echo "exit $? after ${SECONDS} s (124: stopped by STUDY_SECONDS; rerun the part to resume)" >> "$out/study.txt"
+    echo "exit $? after $((SECONDS - start)) s (124: stopped by STUDY_SECONDS; rerun the part to resume)" >> "$out/study.txt"
     cp "$run/run.json" "$out/" 2>/dev/null
     ;;
 curves)

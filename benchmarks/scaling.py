@@ -80,8 +80,8 @@ def measured(run: Path, meta: dict, tasks: list[Task]) -> tuple[dict[str, float]
     for name, m in models.items():
         secs[name] = float(m["build_seconds"])
         files = sorted((run / "clean").glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        records = [r for r in (records.read_record(p)[0] for p in files) if r]
-        match = [r for r in records if r["recipe"].get("model") == m.get("sha256")] or records
+        saved = [r for r in (records.read_record(p)[0] for p in files) if r]
+        match = [r for r in saved if r["recipe"].get("model") == m.get("sha256")] or saved
         if match:
             secs[f"clean/{name}"] = float(match[0]["seconds"])
     cells: dict[str, tuple[bool, float]] = {}  # name -> (crafted from the recorded source?, seconds)

@@ -12,6 +12,8 @@ import itertools
 import os
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import pytest
 from conftest import dependency
@@ -72,14 +74,23 @@ def compiled_not_interpreted(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
+def compiled_everywhere(name, signature, configs):
+    """Each configuration compiled for sm_90 in a pool of processes (one per core): its SASS."""
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=get_context("spawn")) as pool:
+        jobs = [pool.submit(compile_kernel, name, signature, c, 90) for c in configs]
+        return [job.result() for job in jobs]
+
+
 def test_every_forward_configuration_compiles_for_sm90_without_spills():
-    for constants in forward_configs():
-        assert_no_spill(compile_kernel("_forward_kernel", FORWARD, constants, 90), f"forward {constants}")
+    configs = list(forward_configs())
+    for constants, sass in zip(configs, compiled_everywhere("_forward_kernel", FORWARD, configs)):
+        assert_no_spill(sass, f"forward {constants}")
 
 
 def test_every_backward_configuration_compiles_for_sm90_without_spills():
-    for constants in backward_configs():
-        assert_no_spill(compile_kernel("_backward_kernel", BACKWARD, constants, 90), f"backward {constants}")
+    configs = list(backward_configs())
+    for constants, sass in zip(configs, compiled_everywhere("_backward_kernel", BACKWARD, configs)):
+        assert_no_spill(sass, f"backward {constants}")
 
 
 @pytest.mark.parametrize("arch", [80, 90])
