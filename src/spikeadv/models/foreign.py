@@ -8,7 +8,7 @@ Usage::
     from spikeadv import TimeLoop, evaluate
     from spikingjelly.activation_based import functional
     model = TimeLoop(sj_net, T=8, reset=functional.reset_net, encoding="poisson")
-    card = evaluate(model, x, y, eps=(2, 8), suite="quick")    # x in [0, 1], an eps grid in 1/255 units
+    card = evaluate(model, x, y, eps=(2 / 255, 8 / 255), suite="quick")  # x in [0, 1], eps in pixel units
     print(card["eps"]["8"]["worst_acc"], [c["name"] for c in card["checks"] if c["passed"] is False])
 
 The model is attacked through its own autograd (estimator ``ann``: whatever backward its spiking
