@@ -82,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="adaptive robustness evaluation of a run's models or a checkpoint")
-    p.add_argument("path", type=Path, help="a run directory (its instance-0 models) or a model checkpoint")
+    p.add_argument("path", type=Path, help="a run directory (every instance of each kind) or a model checkpoint")
     p.add_argument("--suite", default="standard", help="quick, standard or full (default: standard)")
     p.add_argument("--eps", action="append", default=None, metavar="EPS",
                    help="the robustness curve's eps grid in pixel units like every attack, increasing, "
