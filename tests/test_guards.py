@@ -3,6 +3,7 @@ convention, and the Python API's guard rails (one readable SpikeAdvError, never 
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -98,6 +99,11 @@ def test_evaluate_takes_eps_in_pixel_units_like_the_attacks():
     y = net(x).argmax(1).detach()
     card = spikeadv.evaluate(net, x, y, eps=0.03, suite="quick", log=lambda line: None)
     assert card["grid"] == [7.65]  # 0.03 in pixel units is 7.65/255, not 0.03/255
+    from spikeadv.study.evaluation import eps_grid
+
+    assert eps_grid(np.float32(8 / 255)) == (8.0,) and eps_grid([1 / 255, 8 / 255]) == (1.0, 8.0)
+    with pytest.raises(SpikeAdvError, match="a number or a sequence of numbers"):
+        eps_grid(torch.tensor(0.03))
     for bad in (8, (8,), (2 / 255, 8)):
         with pytest.raises(SpikeAdvError, match="pass 8/255"):
             spikeadv.evaluate(net, x, y, eps=bad, log=lambda line: None)

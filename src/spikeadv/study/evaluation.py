@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -47,17 +48,21 @@ def eps_grid(values: float | Sequence[float] | None) -> tuple[float, ...]:
     is refused with the way to write it) and must be above 0."""
     if values is None:
         return EPS_GRID
-    values = [values] if isinstance(values, (int, float, Fraction)) else list(values)
+    try:
+        values = [values] if isinstance(values, numbers.Real) else list(values)
+    except TypeError:
+        raise SpikeAdvError(f"eps must be a number or a sequence of numbers in pixel units, e.g. 8/255, got "
+                            f"{type(values).__name__}") from None
     if not values:
         raise SpikeAdvError("give at least one eps in pixel units, e.g. 8/255")
     for e in values:
-        attacks.amount("eps", float(e) if isinstance(e, Fraction) else e)
+        attacks.amount("eps", float(e) if isinstance(e, numbers.Real) and not isinstance(e, bool) else e)
         if e == 0:
             raise SpikeAdvError("eps=0 is no attack; the grid's eps must be above 0 (the null attack runs anyway)")
     if any(b <= a for a, b in zip(values, values[1:])):
         raise SpikeAdvError("the eps grid must be strictly increasing, e.g. 1/255,2/255,8/255, got "
                             + ", ".join(f"{float(e):.4g}" for e in values))
-    return tuple(round(float(Fraction(e) * 255), 6) for e in values)
+    return tuple(round(float((e if isinstance(e, (int, Fraction)) else Fraction(float(e))) * 255), 6) for e in values)
 
 
 def draws_value(k: int) -> int:
