@@ -52,7 +52,7 @@ STAGES = {"model": ("train ANN", "train SNN-II", "convert SNN-I"), "clean": ("cl
 
 
 def group(task: Task) -> str:
-    """The kind of work a task is, for the per-cost fallback: a model's kind (ann, snn1, snn2), else its kind."""
+    """The kind of work a task is, for the per-cost fallback: a model's kind (ann, snn1, snn2, a control), else its kind."""
     return task.recipe["kind"] if task.kind == "model" else task.kind
 
 
@@ -61,7 +61,7 @@ def estimated(preset: Preset, tasks: list[Task], rates: dict[str, float]) -> dic
     snn = {"snn1", "snn2", "bptt"}
     out = {}
     for t in tasks:
-        if t.kind == "model" and t.recipe["kind"] == "ann":
+        if t.kind == "model" and t.recipe["kind"] in ("ann", "ann-rate"):
             out[t.name] = t.cost / 3.0 / rates["ann_train"]  # cost = 3 * epochs * train images
         elif t.kind == "model" and t.recipe["kind"] == "snn2":
             per_s = rates["snn2_train"] * rates["snn2_T"] / preset.snn2.T

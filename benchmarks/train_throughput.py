@@ -38,7 +38,8 @@ def ours(preset, ds, eval_ds, out: Path, device: torch.device = torch.device("cp
     net = build(preset)
     synchronize(device)
     start = time.perf_counter()
-    train(net, ds, eval_ds, preset.ann, seed=0, out=out, meta={"kind": "ann", "data": {}}, log=lambda s: None,
+    cfg = dataclasses.replace(preset.ann, snapshots=0)  # the training steps, not the validation snapshots
+    train(net, ds, eval_ds, cfg, seed=0, out=out, meta={"kind": "ann", "data": {}}, log=lambda s: None,
           device=device)
     synchronize(device)
     elapsed = time.perf_counter() - start

@@ -10,8 +10,8 @@ import torch
 
 from spikeadv import cli, data, report, runtime
 from spikeadv.config.presets import get_preset
+from spikeadv.models.kinds import fit
 from spikeadv.models.network import Network, fold_batchnorm
-from spikeadv.models.train import fit
 from spikeadv.records import checkpoint
 
 pytestmark = [pytest.mark.cuda,
@@ -74,26 +74,27 @@ def interrupted_after_epoch_1(kind, preset, out, device, monkeypatch):
 
     def save_then_stop(path, tensors, meta):
         save(path, tensors, meta)
-        raise KeyboardInterrupt
+        if path == out:  # the epoch's checkpoint, not a snapshot
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        fit(kind, preset, 0, out, *DATA, device=device)
+        fit(kind, preset, 0, out, DATA, device=device)
     monkeypatch.undo()
     assert checkpoint.load(out)[1]["epochs_done"] == 1
 
 
-DATA = (data.load("synthetic", "train"), data.load("synthetic", "test"))
+DATA = data.splits("synthetic", get_preset("smoke").validation)
 BN = ["batchnorm=true", "snn2.batchnorm=true", "ann.bf16=true", "ann.channels_last=true", "snn2.train.bf16=true"]
 
 
 @pytest.mark.parametrize("kind", ["ann", "snn2"])  # SGD with momentum; AdamW (its step count stays on the CPU)
 def test_batchnorm_training_resumes_and_folds_on_the_gpu(kind, tmp_path, monkeypatch):
     preset = get_preset("smoke", BN)
-    whole, _ = fit(kind, preset, 0, tmp_path / "whole.safetensors", *DATA, device=GPU)
+    whole, _ = fit(kind, preset, 0, tmp_path / "whole.safetensors", DATA, device=GPU)
     part = tmp_path / "part.safetensors"
     interrupted_after_epoch_1(kind, preset, part, GPU, monkeypatch)
-    resumed, meta = fit(kind, preset, 0, part, *DATA, device=GPU, resume=True)
+    resumed, meta = fit(kind, preset, 0, part, DATA, device=GPU, resume=True)
     assert meta["complete"] and not resumed.batchnorm and resumed.layers[0].weight.device == GPU  # folded there
     for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)  # cuDNN may sum in another order
@@ -103,8 +104,8 @@ def test_training_interrupted_on_the_cpu_resumes_on_the_gpu(tmp_path, monkeypatc
     preset = get_preset("smoke")
     out = tmp_path / "ann.safetensors"
     interrupted_after_epoch_1("ann", preset, out, torch.device("cpu"), monkeypatch)
-    net, meta = fit("ann", preset, 0, out, *DATA, device=GPU, resume=True)
-    assert meta["device"] == "cuda:0" and meta["metrics"][-1]["test_acc"] >= 90
+    net, meta = fit("ann", preset, 0, out, DATA, device=GPU, resume=True)
+    assert meta["device"] == "cuda:0" and meta["metrics"][-1]["val_acc"] >= 90
 
 
 def test_folding_batchnorm_on_the_gpu_keeps_the_function():

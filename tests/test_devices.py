@@ -17,8 +17,8 @@ from spikeadv.config.spiking import Spiking
 from spikeadv.errors import SpikeAdvError
 from spikeadv.models import trained
 from spikeadv.models.convert import convert_file
+from spikeadv.models.kinds import fit
 from spikeadv.models.network import Network
-from spikeadv.models.train import fit
 from spikeadv.models.trained import Trained
 from spikeadv.records import checkpoint
 from spikeadv.study import compute, executors
@@ -130,14 +130,14 @@ def test_every_generator_is_made_on_the_device_of_what_it_draws(reference, tmp_p
     Recording.asked = []
     device = runtime.resolve("cpu")
     preset = get_preset("smoke", ["ann.epochs=1", "snn2.train.epochs=1"])
-    train_ds, test_ds = data.load("synthetic", "train"), data.load("synthetic", "test").subset(50)
-    fit("ann", preset, 0, tmp_path / "ann.safetensors", train_ds, test_ds, device=device, log=lambda line: None)
-    fit("snn2", preset, 0, tmp_path / "snn2.safetensors", train_ds, test_ds, device=device, log=lambda line: None)
-    convert_file(tmp_path / "ann.safetensors", preset, train_ds, test_ds, 0, tmp_path / "snn1.safetensors",
-                 device=device)
+    splits = data.splits("synthetic", preset.validation, 50)
+    for kind in ("ann", "snn2", "ann-rate"):
+        fit(kind, preset, 0, tmp_path / f"{kind}.safetensors", splits, device=device, log=lambda line: None)
+    convert_file(tmp_path / "ann.safetensors", preset, splits, 0, tmp_path / "snn1.safetensors", device=device)
+    test_ds = splits.test
     x, y = data.to_float(test_ds.images[:8]).to(device), test_ds.labels[:8].long().to(device)
     goal = compute.random_targets(y, 10, preset.study)
-    for kind, gradient in [("ann", "ann"), ("snn1", "snnadv"), ("snn2", "bptt")]:
+    for kind, gradient in [("ann", "ann"), ("snn1", "snnadv"), ("snn2", "bptt"), ("ann-rate", "bptt")]:
         net, meta = trained.load_network(tmp_path / f"{kind}.safetensors", device)
         model = Trained(kind, 0, net, trained.spiking(meta), Path(), "", meta)
         for attack, steps in (("fgsm", 1), ("rfgsm", 1), ("ifgsm", 2), ("tifgsm", 2)):

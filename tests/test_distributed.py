@@ -6,6 +6,7 @@ the gradient all-reduce's summation order (the mean of two half-batch means is n
 order of one whole-batch mean: about 1e-5 relative per gradient, compounded over a few steps).
 """
 
+import dataclasses
 import subprocess
 import sys
 
@@ -19,10 +20,10 @@ from safetensors.torch import load_file
 from spikeadv import cli
 from spikeadv.config.presets import get_preset
 from spikeadv.config.spiking import Spiking
-from spikeadv.data import augmentation, batches, synthetic
+from spikeadv.data import Splits, augmentation, batches, synthetic
 from spikeadv.errors import SpikeAdvError
+from spikeadv.models.kinds import fit
 from spikeadv.models.network import Network
-from spikeadv.models.train import fit
 from spikeadv.records import checkpoint
 from spikeadv.runtime.distributed import Group, Rows, bernoulli, dropout
 
@@ -142,7 +143,9 @@ def _fit(kind, out, resume=False, log=print):
     preset = get_preset("smoke", ["dropout=0.2", "snn2.dropout=0.2", "ann.epochs=2", "ann.batch_size=64",
                                   "snn2.train.epochs=1", "snn2.train.batch_size=64", "snn2.train.optimizer=sgd",
                                   "snn2.train.lr=0.05", "snn2.T=4"])
-    return fit(kind, preset, 0, out, synthetic("train", n=256), synthetic("test", n=64), resume=resume, log=log)
+    held = synthetic("test", n=64)
+    data = Splits(synthetic("train", n=256), dataclasses.replace(held, split="validation"), held)
+    return fit(kind, preset, 0, out, data, resume=resume, log=log)
 
 
 def _process(rank, world, init, kind, out, interrupt):

@@ -75,5 +75,5 @@ def test_the_gpu_preset_is_the_paper_s_study_on_its_encoding():
     p = get_preset("gpu")
     assert (p.spec, p.width, p.dataset) == ("vgg9", 1.0, "cifar10")
     assert p.snn1.encoding == p.snn2.encoding == "poisson" and p.snn1.T <= 256
-    assert p.snn2.spiking().neuron == "lif" and len(p.seeds) == 3 and p.study.images >= 1000
+    assert p.spiking("snn2").neuron == "lif" and len(p.seeds) == 3 and p.study.images >= 1000
     assert p.study.attacks == get_preset("paper").study.attacks and p.study.eps == get_preset("paper").study.eps

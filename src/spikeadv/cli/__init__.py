@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     _global_args(top, top=True)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (models.add_data, models.add_train, models.add_convert, models.add_eval, study.add_run,
-                study.add_report, study.add_evaluate, study.add_presets):
+                study.add_report, study.add_evaluate, study.add_sweep, study.add_presets):
         add(sub)
     for p in _leaves(top):
         _global_args(p)

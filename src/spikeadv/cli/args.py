@@ -37,10 +37,9 @@ def device(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def datasets(preset: Preset, root: Path | None) -> tuple[data.Dataset, data.Dataset]:
-    train_ds = data.load(preset.dataset, "train", root)
-    test_ds = data.load(preset.dataset, "test", root)
-    return train_ds, test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
+def datasets(preset: Preset, root: Path | None) -> data.Splits:
+    """The preset's training part, validation part and test images."""
+    return data.splits(preset.dataset, preset.validation, preset.test_subset, root)
 
 
 def positive(text: str) -> int:

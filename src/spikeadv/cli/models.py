@@ -38,29 +38,34 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         opts.root_arg(p)
 
 
+TRAIN_KINDS = {"ann": "ann", "snn": "snn2", "rate": "ann-rate"}  # train's sub-commands -> the kinds they train
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    """ANN (paper IV-B) or SNN-II (paper III-B): the same loop, the SNN run through time."""
-    from ..models.train import fit
+    """ANN (paper IV-B), SNN-II (paper III-B) or the ANN on SNN-II's rate image: the same loop."""
+    from ..models.kinds import fit
     from ..runtime.distributed import is_main
 
     preset = get_preset(args.preset, args.overrides)
     seed = preset.seeds[0] if args.seed is None else args.seed
-    kind = "ann" if args.kind == "ann" else "snn2"
+    kind = TRAIN_KINDS[args.kind]
     out = args.out or Path("runs") / preset.name / f"{kind}-seed{seed}.safetensors"
     writable(out, f"{kind}.safetensors")  # before any data is read or any epoch trained
     device = opts.device(args) if is_main() else runtime.use(args.device)
-    train_ds, test_ds = opts.datasets(preset, args.root)
+    splits = opts.datasets(preset, args.root)
     start = time.perf_counter()
-    _, meta = fit(kind, preset, seed, out, train_ds, test_ds, resume=args.resume, device=device)
+    _, meta = fit(kind, preset, seed, out, splits, resume=args.resume, device=device)
     final = meta["metrics"][-1]
     if is_main():  # under torchrun: rank 0
-        print(f"done: {out}: test accuracy {final.get('test_acc', float('nan')):.2f}% on {len(test_ds)} images, "
-              f"{meta['epochs_done']} epochs, {time.perf_counter() - start:.0f} s this call")
+        print(f"done: {out}: validation accuracy {final.get('val_acc', float('nan')):.2f}% on "
+              f"{len(splits.validation)} held-out training images, {meta['epochs_done']} epochs, "
+              f"{time.perf_counter() - start:.0f} s this call")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a model").add_subparsers(dest="kind", required=True)
-    for kind, text in (("ann", "the ANN (paper section IV-B)"), ("snn", "SNN-II: LIF, BPTT with a surrogate (III-B)")):
+    for kind, text in (("ann", "the ANN (paper section IV-B)"), ("snn", "SNN-II: LIF, BPTT with a surrogate (III-B)"),
+                       ("rate", "the noise-matched ANN: the ANN on SNN-II's Poisson rate image, no spikes inside")):
         p = t.add_parser(kind, help=f"train {text}", description=(
             f"Train {text}. Data parallel over N processes (CPU: gloo, GPU: nccl): torchrun --nproc-per-node N "
             f"-m spikeadv train {kind} ...; the preset's batch size is the global batch, a multiple of N, and "
@@ -96,9 +101,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if out.exists() and not args.force:
         raise SpikeAdvError(f"{out} exists; pass --force to replace it, or choose another --out")
     device = opts.device(args)
-    train_ds, test_ds = opts.datasets(preset, args.root)
     start = time.perf_counter()
-    net = convert_file(args.ann, preset, train_ds, test_ds, args.seed, out, device=device)
+    net = convert_file(args.ann, preset, opts.datasets(preset, args.root), args.seed, out, device=device)
     c = preset.snn1
     print(f"converted {args.ann} -> {out} ({c.method} balancing on {c.images} images, T={c.T}, "
           f"{time.perf_counter() - start:.0f} s); thresholds " + ", ".join(f"{t:.3g}" for t in net.thresholds.tolist()))

@@ -1,4 +1,4 @@
-"""The commands on a study: ``run``, ``evaluate``, ``report``, ``presets``."""
+"""The commands on a study: ``run``, ``evaluate``, ``sweep``, ``report``, ``presets``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,33 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     opts.root_arg(p)
     _executor_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Robust accuracy against T and encoding, per kind (DESIGN section 8.5), and its figure."""
+    from ..report import sweep as figure
+    from ..study import sweep
+
+    preset = get_preset(args.preset, args.overrides)
+    out = args.out or Path("runs") / f"{preset.name}-sweep"
+    device = opts.device(args)
+    start = time.perf_counter()
+    written = figure.write(sweep.run(preset, out, args.root, device))
+    print(f"done in {time.perf_counter() - start:.0f} s: {out / 'sweep.json'}, figure {written[0]}, table {written[-1]}")
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="robust accuracy against T and encoding, per kind, and its figure",
+                       description="SNN-II and the ANN on its Poisson rate image trained at each T of sweep.T, SNN-I "
+                                   "converted from the ANN and run at each T of sweep.snn1_T (Poisson input, reset "
+                                   "by subtraction and signed; direct input), each attacked whitebox by PGD at "
+                                   "sweep.eps; the cost is printed before it starts; a rerun resumes. "
+                                   "E.g. --set sweep.T=4,6,8,12 --set sweep.snn1_T=16,32,64")
+    opts.preset_args(p)
+    p.add_argument("--out", type=Path, help="sweep directory (default: runs/PRESET-sweep); a rerun reuses what it holds")
+    opts.root_arg(p)
+    opts.device_arg(p)
+    p.set_defaults(func=cmd_sweep)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

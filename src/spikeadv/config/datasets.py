@@ -62,3 +62,5 @@ DATASETS["synthetic-cifar"] = dataclasses.replace(DATASETS["synthetic"], name="s
 # generated, not read: images per split (synthetic-cifar: CIFAR-10's sizes, to time a study where the
 # real data cannot be brought; timing does not depend on pixel values)
 GENERATED = {"synthetic": {"train": 2048, "test": 500}, "synthetic-cifar": {"train": 50_000, "test": 10_000}}
+TRAIN_IMAGES = {"cifar10": 50_000, "mnist": 60_000, "fashion-mnist": 60_000,
+                **{name: sizes["train"] for name, sizes in GENERATED.items()}}  # official training set sizes

@@ -10,6 +10,7 @@ from ..errors import SpikeAdvError
 
 SURROGATES = ("lee", "fast-sigmoid", "atan", "triangle", "rectangular", "sigmoid")
 RESETS = ("subtract", "zero", "signed")
+NEURONS = ("if", "lif", "rate")
 MAX_T = 65536  # timesteps: 30 times the paper's longest (SNN-I, T = 2000); beyond, one image is hours of CPU
 
 
@@ -17,7 +18,9 @@ MAX_T = 65536  # timesteps: 30 times the paper's longest (SNN-I, T = 2000); beyo
 class Spiking:
     """How a weight set runs as an SNN (DESIGN section 2).
 
-    ``neuron``: ``if`` (SNN-I, no leak) or ``lif`` (SNN-II, v <- leak * v + I). ``T`` timesteps;
+    ``neuron``: ``if`` (SNN-I, no leak), ``lif`` (SNN-II, v <- leak * v + I) or ``rate``: no neuron at all,
+    the ANN (ReLU) on the mean of the T encoded input frames, i.e. the input noise of rate coding without
+    spikes inside (the noise-matched control, DESIGN section 8.5). ``T`` timesteps;
     ``reset`` by ``subtract`` (default), to ``zero`` or ``signed`` (IF only: spikes taken back, see
     above); the surrogate derivative and its sharpness ``alpha``; input ``encoding`` ``poisson`` (rate
     coding) or ``direct``; ``spike_after_pool``: a
@@ -42,15 +45,15 @@ class Spiking:
     rate_mix: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.neuron not in ("if", "lif"):
-            raise SpikeAdvError(f"neuron must be if or lif, got {self.neuron!r}")
+        if self.neuron not in NEURONS:
+            raise SpikeAdvError(f"neuron must be one of {', '.join(NEURONS)}, got {self.neuron!r}")
         if isinstance(self.T, bool) or not isinstance(self.T, int) or not 1 <= self.T <= MAX_T:
             raise SpikeAdvError(f"T (timesteps) must be an integer in [1, {MAX_T}], got {self.T!r} (the paper runs "
                                 "2000 at most; each timestep is one forward pass of every image)")
         if not 0 < self.leak <= 1:
             raise SpikeAdvError(f"leak must be in (0, 1], got {self.leak}")
-        if self.neuron == "if" and self.leak != 1:
-            raise SpikeAdvError(f"IF neurons have no leak (leak = 1); use neuron=lif for leak {self.leak}")
+        if self.neuron in ("if", "rate") and self.leak != 1:
+            raise SpikeAdvError(f"{self.neuron} neurons have no leak (leak = 1); use neuron=lif for leak {self.leak}")
         if self.reset not in RESETS:
             raise SpikeAdvError(f"reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
         if self.reset == "signed" and self.neuron != "if":

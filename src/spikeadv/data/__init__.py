@@ -58,6 +58,29 @@ class Dataset:
         return Dataset(self.info, self.split, self.images.to(device), self.labels.to(device), self.digest)
 
 
+@dataclass
+class Splits:
+    """A preset's data: the training images, the validation images held out of the training set (model
+    selection only) and the test images (the preset's subset)."""
+
+    train: Dataset
+    validation: Dataset
+    test: Dataset
+
+
+def splits(name: str, validation: int, test_subset: int | None = None, root: Path | None = None) -> Splits:
+    """The training set less its last ``validation`` images (in official order), those images, and the
+    test set's first ``test_subset`` images (None: all); each digest says which part it is."""
+    full, test = load(name, "train", root), load(name, "test", root)
+    if not 1 <= validation < len(full):
+        raise SpikeAdvError(f"validation = {validation} must hold out between 1 and {len(full) - 1} of the "
+                            f"{len(full)} training images of {name}")
+    cut = len(full) - validation
+    train = Dataset(full.info, "train", full.images[:cut], full.labels[:cut], f"{full.digest}[:{cut}]")
+    held = Dataset(full.info, "validation", full.images[cut:], full.labels[cut:], f"{full.digest}[{cut}:]")
+    return Splits(train, held, test.subset(test_subset) if test_subset else test)
+
+
 def data_root() -> Path:
     """``$SPIKEADV_DATA``, else ``~/.cache/spikeadv/data``."""
     return Path(os.environ.get("SPIKEADV_DATA") or Path.home() / ".cache" / "spikeadv" / "data")

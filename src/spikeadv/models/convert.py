@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .. import runtime
 from ..config.presets import Preset, as_dict
 from ..config.spiking import Spiking
-from ..data import Dataset, to_float
+from ..data import Splits, to_float
 from ..errors import SpikeAdvError
 from ..records import checkpoint, file_digest, provenance
 from ..runtime.draws import Draws
@@ -118,12 +118,13 @@ def proxy_scales(net: Network) -> list[float]:
     return [1.0 / float(t) for t in net.thresholds] + [1.0]
 
 
-def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dataset, seed: int, out: Path,
+def convert_file(ann_path: Path, preset: Preset, data: Splits, seed: int, out: Path,
                  recipe: dict | None = None, device: torch.device | str | None = None) -> Network:
-    """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed``, balanced on
-    ``device``), written to ``out`` with its thresholds, proxy scales, balancing images and the
-    parent's SHA-256."""
-    from .train import record
+    """SNN-I from a saved ANN as the preset says (balancing batch drawn with ``seed`` from the training
+    part, balanced on ``device``), written to ``out`` with its thresholds, proxy scales, balancing
+    images, validation accuracy (``val_acc``, one encoder draw per image) and the parent's SHA-256."""
+    from .kinds import record
+    from .train import accuracy
 
     c = preset.snn1
     start = time.perf_counter()
@@ -131,19 +132,21 @@ def convert_file(ann_path: Path, preset: Preset, train_ds: Dataset, test_ds: Dat
     ann, parent = load_network(ann_path, device)
     if parent.get("kind") != "ann":
         raise SpikeAdvError(f"{ann_path} is a {parent.get('kind')} checkpoint; convert needs an ANN")
-    if parent["data"]["train"] != train_ds.digest:
-        raise SpikeAdvError(f"{ann_path} was trained on other data than the preset's {preset.dataset}")
-    snn = c.spiking()
-    held = train_ds.images.device
-    idx = torch.randperm(len(train_ds), generator=runtime.generator(seed, held), device=held)[:c.images]
-    net = convert(ann, to_float(train_ds.images[idx].to(device)), snn, method=c.method, pool_threshold=c.pool_threshold,
-                  percentile=c.percentile, seed=seed)
+    if parent["data"]["train"] != data.train.digest:
+        raise SpikeAdvError(f"{ann_path} was trained on other data than the preset's {preset.dataset} training part "
+                            f"(its validation split differs, or its dataset)")
+    snn = preset.spiking("snn1")
+    held = data.train.images.device
+    idx = torch.randperm(len(data.train), generator=runtime.generator(seed, held), device=held)[:c.images]
+    net = convert(ann, to_float(data.train.images[idx].to(device)), snn, method=c.method,
+                  pool_threshold=c.pool_threshold, percentile=c.percentile, seed=seed)
+    val_acc = accuracy(net, data.validation, snn=snn, seed=seed, device=device)
     meta = {
-        **record("snn1", preset, train_ds, test_ds, recipe),
+        **record("snn1", preset, data, recipe),
         "format": checkpoint.FORMAT, "network": net.config(), "spiking": as_dict(snn), "convert": as_dict(c),
         "parent": {"path": str(ann_path), "sha256": file_digest(ann_path), "seed": parent["seed"]},
         "seed": seed, "balancing_images": idx.tolist(), "thresholds": net.thresholds.tolist(),
-        "proxy_scales": proxy_scales(net), "seconds": round(time.perf_counter() - start, 2),
+        "proxy_scales": proxy_scales(net), "val_acc": round(val_acc, 3), "seconds": round(time.perf_counter() - start, 2),
         "versions": provenance.versions(), "command": provenance.command_line(), "device": str(device),
         "neurons": backend_on(device),
     }

@@ -129,7 +129,18 @@ class Network(nn.Module):
         """
         if snn is None:
             return self._run(self.normalise(x), None, 1, {}, None, rows=rows)
+        if snn.neuron == "rate":
+            return self._run(self.normalise(self.rates(x, snn, generator, rows)), None, 1, {}, None, rows=rows)
         return sum(out.sum(0) for out in self.timesteps(x, snn, generator, spikes, rows=rows)) / snn.T
+
+    def rates(self, x: Tensor, snn: Spiking, generator: torch.Generator | Draws | None = None,
+              rows: Rows | None = None) -> Tensor:
+        """The rate image the ``rate`` neuron's ANN sees: the mean of the T encoded frames of x (Poisson:
+        per pixel mean x and variance x (1 - x) / T; the backward pass straight-through), in chunks of
+        time so that memory does not grow with T."""
+        step = max(1, runtime.fold(x.device, 4 * self._largest_activation()) // (rows.total if rows else x.shape[0]))
+        total = sum(encode(x, min(step, snn.T - t0), snn.encoding, generator, rows).sum(0) for t0 in range(0, snn.T, step))
+        return total / snn.T
 
     def proxy(self, x: Tensor, snn: Spiking) -> Tensor:
         """The rate model of this SNN (the SNNAdv proxy ANN, paper IV-E and Fig. 1): the same weights in

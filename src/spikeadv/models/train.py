@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import runtime
-from ..config.presets import Preset, TrainConfig, as_dict
+from ..config.presets import TrainConfig, as_dict
 from ..config.spiking import Spiking
 from ..data import Dataset, augmentation, batches
 from ..errors import SpikeAdvError
@@ -33,6 +33,12 @@ from .neurons import backend_on
 from .trained import load_network, model_state
 
 CHECK_EVERY = 32  # training steps between checks for a diverged loss (each check waits for the device)
+SNAPSHOT_META = ("kind", "preset", "data", "seed", "train", "format", "versions", "device")  # a snapshot's record
+
+
+def snapshot_path(out: Path, step: int) -> Path:
+    """Where the snapshot after global step ``step`` of the training written to ``out`` is kept."""
+    return out.with_name(f"{out.stem}.snapshots") / f"step{step:07d}.safetensors"
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -127,7 +133,7 @@ def _identity(meta: dict) -> dict:
 def train(
     net: Network,
     train_ds: Dataset,
-    eval_ds: Dataset,
+    validation: Dataset,
     cfg: TrainConfig,
     *,
     seed: int,
@@ -143,12 +149,15 @@ def train(
     The ANN (paper IV-B) or, with ``snn``, the same network as an SNN by backpropagation through time
     with the surrogate derivative (SNN-II, paper III-B): one loop, two forwards. ``meta`` is the
     caller's record (kind, preset, data digests...); training adds its config, seed, versions and
-    per-epoch metrics. The finished file holds the batch-norm-folded network. Under torchrun each
-    process trains on its rows of every batch of ``cfg.batch_size`` (see :mod:`spikeadv.runtime.distributed`).
+    per-epoch metrics, accuracy measured on ``validation`` only (never on test images). With
+    ``cfg.snapshots`` the weights at that many evenly spaced steps are kept beside ``out``
+    (:func:`snapshot_path`), each with its validation accuracy (``meta["snapshots"]``). The finished file
+    holds the batch-norm-folded network. Under torchrun each process trains on its rows of every batch of
+    ``cfg.batch_size`` (see :mod:`spikeadv.runtime.distributed`).
     """
     world = distributed.join(runtime.device(device))
     device, log = world.device, distributed.on_main(log)
-    train_ds, eval_ds = train_ds.to(device), eval_ds.to(device)  # batches and augmentation on the device
+    train_ds, validation = train_ds.to(device), validation.to(device)  # batches and augmentation on the device
     aug = augmentation(train_ds.info, cfg.augment, cfg.flip)
     meta = _start_meta(meta, net, cfg, snn, aug, seed, device)
     opt = _fresh(net, cfg, seed, device)
@@ -160,20 +169,42 @@ def train(
         raise SpikeAdvError(f"batch size {cfg.batch_size} exceeds the {len(train_ds)} training images")
     params = list(net.parameters())
     model = world.wrap(net)
+    total = cfg.epochs * steps_per_epoch
+    at = {round(k * total / cfg.snapshots) for k in range(1, cfg.snapshots + 1)}  # by rank 0; the others go on
+
+    def snapshot(step: int) -> None:
+        _snapshot(net, validation, cfg, meta, Path(out), step, step / steps_per_epoch, device)
+
     for epoch in range(meta["epochs_done"], cfg.epochs):
-        record = _epoch(model, opt, world, train_ds, aug, cfg, snn, seed, epoch, steps_per_epoch, Path(out))
+        record = _epoch(model, opt, world, train_ds, aug, cfg, snn, seed, epoch, steps_per_epoch, Path(out),
+                        dict.fromkeys(at, snapshot) if world.main else {})
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:  # by rank 0, as one process would
-            acc = accuracy(net, eval_ds, snn=snn, bf16=cfg.bf16, device=device) if world.main else None
-            record["test_acc"] = round(world.from_main(acc), 3)
+            acc = accuracy(net, validation, snn=snn, bf16=cfg.bf16, device=device) if world.main else None
+            record["val_acc"] = round(world.from_main(acc), 3)
         meta["metrics"].append(record)
         meta["epochs_done"] = epoch + 1
         log(
             f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.3f}, train {record['train_acc']:.1f}%"
-            + (f", test {record['test_acc']:.2f}%" if "test_acc" in record else "")
+            + (f", validation {record['val_acc']:.2f}%" if "val_acc" in record else "")
             + f", {record['images_per_s']:.0f} img/s, {record['seconds']:.0f} s"
         )
         net = _save(net, opt, params, meta, Path(out), world, final=epoch + 1 == cfg.epochs)
     return net.eval(), meta
+
+
+def _snapshot(net: Network, validation: Dataset, cfg: TrainConfig, meta: dict, out: Path, step: int, epoch: float,
+              device: torch.device) -> None:
+    """Keep the weights as they are after global step ``step`` (batch-norm folded) beside ``out``, with
+    their validation accuracy, listed in ``meta["snapshots"]``; training goes on unchanged (no random
+    number is drawn)."""
+    folded = fold_batchnorm(net.eval())
+    acc = accuracy(folded, validation, bf16=cfg.bf16, device=device)
+    path = snapshot_path(out, step)
+    taken = {"step": step, "epoch": round(epoch, 4), "val_acc": round(acc, 3)}
+    checkpoint.save(path, model_state(folded), {**{k: meta[k] for k in SNAPSHOT_META if k in meta},
+                                                "network": folded.config(), "complete": True, "snapshot": taken})
+    meta["snapshots"].append({**taken, "path": path.name})
+    net.train()
 
 
 def _start_meta(meta: dict, net: Network, cfg: TrainConfig, snn: Spiking | None, aug: object, seed: int,
@@ -196,6 +227,7 @@ def _start_meta(meta: dict, net: Network, cfg: TrainConfig, snn: Spiking | None,
         "epochs_done": 0,
         "complete": False,
         "metrics": [],
+        "snapshots": [],
     }
 
 
@@ -227,15 +259,17 @@ def _resume(out: Path, net: Network, opt: torch.optim.Optimizer, meta: dict, cfg
         model, _ = load_network(out, device)
         return model, saved
     _restore(net, opt, tensors)
-    meta.update(epochs_done=saved["epochs_done"], metrics=saved["metrics"])
+    meta.update(epochs_done=saved["epochs_done"], metrics=saved["metrics"], snapshots=saved.get("snapshots", []))
     log(f"resuming {out} after epoch {saved['epochs_done']}/{cfg.epochs}")
     return None
 
 
 def _epoch(model: nn.Module, opt: torch.optim.Optimizer, world: distributed.Group, train_ds: Dataset, aug: object,
-           cfg: TrainConfig, snn: Spiking | None, seed: int, epoch: int, steps_per_epoch: int, out: Path) -> dict:
+           cfg: TrainConfig, snn: Spiking | None, seed: int, epoch: int, steps_per_epoch: int, out: Path,
+           after: dict[int, Callable[[int], None]]) -> dict:
     """One epoch of training (dropout, order and augmentation seeded by the epoch); its metrics. A loss
-    that is no longer finite stops training with one line (checked every :data:`CHECK_EVERY` steps)."""
+    that is no longer finite stops training with one line (checked every :data:`CHECK_EVERY` steps).
+    ``after``: what to do after a global step (snapshots); it must draw no random numbers."""
     device, rows = world.device, world.rows(cfg.batch_size)
     es = epoch_seed(seed, epoch)
     torch.manual_seed(es)  # dropout
@@ -273,6 +307,8 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, world: distributed.Grou
                                 f"{losses[bad].item()}); {kept}; lower the learning rate (lr = {cfg.lr:g})")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if epoch * steps_per_epoch + i + 1 in after:
+            after[epoch * steps_per_epoch + i + 1](epoch * steps_per_epoch + i + 1)
     bar.close()
     correct, seen = world.sum(correct).item(), world.sum(torch.tensor(seen)).item()
     seconds = time.perf_counter() - start
@@ -295,37 +331,3 @@ def _save(net: Network, opt: torch.optim.Optimizer, params: list[nn.Parameter], 
         checkpoint.save(out, tensors, meta)
     world.barrier()  # every process sees the file before it goes on
     return net
-
-
-def record(kind: str, preset: Preset, train_ds: Dataset, test_ds: Dataset, recipe: dict | None = None) -> dict:
-    """The metadata every model checkpoint starts from: its kind, the whole preset, the data digests and
-    (in a study) the recipe its file name is the digest of."""
-    return {"kind": kind, "preset": as_dict(preset),
-            "data": {"dataset": preset.dataset, "train": train_ds.digest, "test": test_ds.digest},
-            **({"recipe": recipe} if recipe is not None else {})}
-
-
-def fit(
-    kind: str, preset: Preset, seed: int, out: Path, train_ds: Dataset, test_ds: Dataset, *,
-    resume: bool = False, log: Callable[[str], None] = print, recipe: dict | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[Network, dict]:
-    """Train one model of the study, ``ann`` (paper IV-B) or ``snn2`` (LIF from scratch, paper III-B),
-    as the preset says, into ``out`` (under torchrun: in data parallel, rank 0 logging), on ``device``
-    (None: this process's, :func:`spikeadv.runtime.device`)."""
-    log = distributed.on_main(log)
-    info = train_ds.info
-    if kind == "ann":
-        cfg, snn = preset.ann, None
-        width, dropout, batchnorm = preset.width, preset.dropout, preset.batchnorm
-    else:
-        c = preset.snn2
-        cfg, snn = c.train, c.spiking()
-        width, dropout, batchnorm = c.width or preset.width, c.dropout, c.batchnorm
-    net = Network(preset.spec, info.shape[0], info.mean, info.std, width=width, dropout=dropout,
-                  batchnorm=batchnorm)
-    log(f"training {kind}: {preset.spec} width {width} ({net.parameter_count():,} weights)"
-        + (f", LIF T={snn.T} leak {snn.leak} {snn.surrogate} surrogate" if snn else "")
-        + f", {cfg.epochs} epochs, seed {seed}, {len(train_ds)} images -> {out}")
-    return train(net, train_ds, test_ds, cfg, seed=seed, out=out, meta=record(kind, preset, train_ds, test_ds, recipe),
-                 resume=resume, snn=snn, device=device, log=log)

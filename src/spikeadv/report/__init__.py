@@ -4,22 +4,22 @@ Reads ``run.json`` and ``results.jsonl`` (DESIGN section 2, "Metrics" and "Repor
 Markdown/CSV tables, PNG/SVG figures and a self-contained HTML page. Nothing here runs a model: every
 number comes from the saved tidy table and its per-image outcomes, so a report can be regenerated at
 any time. ``load`` reads a run, ``paired`` compares cells image by image, ``analysis`` judges the
-audit, checks and conclusions, ``figures`` and ``tables`` draw them, ``render`` writes the report.
+audit and conclusions, ``checks`` the sanity checks, ``figures`` and ``tables`` draw them, ``render``
+writes the report.
 """
 
 from ..config.grid import KINDS, SNNS
 from .analysis import (
-                       Check,
                        Conclusion,
                        Judgement,
                        conclusions,
                        flagged,
                        perturbation_audit,
-                       sanity_checks,
                        shown,
                        strongest,
                        verdict_key,
 )
+from .checks import Check, sanity_checks
 from .figures import figure2, figure3, figure4
 from .load import COLUMNS, FIG2_ATTACKS, SCENARIOS, Cell, Run, aggregate, load_run, lowest, source_kind
 from .paired import Paired, bootstrap, compare, mcnemar_p

@@ -10,7 +10,6 @@ Verdicts (b) and (c) are judged a second time under the strongest gradient the r
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -18,9 +17,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..config.grid import ITERATIVE, KINDS, LABEL, SNNS
+from ..config.grid import ITERATIVE, KINDS, LABEL, MATCH_WITHIN, MATCHED, SNNS, TARGETS
 from .load import LINF_SLACK, SCENARIO_TITLE, SCENARIOS, Cell, Key, Run, attack_key, attack_name, fmt_eps, source_kind
-from .paired import ALPHA, CONTRADICTED, Paired, compare, heterogeneity, holm
+from .paired import ALPHA, Paired, compare, heterogeneity, holm
 
 BOUNDED = "snnadv-clean"  # the eps-bounded SNNAdv (perturbation applied to x, DESIGN "Gradient sources")
 UNPAIRED = "paired statistics unavailable"
@@ -59,7 +58,7 @@ def perturbation_audit(run: Run) -> list[AuditRow]:
     return [
         AuditRow(kind, gradient, eps, statistics.fmean(r["linf"] for r in rs), max(r["linf"] for r in rs),
                  statistics.fmean(r["l2"] for r in rs), len(rs), share(rs, "unperturbed"), share(rs, "under_budget"))
-        for (kind, gradient, eps), rs in sorted(groups.items(), key=lambda g: (KINDS.index(g[0][0]), g[0][1:]))
+        for (kind, gradient, eps), rs in sorted(groups.items(), key=lambda g: (TARGETS.index(g[0][0]), g[0][1:]))
     ]
 
 
@@ -273,6 +272,12 @@ def conclusions(run: Run) -> list[Conclusion]:
     d = [j(f"{SCENARIO_TITLE[sc]} vs ANN-crafted, on {LABEL[t]}", (t, "bb-ann"), (t, sc))
          for t in KINDS if t != "ann" for sc in blackbox if sc not in ("bb-ann", f"bb-{t}")]
     merged = tuple(f"{SCENARIO_TITLE[sc]} counted with the ANN-crafted source: {why}" for sc, why in skip.items())
+    return [*paper_claims(a, b, c, d, merged), *controlled(run, j, blackbox, merged)]
+
+
+def paper_claims(a: list[Judgement], b: list[Judgement], c: list[Judgement], d: list[Judgement],
+                 merged: tuple[str, ...]) -> list[Conclusion]:
+    """The paper's four conclusions from their judgements."""
     return [
         Conclusion("a", "SNNs are more robust than the ANN under blackbox attacks (paper V-A)", tuple(a), merged),
         Conclusion("b", "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A)", tuple(b)),
@@ -282,6 +287,34 @@ def conclusions(run: Run) -> list[Conclusion]:
                    (*merged, "judged off the family diagonal only: a source is never compared on a model of its "
                              "own kind (ANN-crafted inputs on the ANN, SNN-II-crafted on SNN-II), where transfer "
                              "within a family is strongest whatever the claim")),
+    ]
+
+
+def controls_of(snn: str) -> tuple[str, ...]:
+    """The controls an SNN kind is judged against: the ANN of its validation accuracy, and for Poisson-coded
+    SNN-II the ANN on its rate image."""
+    return (*(m for m, s in MATCHED.items() if s == snn), *(("ann-rate",) if snn == "snn2" else ()))
+
+
+def controlled(run: Run, j, blackbox: tuple[str, ...], merged: tuple[str, ...]) -> list[Conclusion]:
+    """Claims (a) and (b) judged once more against each control (DESIGN section 8.5) instead of the full
+    ANN: an ANN of the SNN's clean accuracy removes "less to lose", the ANN on SNN-II's Poisson rate
+    image removes input noise, so what is left is spiking. None where the run has no control targets."""
+    present = {t for t, *_ in run.cells}
+    pairs = [(s, c) for s in SNNS for c in controls_of(s) if c in present]
+    if not pairs:
+        return []
+    a = [j(f"{LABEL[s]} vs {LABEL[c]}, {SCENARIO_TITLE[sc]}", (s, sc), (c, sc)) for s, c in pairs for sc in blackbox]
+    b = [j(f"{LABEL[c]} vs {LABEL[s]}, {SCENARIO_TITLE['whitebox']}", (c, "whitebox"), (s, "whitebox")) for s, c in pairs]
+    unmatched = [f"{LABEL[m['kind']]} {m['instance']}: {m['matched']['gap']:+.1f} pp from its SNN's validation accuracy, "
+                 f"more than {MATCH_WITHIN:g} pp: not matched, its comparisons are not accuracy-matched"
+                 for m in run.meta.get("models", []) if m.get("instance") == 0 and "matched" in m
+                 and not m["matched"].get("matched", True)]
+    return [
+        Conclusion("a'", "(a) against the controls: each SNN more robust under blackbox attacks than an ANN of its "
+                         "clean accuracy and (SNN-II) than an ANN on its Poisson input", tuple(a), (*merged, *unmatched)),
+        Conclusion("b'", "(b) against the controls: under whitebox attacks each SNN less robust than an ANN of its "
+                         "clean accuracy and (SNN-II) than an ANN on its Poisson input", tuple(b), tuple(unmatched)),
     ]
 
 
@@ -297,89 +330,3 @@ def corrected(found: list[Conclusion], others: Sequence[Paired] = ()) -> tuple[l
         out[ci][ji] = replace(j, stats=replace(j.stats, adjusted=a))
     return ([replace(c, judgements=tuple(js)) for c, js in zip(found, out)],
             [replace(o, adjusted=a) for o, a in zip(others, adjusted[len(slots):])])
-
-
-# ---------------------------------------------------------------- sanity checks
-
-
-@dataclass(frozen=True)
-class Check:
-    """One sanity check: ``passed`` is None when the run lacks the cells (or outcomes) it needs."""
-
-    name: str
-    passed: bool | None
-    detail: str
-
-    @property
-    def verdict(self) -> str:
-        return {True: "PASS", False: "FAIL", None: "N/A"}[self.passed]
-
-
-def _ann_series(run: Run, scenario: str) -> dict[tuple[str, int], dict[int, Cell]]:
-    """ANN-target cells under the main gradient: (attack, steps) -> {eps: cell}, in the paper's attack order."""
-    series: dict[tuple[str, int], dict[int, Cell]] = defaultdict(dict)
-    for (target, scen, _, attack, eps, steps), cell in run.main_cells().items():
-        if target == "ann" and scen == scenario:
-            series[(attack, steps)][eps] = cell
-    return {k: series[k] for k in sorted(series, key=attack_key)}
-
-
-def _ordered(run: Run, pairs: list[tuple[str, Cell, Cell]]) -> tuple[bool | None, str]:
-    """Check ``weaker.loss <= stronger.loss`` for each (label, weaker, stronger): it fails only where the
-    paired comparison shows the stronger attack losing less beyond noise; every dip is named."""
-    if not pairs:
-        return None, ""
-    if not run.paired:
-        return None, f" — {UNPAIRED} (the run predates per-image outcomes)"
-    dips = [(label, judge_cells([(w, s)])) for label, w, s in pairs if s.loss < w.loss - 1e-9]
-    detail = "; ".join(
-        f"{label}: {-p.diff:.1f} pp the other way, paired {p.interval()}"
-        + (f", McNemar p = {p.mcnemar[2]:.3g}" if p.mcnemar else "")
-        + (" — beyond noise" if p.verdict == CONTRADICTED else " — within noise") for label, p in dips)
-    return all(p.verdict != CONTRADICTED for _, p in dips), f" — {detail}" if detail else ""
-
-
-def _non_finite(value: object, where: str = "") -> list[str]:
-    """Where a JSON value holds NaN or an infinity."""
-    if isinstance(value, dict):
-        return [w for k, v in value.items() for w in _non_finite(v, f"{where}.{k}" if where else str(k))]
-    if isinstance(value, list):
-        return [w for i, v in enumerate(value) for w in _non_finite(v, f"{where}[{i}]")]
-    return [where] if isinstance(value, float) and not math.isfinite(value) else []
-
-
-def sanity_checks(run: Run) -> list[Check]:
-    """Properties any correct study has, on the deterministic ANN target (main gradient). An ordering
-    holds unless a paired comparison over the attacked images shows it broken beyond noise."""
-    wb = _ann_series(run, "whitebox")
-    bb = _ann_series(run, "bb-ann")
-    bad = _non_finite({"rows": run.rows, "models": run.meta.get("models", [])})
-    checks = [Check("every number in the results and model records is finite", not bad,
-                    f"non-finite values at {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-                    if bad else f"{len(run.rows)} result rows, {len(run.meta.get('models', []))} models")]
-
-    fgsm, ifgsm = wb.get(("fgsm", 1), {}), wb.get(("ifgsm", 2), {})
-    common = sorted(set(fgsm) & set(ifgsm))
-    passed, why = _ordered(run, [(fmt_eps(e), fgsm[e], ifgsm[e]) for e in common])
-    checks.append(Check(
-        "I-FGSM (2-step) at least as strong as FGSM, ANN whitebox, every eps", passed,
-        ("; ".join(f"{e}/255: I-FGSM {ifgsm[e].loss:.1f} vs FGSM {fgsm[e].loss:.1f}" for e in common)
-         or "no common eps") + why,
-    ))
-    for (attack, steps), cells in wb.items():
-        eps = sorted(cells)
-        passed, why = _ordered(run, [(fmt_eps(b), cells[a], cells[b]) for a, b in zip(eps, eps[1:])])
-        checks.append(Check(
-            f"ANN whitebox loss grows with eps ({attack_name(attack, steps)})", passed,
-            ", ".join(f"{e}/255: {cells[e].loss:.1f}" for e in eps) + why,
-        ))
-    for (attack, steps), cells in wb.items():
-        other = bb.get((attack, steps), {})
-        common = sorted(set(cells) & set(other))
-        passed, why = _ordered(run, [(fmt_eps(e), other[e], cells[e]) for e in common])
-        checks.append(Check(
-            f"ANN whitebox loss >= ANN-crafted blackbox loss ({attack_name(attack, steps)})", passed,
-            ("; ".join(f"{e}/255: WB {cells[e].loss:.1f} vs BB {other[e].loss:.1f}" for e in common)
-             or "no blackbox cells") + why,
-        ))
-    return checks

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.grid import ITERATIVE, KINDS, STUDY_ATTACKS
+from ..config.grid import ITERATIVE, KINDS, STUDY_ATTACKS, TARGETS
 from ..errors import SpikeAdvError
 from ..records import digest_text, read_json
 from ..records.outcomes import unpack, unpack_classes, unpack_halves
@@ -150,8 +150,8 @@ def _check_row(path: Path, line: int, row: object) -> dict:
     missing = [c for c in COLUMNS if c not in row]
     if missing:
         raise SpikeAdvError(f"{where} lacks {', '.join(missing)}")
-    if row["target"] not in KINDS or row["source_kind"] not in KINDS:
-        raise SpikeAdvError(f"{where}: target/source_kind must be one of {', '.join(KINDS)}")
+    if row["target"] not in TARGETS or row["source_kind"] not in TARGETS:
+        raise SpikeAdvError(f"{where}: target/source_kind must be one of {', '.join(TARGETS)}")
     if row["scenario"] not in SCENARIOS:
         raise SpikeAdvError(f"{where}: unknown scenario {row['scenario']!r} (one of {', '.join(SCENARIOS)})")
     bad = [c for c in NUMERIC if isinstance(row[c], bool) or not isinstance(row[c], (int, float))]

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from ..config.grid import KINDS, LABEL
 from . import adaptive
-from .analysis import UNPAIRED, Conclusion, conclusions, corrected, perturbation_audit, sanity_checks
+from .analysis import UNPAIRED, Conclusion, conclusions, corrected, perturbation_audit
+from .checks import sanity_checks
 from .figures import figure2, figure3, figure4, glossary, publish, save_figure
 from .load import COLUMNS, FIG3_EPS, FIG4_STYLE, LINF_SLACK, PAPER_CLEAN, SCENARIO_TITLE, Run, fmt_eps, load_run
 from .paired import CONFIDENCE, RESAMPLES
@@ -23,6 +24,7 @@ from .tables import (
     PER_CELL,
     audit_table,
     comparison_rows,
+    controls_table,
     fig2_table,
     gradient_table,
     paper_table,
@@ -270,6 +272,7 @@ def _blocks(run: Run, found: list[Conclusion], notes: list[str], card: dict | No
         ("table", paper_table(run)),
         ("h", 2, "Fig. 2 numbers (loss, pp; lowest per row in bold; faithful SNNAdv rows marked)"),
         ("table", fig2_table(run)),
+        *_controls(run),
         ("h", 2, "Other gradient sources vs the main one"),
         ("table", gradient_table(run)),
         ("h", 2, "Perturbation audit"),
@@ -291,6 +294,20 @@ def _blocks(run: Run, found: list[Conclusion], notes: list[str], card: dict | No
         ("table", (COMPARISON_COLUMNS, comparison_rows(found))),
         *_adaptive(card, list(rejudged)),
     ]
+
+
+def _controls(run: Run) -> list[Block]:
+    """The controls' table (DESIGN section 8.5), where the run has them."""
+    table = controls_table(run)
+    if table is None:
+        return []
+    return [("h", 2, "Controls: adversarial accuracy (%) beside an ANN of each SNN's accuracy and an ANN on its input"),
+            ("p", "The accuracy-matched ANNs are the ANN's weights at the snapshot of its training whose validation "
+                  "accuracy is closest to each SNN's (Table I gives the gap); the rate-input ANN is the same network "
+                  "trained and run on the mean of SNN-II's T Poisson frames, judged like SNN-II over its encoder "
+                  "draws and attacked through its straight-through encoder. Conclusions (a') and (b') judge the "
+                  "paper's (a) and (b) against them."),
+            ("table", table)]
 
 
 def _write_text(path: Path, text: str) -> Path:

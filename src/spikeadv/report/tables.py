@@ -7,7 +7,7 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
-from ..config.grid import KINDS, LABEL
+from ..config.grid import CONTROLS, KINDS, LABEL, MATCH_WITHIN, MATCHED, TARGETS
 from .analysis import AuditRow, Conclusion, flagged, shown
 from .load import (
     FIG2_ATTACKS,
@@ -38,16 +38,53 @@ def _pm(cell: Cell | None) -> str:
 
 def table1(run: Run) -> tuple[list[str], list[list[str]]]:
     """Paper Table I: clean accuracy per kind and instance (a stochastic model's expected accuracy over its
-    encoder draws, with the std of one draw's accuracy), the paper's value beside."""
-    headers = ["Model", "Instance", "Clean accuracy (%)", "Std", "Encoder draws", "T", "Paper (%)"]
-    models = sorted(run.meta["models"], key=lambda m: (KINDS.index(m["kind"]) if m["kind"] in KINDS else 9,
+    encoder draws, with the std of one draw's accuracy), the paper's value beside; every control with it,
+    the accuracy-matched ANNs with their gap to the SNN they match on the validation split."""
+    headers = ["Model", "Instance", "Clean accuracy (%)", "Std", "Encoder draws", "T", "Validation (%)",
+               "Matched to", "Paper (%)"]
+    models = sorted(run.meta["models"], key=lambda m: (TARGETS.index(m["kind"]) if m["kind"] in TARGETS else 9,
                                                        m.get("instance", 0)))
     rows = [
         [LABEL.get(m["kind"], m["kind"]), str(m.get("instance", "—")), _num(m.get("clean_acc"), 2),
-         _num(m.get("clean_std"), 2), str(m.get("draws", m.get("repeats", "—"))), "—" if m.get("T") is None else str(m["T"]),
-         _num(PAPER_CLEAN.get(m["kind"]), 1)]
+         _num(m.get("clean_std"), 2), str(m.get("draws", m.get("repeats", "—"))), _steps(m),
+         _num(m.get("val_acc"), 2), _matched(m), _num(PAPER_CLEAN.get(m["kind"]), 1)]
         for m in models
     ]
+    return headers, rows
+
+
+def _steps(model: dict) -> str:
+    """A model's T, and its input where it is not the paper's Poisson rate coding."""
+    if model.get("T") is None:
+        return "—"
+    return f"{model['T']} (direct input)" if model.get("encoding") == "direct" else str(model["T"])
+
+
+def _matched(model: dict) -> str:
+    """An accuracy-matched ANN's match: the SNN, the gap in validation accuracy and whether it is within
+    the rule's tolerance."""
+    m = model.get("matched")
+    if not m:
+        return "—"
+    within = "" if m["matched"] else f", **not within {MATCH_WITHIN:g} pp**"
+    return f"{LABEL[MATCHED[model['kind']]]} ({m['gap']:+.2f} pp, epoch {m['epoch']:g}{within})"
+
+
+def controls_table(run: Run) -> tuple[list[str], list[list[str]]] | None:
+    """Adversarial accuracy (%, the primary metric) of each SNN beside the ANN and the controls, per
+    attack, scenario and eps of Fig. 2 (None for a run without controls)."""
+    present = {t for t, *_ in run.cells}
+    targets = [t for t in TARGETS if t in present]
+    if not set(CONTROLS) & present:
+        return None
+    headers = ["Attack", "Scenario", "eps", *(LABEL[t] for t in targets)]
+    rows, bad = [], flagged(run)
+    for attack, steps, title in FIG2_ATTACKS:
+        for scenario in SCENARIOS:
+            for eps in FIG2_EPS:
+                cells = [shown(run, bad, t, scenario, attack, eps, steps)[0] for t in targets]
+                rows.append([title, SCENARIO_TITLE[scenario], fmt_eps(eps),
+                             *("—" if c is None else f"{c.adv_acc:.1f}" for c in cells)])
     return headers, rows
 
 

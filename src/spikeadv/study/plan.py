@@ -3,9 +3,10 @@ Table III; DESIGN section 2 "Scenarios") and the content addresses and seeds der
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from ..config.grid import ITERATIVE, KINDS
+from ..config.grid import CONTROLS, ITERATIVE, KINDS, MATCH_WITHIN, MATCHED, TARGETS
 from ..config.presets import Preset, StudyConfig, as_dict
 from ..records.provenance import __version__, canonical
 
@@ -39,8 +40,16 @@ class Job:
 
 
 def main_gradients(study: StudyConfig) -> dict[str, str]:
-    """The paper's gradient per source kind: exact for the ANN, SNNAdv (Algorithm 2) for SNNs."""
-    return {k: "ann" if k == "ann" else study.gradients[0] for k in KINDS}
+    """The paper's gradient per source kind: exact for the ANN, SNNAdv (Algorithm 2) for SNNs; for the
+    controls (whitebox only) their exact gradient: the accuracy-matched ANNs' own, and through the
+    noise-matched ANN's straight-through encoder (``bptt``: there are no spikes to differentiate)."""
+    return {**{k: "ann" if k == "ann" else study.gradients[0] for k in KINDS},
+            **{c: "bptt" if c == "ann-rate" else "ann" for c in CONTROLS}}
+
+
+def targets_of(study: StudyConfig) -> tuple[str, ...]:
+    """The study's targets: the three kinds, and the controls beside them unless ``study.controls`` is off."""
+    return TARGETS if study.controls else KINDS
 
 
 def bounded_kinds(preset: Preset) -> frozenset[str]:
@@ -61,8 +70,12 @@ def grid(study: StudyConfig, bounded: frozenset[str] = frozenset()) -> list[Job]
       eps-bounded SNNAdv (the faithful one perturbs the rate image, DESIGN "Gradient sources"), except
       for the ``bounded`` kinds, whose faithful SNNAdv is eps-bounded already;
     - every further gradient source (e.g. BPTT): FGSM and 2-step I-FGSM at ``extra_eps``, whitebox on
-      each SNN."""
+      each SNN;
+    - with ``controls``: each control (DESIGN section 8.5) a target of every blackbox set of Figs. 2/3
+      and attacked whitebox with its exact gradient on the same attacks and eps, so every SNN-vs-ANN
+      comparison is also made against the ANN of the SNN's accuracy and the ANN on its input noise."""
     wanted: dict[tuple, set[str]] = {}
+    everyone = targets_of(study)
 
     def add(source: str, instance: int, gradient: str, attack: str, steps: int, eps: int, targets) -> None:
         wanted.setdefault((source, instance, gradient, attack, eps, steps), set()).update(targets)
@@ -72,11 +85,15 @@ def grid(study: StudyConfig, bounded: frozenset[str] = frozenset()) -> list[Job]
                 else (main[k],) for k in KINDS}
     for kind in KINDS:
         for gradient in variants[kind]:
-            for instance, targets in ((0, (kind,)), (1, KINDS)):
+            for instance, targets in ((0, (kind,)), (1, everyone)):
                 for attack in study.attacks:
                     for eps in study.eps:
                         add(kind, instance, gradient, attack, study.steps if attack in ITERATIVE else 1,
                             eps, targets)
+    for control in everyone[len(KINDS):]:
+        for attack in study.attacks:
+            for eps in study.eps:
+                add(control, 0, main[control], attack, study.steps if attack in ITERATIVE else 1, eps, (control,))
     for kind, instance in (("snn2", 0), ("snn2", 1), ("ann", 1)):
         for gradient in variants[kind]:
             for attack in ("ifgsm", "tifgsm"):
@@ -90,7 +107,7 @@ def grid(study: StudyConfig, bounded: frozenset[str] = frozenset()) -> list[Job]
             for attack, steps in EXTRA_ATTACKS:
                 for eps in study.extra_eps:
                     add(kind, 0, gradient, attack, steps, eps, (kind,))
-    return [Job(*key[:3], key[3], key[4], key[5], tuple(t for t in KINDS if t in targets))
+    return [Job(*key[:3], key[3], key[4], key[5], tuple(t for t in TARGETS if t in targets))
             for key, targets in wanted.items()]
 
 
@@ -108,26 +125,36 @@ class Task:
     cost: float = 1.0
 
 
-def model_recipe(kind: str, preset: Preset, seed: int, data: tuple[str, str]) -> dict:
-    """What determines a trained model's weights (ann, snn2): the network, its training, the seed and the
-    digests of the training and test data. SNN-I's recipe adds its parent's content hash at run time."""
-    net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.width, "dropout": preset.dropout,
-           "batchnorm": preset.batchnorm, "train": as_dict(preset.ann)}
+def model_recipe(kind: str, preset: Preset, seed: int, data: tuple[str, ...]) -> dict:
+    """What determines a model's weights: for a trained kind (ann, snn2, ann-rate) the network, its
+    training, the seed and the digests of the training part, validation part and test images; SNN-I's
+    recipe (conversion, seed) and the accuracy-matched ANN's (its rule) add their parents' content
+    hashes at run time."""
+    net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.width}
+    if kind == "snn1":
+        return canonical({"kind": kind, "convert": as_dict(preset.snn1), "after_pool": preset.spike_after_pool,
+                          "seed": seed, "data": list(data)})
+    if kind in MATCHED:
+        return canonical({"kind": kind, "to": MATCHED[kind], "within": MATCH_WITHIN, "data": list(data)})
     if kind == "snn2":
-        net = {"dataset": preset.dataset, "spec": preset.spec, "width": preset.snn2.width or preset.width,
-               "snn2": as_dict(preset.snn2)}
+        net.update(snn2=as_dict(preset.snn2), after_pool=preset.spike_after_pool)
+    else:
+        net.update(dropout=preset.dropout, batchnorm=preset.batchnorm, train=as_dict(preset.ann))
+    if kind == "ann-rate":
+        net.update(train=as_dict(dataclasses.replace(preset.ann, snapshots=0)), rate=as_dict(preset.spiking(kind)))
     return canonical({"kind": kind, **net, "seed": seed, "data": list(data)})
 
 
 def _forward(preset: Preset) -> dict[str, float]:
     """The cost of one image's forward pass per kind, in ANN forwards: an SNN runs T timesteps."""
-    return {"ann": 1.0, "snn1": float(preset.study.snn1_T or preset.snn1.T), "snn2": float(preset.snn2.T)}
+    return {"snn1": float(preset.study.snn1_T or preset.snn1.T), "snn2": float(preset.snn2.T),
+            **{k: 1.0 for k in ("ann", *CONTROLS)}}
 
 
 def draws_of(preset: Preset, kind: str) -> int:
-    """Forward passes per judged image: ``study.draws`` (K) for Poisson-coded SNNs, one otherwise."""
-    encoding = {"ann": None, "snn1": preset.snn1.encoding, "snn2": preset.snn2.encoding}[kind]
-    return preset.study.draws if encoding == "poisson" else 1
+    """Forward passes per judged image: ``study.draws`` (K) for Poisson-coded models, one otherwise."""
+    snn = preset.spiking(kind)
+    return preset.study.draws if snn is not None and snn.encoding == "poisson" else 1
 
 
 def cost(job: Job, forward: dict[str, float], draws: dict[str, int], images: int) -> float:
@@ -149,26 +176,29 @@ def cell_recipe(job: Job, study: StudyConfig, labels: str) -> dict:
                       "version": __version__})
 
 
-def plan(preset: Preset, data: tuple[str, str], train_images: int, labels: str) -> list[Task]:
+def plan(preset: Preset, data: tuple[str, ...], train_images: int, labels: str) -> list[Task]:
     """The study's task graph in an order that respects its dependencies (``data``: the digests of the
-    training and test sets; ``labels``: of the attacked images' labels): per instance (one per preset
-    seed) train the ANN, train SNN-II, convert SNN-I from the ANN; the clean predictions of every
-    model; then one cell per job of :func:`grid` (its recipe: :func:`cell_recipe`), after its source,
-    its targets and their clean predictions. Every recipe is made here, once."""
+    training part, validation part and test images; ``labels``: of the attacked images' labels): per
+    instance (one per preset seed) train the ANN, SNN-II and the noise-matched ANN, convert SNN-I from
+    the ANN, choose the ANN snapshots matched to each SNN's validation accuracy; the clean predictions
+    of every model; then one cell per job of :func:`grid` (its recipe: :func:`cell_recipe`), after its
+    source, its targets and their clean predictions. Every recipe is made here, once."""
     study, images, forward = preset.study, preset.study.images, _forward(preset)
-    draws = {k: draws_of(preset, k) for k in KINDS}
-    train = {"ann": preset.ann.epochs * 3.0, "snn2": preset.snn2.train.epochs * 3.0 * forward["snn2"]}
+    kinds = targets_of(study)
+    draws = {k: draws_of(preset, k) for k in kinds}
+    train = {"ann": preset.ann.epochs * 3.0, "ann-rate": preset.ann.epochs * 3.0,
+             "snn2": preset.snn2.train.epochs * 3.0 * forward["snn2"]}
     out: list[Task] = []
     for instance, seed in enumerate(preset.seeds):
-        for kind in ("ann", "snn2"):
-            out.append(Task(f"{kind}{instance}", "model", {"kind": kind, "instance": instance, "seed": seed,
-                                                        "model": model_recipe(kind, preset, seed, data)},
-                            cost=train[kind] * train_images))
-        snn1 = canonical({"kind": "snn1", "convert": as_dict(preset.snn1), "seed": seed})  # + its parent's hash
-        out.append(Task(f"snn1{instance}", "model", {"kind": "snn1", "instance": instance, "seed": seed, "model": snn1},
-                        (f"ann{instance}",), cost=preset.snn1.images * forward["snn1"]))
+        def task(kind: str, deps: tuple[str, ...] = (), cost: float = 0.0) -> Task:
+            recipe = {"kind": kind, "instance": instance, "seed": seed, "model": model_recipe(kind, preset, seed, data)}
+            return Task(f"{kind}{instance}", "model", recipe, tuple(f"{d}{instance}" for d in deps), cost)
+
+        out += [task(kind, cost=train[kind] * train_images) for kind in ("ann", "snn2", "ann-rate") if kind in kinds]
+        out.append(task("snn1", ("ann",), preset.snn1.images * forward["snn1"]))  # recipe + its parent's hash
+        out += [task(kind, ("ann", snn)) for kind, snn in MATCHED.items() if kind in kinds]  # + their parents'
     out += [Task(f"clean/{kind}{i}", "clean", {"model": f"{kind}{i}"}, (f"{kind}{i}",),
-                 draws[kind] * images * forward[kind]) for i in range(len(preset.seeds)) for kind in KINDS]
+                 draws[kind] * images * forward[kind]) for i in range(len(preset.seeds)) for kind in kinds]
     for job in grid(study, bounded_kinds(preset)):
         deps = (f"{job.source}{job.instance}", *(f"{t}0" for t in job.targets), *(f"clean/{t}0" for t in job.targets))
         out.append(Task(f"cell/{job}", "cell", cell_recipe(job, study, labels), tuple(dict.fromkeys(deps)),

@@ -115,7 +115,7 @@ def lock(out: Path) -> Iterator[bool]:
 
 def load_model(run_dir: Path, kind: str, instance: int = 0, device: torch.device | str | None = None,
                cls: type[Trained] = Trained) -> Trained:
-    """Model ``kind`` (ann, snn1, snn2), instance 0 or 1, of a study's run directory, on ``device``,
+    """Model ``kind`` (ann, snn1, snn2 or a control), instance 0 or 1, of a study's run directory, on ``device``,
     with the T the study ran it at; refused if its file is not the one the run recorded."""
     record = Path(run_dir) / "run.json"
     try:
@@ -134,7 +134,7 @@ def load_model(run_dir: Path, kind: str, instance: int = 0, device: torch.device
     if not found:
         have = ", ".join(f"{m.get('kind')} {m.get('instance')}" for m in entries)
         raise SpikeAdvError(f"{run_dir} has no model {kind} instance {instance} (it has: {have})")
-    model = cls.load(Path(run_dir) / found[0]["path"], T=found[0].get("T"), device=device, instance=instance)
+    model = cls.load(Path(run_dir) / found[0]["path"], T=found[0].get("T"), device=device, kind=kind, instance=instance)
     if found[0].get("sha256", model.sha256) != model.sha256:
         raise SpikeAdvError(f"{model.path} is not the model {record} recorded (its digest differs); "
                             "rerun the study to rebuild it")

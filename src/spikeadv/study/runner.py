@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import data
+from ..config.grid import KINDS, MATCHED
 from ..config.presets import Preset
 from ..errors import SpikeAdvError
 from ..models.neurons import backend_on
@@ -19,7 +20,7 @@ from ..records import atomic_write, digest_text, read_record, write_json
 from ..records.provenance import command_line, digest, versions
 from . import executors
 from .executors import Executor
-from .plan import bounded_kinds, main_gradients, plan
+from .plan import bounded_kinds, main_gradients, plan, targets_of
 from .rundir import check_layout, identity, lock, open_run
 
 
@@ -34,7 +35,8 @@ class Stages:
 
 
 
-STAGE = {"ann": "train ANN", "snn2": "train SNN-II", "snn1": "convert SNN-I"}
+STAGE = {"ann": "train ANN", "snn2": "train SNN-II", "snn1": "convert SNN-I", "ann-rate": "train ANN (rate input)",
+         **{k: "match ANN" for k in MATCHED}}
 
 
 Report = Callable[[Path], list[Path]]  # writes a run directory's report, returns its files
@@ -69,35 +71,33 @@ def run(preset: Preset, out: Path, report: Report, root: Path | None = None, log
         return _run(preset, out, report, root, log, can_write, meta, executor, datasets)
 
 
-def _datasets(preset: Preset, root: Path | None, log: Callable[[str], None]) -> tuple[data.Dataset, data.Dataset]:
-    """The preset's training and test sets (prepared if they can be), refused where the study asks for
-    more test images than there are: all before the run directory is touched."""
+def _datasets(preset: Preset, root: Path | None, log: Callable[[str], None]) -> data.Splits:
+    """The preset's training part, validation part and test images (prepared if they can be), refused
+    where the study asks for more test images than there are: all before the run directory is touched."""
     data.ensure(preset.dataset, root, log)
-    train_ds = data.load(preset.dataset, "train", root)
-    test_ds = data.load(preset.dataset, "test", root)
-    test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
-    if preset.study.images > len(test_ds):
-        raise SpikeAdvError(f"study.images = {preset.study.images} exceeds the {len(test_ds)} test images of the preset")
-    return train_ds, test_ds
+    splits = data.splits(preset.dataset, preset.validation, preset.test_subset, root)
+    if preset.study.images > len(splits.test):
+        raise SpikeAdvError(f"study.images = {preset.study.images} exceeds the {len(splits.test)} test images of the preset")
+    return splits
 
 
 def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Callable[[str], None], can_write: bool,
-         meta: dict, executor: Executor, datasets: tuple[data.Dataset, data.Dataset]) -> list[Path]:
+         meta: dict, executor: Executor, datasets: data.Splits) -> list[Path]:
     call = time.perf_counter()
     study = preset.study
-    train_ds, test_ds = datasets
-    y = test_ds.labels[:study.images].long()
+    y = datasets.test.labels[:study.images].long()
+    parts = {"train": datasets.train, "validation": datasets.validation, "test": datasets.test}
     device = executor.device or str(executors.driver_device(executor))  # where the tasks compute
     record = {**identity(preset), "gradients": main_gradients(study), "eps_bounded_snnadv": sorted(bounded_kinds(preset)),
               "labels": digest(y.tolist()), "versions": versions(),
-              "command": command_line(), "data": {"train": train_ds.digest, "test": test_ds.digest},
+              "command": command_line(), "data": {k: v.digest for k, v in parts.items()} | {"validation_images": len(datasets.validation)},
               "executor": {"kind": executor.kind, "address": executor.address, "threads": executor.threads,
                            "device": device, "neurons": backend_on(device)},
               "models": meta.get("models", []), "stages": meta.get("stages", {}), "complete": False}
     save = write_json if can_write else (lambda path, value: None)
     save(out / "run.json", record)  # first: every task reads the preset from it
 
-    todo = plan(preset, (train_ds.digest, test_ds.digest), len(train_ds), record["labels"])
+    todo = plan(preset, tuple(v.digest for v in parts.values()), len(datasets.train), record["labels"])
     log(f"{len(todo)} tasks on {executor.describe()}")
     start = time.perf_counter()
     results = executors.run_plan(todo, out, root, executor, can_write, log)
@@ -108,7 +108,7 @@ def _run(preset: Preset, out: Path, report: Report, root: Path | None, log: Call
         elif task.kind == "clean":
             stages.add("clean eval", results[task.name]["seconds"])
     record["models"] = [results[f"clean/{kind}{i}"]["entry"] for i in range(len(preset.seeds))
-                        for kind in ("ann", "snn2", "snn1")]
+                        for kind in ("ann", "snn2", "snn1", *targets_of(study)[len(KINDS):])]
     log("clean accuracy: " + ", ".join(f"{m['kind']}{m['instance']} {m['clean_acc']:.1f}%" for m in record["models"])
         + f" on {len(y)} test images")
     cells = [results[t.name] for t in todo if t.kind == "cell"]

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 
 from .. import data, runtime
+from ..config.grid import MATCHED
 from ..config.presets import Preset, recorded
 from ..errors import SpikeAdvError
+from ..models.kinds import fit, match, validation_accuracy
 from ..models.network import Network
 from ..models.neurons import backend_on
 from ..models.trained import Trained, load_network, model_digest, spiking
@@ -34,18 +36,17 @@ from .plan import Job, Task
 @dataclass
 class Context:
     """What every task of one run shares, loaded once per process: the preset (from run.json), the
-    device, the data, the attacked test images, their labels and the paper's random targets (the
-    last three on the device)."""
+    device, the data (training part, validation part, test images), the attacked test images, their
+    labels and the paper's random targets (the last three on the device)."""
 
     preset: Preset
     device: torch.device
-    train_ds: data.Dataset
-    test_ds: data.Dataset
+    data: data.Splits
     x: Tensor
     y: Tensor
     goal: Tensor
     labels: str
-    models: dict[str, tuple[tuple[int, int], Trained]] = field(default_factory=dict)
+    models: dict[str, tuple[tuple[int, int], Trained]] = field(default_factory=dict)  # by kind and file
     clean: dict[str, list[Tensor]] = field(default_factory=dict)  # by file: named by digest, never rewritten
 
 
@@ -58,12 +59,12 @@ def context(out: Path, root: Path | None, device: torch.device) -> Context:
     key = (str(out.resolve()), str(root), json.dumps(preset_json, sort_keys=True), str(device))
     if key not in _context:
         preset = recorded(preset_json)
-        train_ds, test_ds = data.load(preset.dataset, "train", root), data.load(preset.dataset, "test", root)
-        test_ds = test_ds.subset(preset.test_subset) if preset.test_subset else test_ds
-        x, y = data.to_float(test_ds.images[:preset.study.images]), test_ds.labels[:preset.study.images].long()
-        goal = compute.random_targets(y, test_ds.info.classes, preset.study)  # from the CPU labels: data
+        splits = data.splits(preset.dataset, preset.validation, preset.test_subset, root)
+        test = splits.test
+        x, y = data.to_float(test.images[:preset.study.images]), test.labels[:preset.study.images].long()
+        goal = compute.random_targets(y, test.info.classes, preset.study)  # from the CPU labels: data
         _context.clear()
-        _context[key] = Context(preset, device, train_ds, test_ds, x.to(device), y.to(device), goal.to(device),
+        _context[key] = Context(preset, device, splits, x.to(device), y.to(device), goal.to(device),
                                 digest(y.tolist()))
     return _context[key]
 
@@ -93,24 +94,27 @@ def _model(ctx: Context, out: Path, built: dict) -> Trained:
     path = out / built["path"]
     stat = path.stat()
     version = (stat.st_mtime_ns, stat.st_size)
-    cached = ctx.models.get(built["path"])
+    key = f"{built['kind']}:{built['path']}"  # two kinds may run one file (an accuracy-matched ANN, a snapshot)
+    cached = ctx.models.get(key)
     if cached is None or cached[0] != version:
         net, meta = load_network(path, ctx.device)
         snn = spiking(meta, T=ctx.preset.study.snn1_T if built["kind"] == "snn1" else None)
         model = Trained(built["kind"], built["instance"], net, snn, path, model_digest(net, meta), meta)
         if model.sha256 != built["sha256"]:
             raise SpikeAdvError(f"{path} changed while the study ran (its content hash differs); rerun the study")
-        ctx.models[built["path"]] = cached = (version, model)
+        ctx.models[key] = cached = (version, model)
     return cached[1]
 
 
 def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
            log: Callable[[str], None]) -> dict:
-    """Train (ann, snn2) or convert (snn1, from its ANN) one model, or reuse its checkpoint."""
+    """Train (ann, snn2, ann-rate) or convert (snn1, from its ANN) one model, or reuse its checkpoint;
+    or choose an accuracy-matched ANN (:func:`_matched`)."""
     from ..models.convert import convert_file
-    from ..models.train import fit
 
     kind, instance, seed = task.recipe["kind"], task.recipe["instance"], task.recipe["seed"]
+    if kind in MATCHED:
+        return _matched(task, out, deps)
     parent = deps.get(f"ann{instance}") if kind == "snn1" else None
     recipe = {**task.recipe["model"], "parent": parent["sha256"]} if parent else task.recipe["model"]
     path = out / "models" / f"{task.name}-{digest(recipe)}.safetensors"
@@ -121,18 +125,31 @@ def _build(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
     elif not can_write:
         raise SpikeAdvError(f"{out} is read-only and {path.name} needs building; make it writable or pass another --out")
     elif parent:
-        convert_file(out / parent["path"], ctx.preset, ctx.train_ds, ctx.test_ds, seed, path, recipe=recipe,
-                     device=ctx.device)
+        convert_file(out / parent["path"], ctx.preset, ctx.data, seed, path, recipe=recipe, device=ctx.device)
     else:
-        fit(kind, ctx.preset, seed, path, ctx.train_ds, ctx.test_ds, resume=True, log=log, recipe=recipe,
-            device=ctx.device)
+        fit(kind, ctx.preset, seed, path, ctx.data, resume=True, log=log, recipe=recipe, device=ctx.device)
     net, meta = load_network(path, "cpu")  # for its digest: wherever the tasks compute
-    test_acc = [m["test_acc"] for m in meta.get("metrics", []) if "test_acc" in m]
     return {"kind": kind, "instance": instance, "path": str(path.relative_to(out)), "reused": reused,
             "sha256": model_digest(net, meta), "seed": meta.get("seed"),
             "seconds": meta["seconds"] if parent else sum(m["seconds"] for m in meta["metrics"]),
-            "checkpoint_test_acc": test_acc[-1] if test_acc else None,
+            "val_acc": validation_accuracy(meta), "snapshots": meta.get("snapshots", []),
             "augmentation": parent["augmentation"] if parent else meta.get("augmentation")}
+
+
+def _matched(task: Task, out: Path, deps: dict[str, dict]) -> dict:
+    """The accuracy-matched ANN of one instance (:func:`spikeadv.models.kinds.match`): the ANN's snapshot
+    whose validation accuracy is closest to its SNN's, chosen from the two checkpoints' records alone."""
+    kind, instance = task.recipe["kind"], task.recipe["instance"]
+    ann, snn = deps[f"ann{instance}"], deps[f"{MATCHED[kind]}{instance}"]
+    chosen = match(ann["snapshots"], snn["val_acc"])
+    path = (out / ann["path"]).with_name(Path(ann["path"]).stem + ".snapshots") / chosen["path"]
+    net, meta = load_network(path, "cpu")
+    if meta.get("snapshot", {}).get("step") != chosen["step"]:
+        raise SpikeAdvError(f"{path} is not the snapshot its ANN recorded; rerun the study in a fresh run directory")
+    return {"kind": kind, "instance": instance, "path": str(path.relative_to(out)), "reused": True,
+            "sha256": model_digest(net, meta), "seed": meta.get("seed"), "seconds": 0.0,
+            "val_acc": chosen["val_acc"], "snapshots": [], "augmentation": ann["augmentation"],
+            "matched": {k: chosen[k] for k in ("to", "gap", "matched", "step", "epoch")} | {"snn": snn["path"]}}
 
 
 def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write: bool,
@@ -147,7 +164,8 @@ def _clean(task: Task, ctx: Context, out: Path, deps: dict[str, dict], can_write
         "kind": model.kind, "instance": model.instance, "clean_acc": round(100.0 * p.mean().item(), 3),
         "clean_std": round(100.0 * math.sqrt((p * (1 - p)).sum().item()) / len(p), 3), "draws": draws,
         "T": model.snn.T if model.snn else None, "images": len(ctx.y), "path": built["path"],
-        "sha256": model.sha256, "seed": built["seed"], "checkpoint_test_acc": built["checkpoint_test_acc"],
+        "sha256": model.sha256, "seed": built["seed"], "val_acc": built["val_acc"],
+        **({"matched": built["matched"]} if "matched" in built else {}),
         "build_seconds": round(built["seconds"], 1), "encoding": model.snn.encoding if model.snn else None,
         "augmentation": built["augmentation"],
         "clean_correct": [outcomes.pack((p >= 0.5).cpu().numpy())],
