@@ -68,11 +68,11 @@ def _ann_and_images(reference, n=40):
 def test_worst_case_is_never_above_any_pair_alone_and_records_the_winner(reference):
     ann, x, y = _ann_and_images(reference)
     pairs = (suite.Pair("ann", "fgsm", 1), suite.Pair("ann", "apgd-ce", 5), suite.Pair("ann", "square", 40))
-    ev = units.Evaluation(units.Setting(suite.SUITES["quick"], (4,)), x, y, None)
+    ev = units.Evaluation(units.Setting(suite.SUITES["quick"], (8,)), x, y, None)  # where each pair breaks some image
 
     def run(chosen, prune):
         return suite.worst_case(chosen, x, y, lambda v, idx: ev.judge(ann, v, idx),
-                                lambda pair, xb, yb, b: ev.attack(ann, pair, xb, yb, 4, b), 16, prune)
+                                lambda pair, xb, yb, b: ev.attack(ann, pair, xb, yb, 8, b), 16, prune)
 
     every = run(pairs, prune=False)
     clean = int((every.winner != suite.WRONG_CLEAN).sum())

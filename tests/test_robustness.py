@@ -145,7 +145,7 @@ def _null_setting():
 
 def test_the_null_attack_keeps_clean_accuracy_with_common_random_numbers_and_fails_a_noisy_judge(reference):
     snn2 = Model.from_run(reference, "snn2")
-    _, _, x, y, _ = evaluation.targets(reference, 256, None)
+    _, _, x, y, _ = evaluation.targets(reference, 500, None)  # every synthetic test image: the check's margin is smallest
     setting = _null_setting()
     honest = units.Evaluation(setting, x, y, None, log=lambda line: None)
     clean = honest.accuracy(snn2, x)

@@ -32,9 +32,10 @@ def ann(tmp_path_factory):
     info = load("synthetic", "test").info
     net = Network(preset.spec, 3, info.mean, info.std, batchnorm=True, dropout=0.0)
     out = tmp_path_factory.mktemp("snn") / "ann-seed0.safetensors"
-    net, _ = train(net, load("synthetic", "train"), load("synthetic", "test"), preset.ann, seed=0, out=out,
-                   meta={"kind": "ann", "data": {"dataset": "synthetic", "train": load("synthetic", "train").digest,
-                                                  "test": load("synthetic", "test").digest}},
+    held = splits("synthetic", preset.validation)
+    net, _ = train(net, held.train, held.validation, preset.ann, seed=0, out=out,
+                   meta={"kind": "ann", "data": {"dataset": "synthetic", "train": held.train.digest,
+                                                  "test": held.test.digest}},
                    log=lambda s: None)
     return net, out
 

@@ -1,5 +1,6 @@
 """The study end to end on the smoke preset: every artifact, reuse, kill -9 resume, bad input."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from spikeadv import cli, records, study
-from spikeadv.config.grid import KINDS
+from spikeadv.config.grid import CONTROLS, KINDS, MATCHED, SNNS, TARGETS
 from spikeadv.config.presets import StudyConfig, get_preset, recorded
 from spikeadv.config.spiking import Spiking
 from spikeadv.data import load
@@ -48,18 +49,23 @@ def test_grid_follows_table_iii():
             assert j.targets == (j.source,) and j.scenario() == "whitebox"
         else:
             assert j.scenario() == f"bb-{j.source}"
-    fig2 = [(j.attack, j.steps) for j in jobs if j.gradient in ("ann", "snnadv") and j.eps in cfg.eps]
-    for attack, steps, _ in FIG2_ATTACKS:  # every Fig. 2 row, from all six models, on all targets
+    fig2 = [(j.attack, j.steps) for j in jobs if j.gradient in ("ann", "snnadv") and j.eps in cfg.eps
+            and j.source in KINDS]
+    for attack, steps, _ in FIG2_ATTACKS:  # every Fig. 2 row, from all six models, on all targets and controls
         for kind in KINDS:
             (bb,) = [j for j in jobs if (j.source, j.instance, j.attack, j.steps, j.eps) == (kind, 1, attack, steps, 8)
                      and j.gradient in ("ann", "snnadv")]
-            assert bb.targets == KINDS
+            assert bb.targets == TARGETS
         assert fig2.count((attack, steps)) == 6 * len(cfg.eps)
+        for control in CONTROLS:  # each control attacked whitebox with its exact gradient, on itself
+            (wb,) = [j for j in jobs if (j.source, j.attack, j.steps, j.eps) == (control, attack, steps, 8)]
+            assert (wb.instance, wb.targets, wb.gradient) == (0, (control,), "bptt" if control == "ann-rate" else "ann")
+    assert {t for j in study.grid(dataclasses.replace(cfg, controls=False)) for t in j.targets} == set(KINDS)
     fig4 = {(j.source, j.instance, j.attack, j.steps, j.eps) for j in jobs if "snn2" in j.targets}
     for source in (("snn2", 0), ("snn2", 1), ("ann", 1)):
         for attack in ("ifgsm", "tifgsm"):
             assert {(*source, attack, k, e) for k in cfg.fig4_steps for e in cfg.fig4_eps} <= fig4
-    bptt = [j for j in jobs if j.gradient == "bptt"]
+    bptt = [j for j in jobs if j.gradient == "bptt" and j.source in KINDS]
     assert {(j.source, j.attack, j.eps) for j in bptt} == {
         (k, a, e) for k in ("snn1", "snn2") for a in ("fgsm", "ifgsm") for e in cfg.extra_eps}
     assert all(j.instance == 0 for j in bptt)
@@ -71,7 +77,7 @@ def test_grid_follows_table_iii():
     assert {j.source for j in direct if j.gradient == "snnadv-clean"} == {"snn2"}
     assert len(direct) == len(jobs) - len([k for k in clean if k[0] == "snn1"])
     # the first gradient source is the paper's; without further ones no BPTT job is made
-    assert not [j for j in study.grid(StudyConfig(gradients=("snnadv",))) if j.gradient != "snnadv" and j.source != "ann"]
+    assert not [j for j in study.grid(StudyConfig(gradients=("snnadv",))) if j.gradient != "snnadv" and j.source in SNNS]
 
 
 def test_only_poisson_coded_snns_are_judged_on_several_draws():
@@ -95,11 +101,12 @@ def test_smoke_run_writes_every_artifact(reference):
     meta = json.loads((reference / "run.json").read_text())
     assert meta["complete"] and meta["version"] and meta["preset"]["name"] == "smoke"
     assert sorted((m["kind"], m["instance"]) for m in meta["models"]) == sorted(
-        (k, i) for k in KINDS for i in (0, 1))
+        (k, i) for k in TARGETS for i in (0, 1))
     for m in meta["models"]:
         assert (reference / m["path"]).is_file() and len(m["sha256"]) == 64
-        assert 0 <= m["clean_acc"] <= 100 and m["draws"] == (1 if m["kind"] == "ann" else SMOKE.study.draws)
-        assert m["T"] == {"ann": None, "snn1": SMOKE.snn1.T, "snn2": SMOKE.snn2.T}[m["kind"]]
+        deterministic = m["kind"] in ("ann", *MATCHED)
+        assert 0 <= m["clean_acc"] <= 100 and m["draws"] == (1 if deterministic else SMOKE.study.draws)
+        assert m["T"] == (None if deterministic else SMOKE.spiking(m["kind"]).T)
     assert {"train ANN", "train SNN-II", "convert SNN-I", "clean eval", "craft", "evaluate"} <= set(meta["stages"])
     rows = [json.loads(line) for line in (reference / "results.jsonl").read_text().splitlines()]
     assert len(rows) == expected_rows(SMOKE.study)

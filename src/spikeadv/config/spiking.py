@@ -53,7 +53,8 @@ class Spiking:
         if not 0 < self.leak <= 1:
             raise SpikeAdvError(f"leak must be in (0, 1], got {self.leak}")
         if self.neuron in ("if", "rate") and self.leak != 1:
-            raise SpikeAdvError(f"{self.neuron} neurons have no leak (leak = 1); use neuron=lif for leak {self.leak}")
+            raise SpikeAdvError(f"{'IF neurons have' if self.neuron == 'if' else 'the rate model has'} no leak "
+                                f"(leak = 1); use neuron=lif for leak {self.leak}")
         if self.reset not in RESETS:
             raise SpikeAdvError(f"reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
         if self.reset == "signed" and self.neuron != "if":

@@ -338,9 +338,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     written = [
         _write_text(out / "table1.md", _md([("table", table1(run))])),
         _write_text(out / "table1.csv", to_csv(
-            ["kind", "instance", "clean_acc", "clean_std", "draws", "T", "paper_clean_acc"],
+            ["kind", "instance", "clean_acc", "clean_std", "draws", "T", "encoding", "val_acc", "matched_gap",
+             "matched_within", "paper_clean_acc"],
             ([m["kind"], m.get("instance"), m.get("clean_acc"), m.get("clean_std"), m.get("draws", m.get("repeats")), m.get("T"),
-              PAPER_CLEAN.get(m["kind"])] for m in run.meta["models"]))),
+              m.get("encoding"), m.get("val_acc"), (m.get("matched") or {}).get("gap"),
+              (m.get("matched") or {}).get("matched"), PAPER_CLEAN.get(m["kind"])] for m in run.meta["models"]))),
         _write_text(out / "results.csv", to_csv(COLUMNS, ([r[c] for c in COLUMNS] for r in run.rows))),
         _write_text(out / "comparisons.csv", to_csv([*COMPARISON_COLUMNS, PER_CELL], comparison_rows(found, False))),
     ]
