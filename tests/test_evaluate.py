@@ -20,7 +20,7 @@ from spikeadv.errors import SpikeAdvError
 from spikeadv.records import outcomes
 from spikeadv.study import evaluation, units
 
-QUICK = ["--suite", "quick", "--images", "16", "--eps", "8/255"]
+QUICK = ["--suite", "quick", "--images", "8", "--eps", "8/255"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_evaluate_writes_a_card_rows_and_plots_for_every_model(evaluated):
     folder = evaluated / "evaluation" / "quick"
     data = card(evaluated)
     assert [c["model"]["name"] for c in data["cards"]] == ["ann0", "snn10", "snn20", "ann1", "snn11", "snn21"]
-    assert data["images"] == 16 and data["versions"]["spikeadv"] and data["labels"] and data["draws"] == 2
+    assert data["images"] == 8 and data["versions"]["spikeadv"] and data["labels"] and data["draws"] == 2
     for c in data["cards"]:
         e = c["eps"]["8"]
         assert e["worst_acc"] <= e["clean_acc"] and c["grid"] == [8.0]
@@ -172,7 +172,7 @@ def test_a_rerun_reuses_every_unit(evaluated, capsys):
 
 def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(reference, tmp_path):
     ann = reference / json.loads((reference / "run.json").read_text())["models"][0]["path"]
-    args = ["--threads", str(torch.get_num_threads()), "evaluate", str(ann), "--suite", "quick", "--images", "16",
+    args = ["--threads", str(torch.get_num_threads()), "evaluate", str(ann), "--suite", "quick", "--images", "8",
             "--eps", "4/255,8/255"]
     assert cli.main([*args, "--out", str(tmp_path / "local")]) == 0
     result = subprocess.run([sys.executable, "-m", "spikeadv", *args, "--out", str(tmp_path / "ray"),

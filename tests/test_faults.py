@@ -69,14 +69,18 @@ def test_seeds_the_study_cannot_use_are_refused_before_anything_is_written(tmp_p
 # 2. one writer per run directory -------------------------------------------------------------------
 
 def test_a_second_run_on_a_directory_in_use_refuses_at_once_and_kill_releases_the_lock(reference, copy):
-    shutil.rmtree(copy / "cells")  # the holder has a minute of crafting ahead of it
+    for cell in _cells(copy)[::20]:  # the holder has crafting ahead of it (11 cells spread over the grid)
+        cell.unlink()
+    (copy / "results.jsonl").unlink()
+    kept = len(_cells(copy))
     holder = subprocess.Popen([sys.executable, "-m", "spikeadv", "run", "--preset", "smoke", "--out", str(copy)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, lock = time.monotonic() + 120, copy / study.rundir.LOCK
-        while not lock.exists() or f"pid {holder.pid} " not in lock.read_text():
+        while not lock.exists() or f"pid {holder.pid} " not in lock.read_text() or len(_cells(copy)) == kept:
             assert holder.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
+        os.kill(holder.pid, signal.SIGSTOP)  # stopped while crafting: it holds the lock however little is left
         start = time.monotonic()
         second = spikeadv("run", "--preset", "smoke", "--out", copy)
         one_line_error(second, f"{copy} is in use by another spikeadv process (pid {holder.pid} on")
