@@ -41,7 +41,8 @@ def test_table1_and_paper_values(run_dir, written):
         for value in ("91.23", "88.76", "84.32", "89.5", "85.6", "87.1"):
             assert value in text
     csv_lines = (run_dir / "report" / "table1.csv").read_text().splitlines()
-    assert csv_lines[0] == "kind,instance,clean_acc,clean_std,draws,T,paper_clean_acc" and len(csv_lines) == 7
+    assert csv_lines[0] == ("kind,instance,clean_acc,clean_std,draws,T,encoding,val_acc,matched_gap,matched_within,"
+                            "paper_clean_acc") and len(csv_lines) == 7
     md = (run_dir / "report" / "report.md").read_text()
     assert "27.8" in md and "43.5" in md and "35.5" in md  # paper's FGSM whitebox losses at 8/255
 

@@ -28,15 +28,16 @@ from .study.rundir import load_model
 
 class Model(Trained):
     """A trained network with how it runs: ``snn`` None for an ANN, else its SNN settings (SNN-I
-    converted, paper III-A; SNN-II trained with spikes, III-B). ``kind`` is ann, snn1 or snn2;
+    converted, paper III-A; SNN-II trained with spikes, III-B). ``kind`` is ann, snn1, snn2 or a control;
     ``instance`` its index in a study (0 outside one). ``Model.load(path, T, device)`` reads a
     checkpoint spikeadv wrote."""
 
     @classmethod
     def from_run(cls, run_dir: str | Path, kind: str, instance: int = 0,
                  device: torch.device | str | None = None) -> Model:
-        """Model ``kind`` (ann, snn1, snn2), instance 0 or 1, of a study's run directory, on ``device``,
-        with the T the study ran it at; refused if its file is not the one the run recorded."""
+        """Model ``kind`` (ann, snn1, snn2, or a control: ann-acc-i, ann-acc-ii, ann-rate), instance 0 or
+        1, of a study's run directory, on ``device``, with the T the study ran it at; refused if its file
+        is not the one the run recorded."""
         return load_model(Path(run_dir), kind, instance, device, cls)
 
     @classmethod
