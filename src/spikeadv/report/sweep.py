@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from ..errors import SpikeAdvError
 from .figures import STYLE, publish, save_figure
@@ -65,6 +66,9 @@ def write(path: Path, out: Path | None = None) -> list[Path]:
                                                                [r["high"] - r["acc"] for r in got]],
                             color=color, linestyle=style, marker="o", markersize=3, capsize=2, label=label)
             ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({r["T"] for r in rows if r["T"]}), minor=False)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.set_title(f"eps = {eps}/255 (PGD, whitebox)")
             ax.set_xlabel("T (timesteps)")
         axes[0].set_ylabel("Robust accuracy (%)")
