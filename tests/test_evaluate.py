@@ -15,6 +15,7 @@ import torch
 from spikeadv import cli, report
 from spikeadv.api import Model
 from spikeadv.attack import checks, estimators, suite
+from spikeadv.config.grid import TARGETS
 from spikeadv.config.spiking import Spiking
 from spikeadv.errors import SpikeAdvError
 from spikeadv.records import outcomes
@@ -139,7 +140,7 @@ def test_checks_margin_is_one_image_or_two_standard_errors():
 def test_evaluate_writes_a_card_rows_and_plots_for_every_model(evaluated):
     folder = evaluated / "evaluation" / "quick"
     data = card(evaluated)
-    assert [c["model"]["name"] for c in data["cards"]] == ["ann0", "snn10", "snn20", "ann1", "snn11", "snn21"]
+    assert [c["model"]["name"] for c in data["cards"]] == [f"{k}{i}" for i in (0, 1) for k in TARGETS]  # and controls
     assert data["images"] == 8 and data["versions"]["spikeadv"] and data["labels"] and data["draws"] == 2
     for c in data["cards"]:
         e = c["eps"]["8"]
@@ -198,6 +199,8 @@ def test_report_judges_the_whitebox_claims_on_robustness_curves(evaluated):
     section = text[text.index("## Robustness curves and minimal perturbations"):]
     assert "suite `quick`" in section and "| snn20 | 2 draw(s) |" in section and "median eps*" in section
     assert "(b) Under whitebox attacks" in section and "(c) SNN-II" in section and "Wilcoxon" in section
+    for control in ("ANN (SNN-I acc.) vs SNN-I", "ANN (SNN-II acc.) vs SNN-II", "ANN (rate input) vs SNN-II"):
+        assert "(b') (b) against the controls" in section and control in section
     assert "2 instance pair(s)" in section and "Holm-adjusted p" in section
 
 

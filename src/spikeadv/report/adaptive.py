@@ -22,8 +22,11 @@ SHOWN_EPS = (1, 2, 4, 8)  # the robust accuracies the claims' lines quote (where
 CLAIMS = {"b": "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A): the ANN needs larger "
                "perturbations (eps*)",
           "c": "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B): SNN-II needs "
-               "larger perturbations (eps*)"}
-PAIRS = (("b", "ann", "snn1"), ("b", "ann", "snn2"), ("c", "snn2", "snn1"))  # (claim, more robust, less robust)
+               "larger perturbations (eps*)",
+          "b'": "(b) against the controls: under whitebox attacks each SNN is less robust than an ANN of its clean "
+                "accuracy and (SNN-II) than an ANN on its Poisson input: the control needs larger perturbations (eps*)"}
+PAIRS = (("b", "ann", "snn1"), ("b", "ann", "snn2"), ("c", "snn2", "snn1"),  # (claim, more robust, less robust)
+         ("b'", "ann-acc-i", "snn1"), ("b'", "ann-acc-ii", "snn2"), ("b'", "ann-rate", "snn2"))
 
 
 def load_card(run_dir: Path) -> dict | None:
@@ -94,7 +97,8 @@ def _instances(card: dict) -> dict[str, list[dict]]:
 
 
 def rejudge(card: dict) -> list[Rejudged]:
-    """Claims (b) and (c), one judgement per model pair on eps*, instance i of one kind against instance i
+    """Claims (b), (c) and (b') where the card has the controls, one judgement per model pair on eps*,
+    instance i of one kind against instance i
     of the other on the same images; intervals by a hierarchical bootstrap over those instance pairs,
     then images."""
     by_kind, out = _instances(card), []

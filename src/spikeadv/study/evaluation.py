@@ -24,7 +24,7 @@ from .. import data, runtime
 from ..attack import attacks, estimators, registry
 from ..attack import suite as suites
 from ..attack.suite import Pair, Suite, check_pairs
-from ..config.grid import KINDS, by_eps
+from ..config.grid import KINDS, TARGETS, by_eps
 from ..config.presets import Preset, from_dict
 from ..errors import SpikeAdvError
 from ..models.foreign import as_model, identified
@@ -87,8 +87,10 @@ def targets(path: Path, images: int | None, root: Path | None, device: torch.dev
         test = test.subset(preset.test_subset) if preset.test_subset else test
         instances = range(len(preset.seeds))
         x, y = _images(test, images or preset.study.images, device)
-        models = {(k, i): identified(load_model(path, k, i, device), x) for k in KINDS for i in instances}
-        evaluated = [models[(k, i)] for i in instances for k in KINDS]
+        built = {m.get("kind") for m in record.get("models", [])}
+        kinds = [k for k in TARGETS if k in KINDS or k in built]  # the three kinds and the run's controls
+        models = {(k, i): identified(load_model(path, k, i, device), x) for k in kinds for i in instances}
+        evaluated = [models[(k, i)] for i in instances for k in kinds]
         sources = {m.name: [models[(k, j)] for k in dict.fromkeys((m.kind, "ann")) for j in instances
                             if j != m.instance] for m in evaluated}
         recorded = {"batch_size": preset.study.batch_size, "bf16": preset.study.bf16, "seed": preset.study.seed,
