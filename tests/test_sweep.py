@@ -95,3 +95,11 @@ def test_the_sweep_prints_its_cost_before_it_starts(uninterrupted, tmp_path):
     cost = [sweep.estimate(get_preset("smoke", [*TINY, f"sweep.images={n}"]), splits, torch.device("cpu"))[0]
             for n in (16, 32)]
     assert 0 < cost[0] < cost[1]  # attacking and judging twice the images is more work
+
+
+def test_each_preset_sweeps_the_t_its_machine_affords():
+    """The issue's ranges: on the CPU the T that fit (SNN-II 4-12, SNN-I 16-64); on a GPU up to the
+    paper's T = 70 (SNN-II) and 2000 (SNN-I)."""
+    cpu, gpu = get_preset("cpu").sweep, get_preset("gpu").sweep
+    assert max(cpu.T) <= 12 and max(cpu.snn1_T) <= 64 and len(cpu.T) >= 3
+    assert max(gpu.T) == 70 and max(gpu.snn1_T) == 2000 and min(gpu.snn1_T) <= 16

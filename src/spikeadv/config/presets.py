@@ -180,6 +180,7 @@ PRESETS: dict[str, Preset] = {
         # activation then stays under 16 MiB and is reused from the heap; at batch 500 (65 MB) every
         # allocation comes fresh from the kernel and the SNN-I forward pass takes 6.3 s instead of 3.9 s
         study=StudyConfig(images=500, batch_size=125, bf16=True),
+        sweep=SweepConfig(),  # the T that fit a CPU: SNN-II at 4-12, SNN-I at 16-64
         notes="quarter-width VGG-9 (3x3) for every kind, averaged spikes through pooling; ANN 6 one-cycle epochs "
               "under bf16 autocast; SNN-I on direct input (a variant: the paper's is Poisson); SNN-II T = 6, "
               "8 epochs; 2,000 training images held out for validation; 500 attacked images",
