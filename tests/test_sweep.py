@@ -1,5 +1,6 @@
 """``spikeadv sweep``: robust accuracy against T and encoding, per kind; resumable, refused on bad input."""
 
+import errno
 import json
 import os
 import re
@@ -103,3 +104,22 @@ def test_each_preset_sweeps_the_t_its_machine_affords():
     cpu, gpu = get_preset("cpu").sweep, get_preset("gpu").sweep
     assert max(cpu.T) <= 12 and max(cpu.snn1_T) <= 64 and len(cpu.T) >= 3
     assert max(gpu.T) == 70 and max(gpu.snn1_T) == 2000 and min(gpu.snn1_T) <= 16
+
+
+def test_a_read_only_sweep_directory_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """Opening the directory's lock for writing fails as it does in a read-only directory (EACCES; for
+    root, who writes anywhere, emulated as tests/test_faults.py does)."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and str(path).startswith(str(out)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert cli.main(["sweep", "--preset", "smoke", *sets(TINY), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is read-only; pass another --out") and len(err.splitlines()) == 1
+    assert list(out.iterdir()) == []

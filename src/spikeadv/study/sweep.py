@@ -167,7 +167,9 @@ def run(preset: Preset, out: Path, root: Path | None = None, device: torch.devic
     test = splits.test
     x = data.to_float(test.images[:preset.sweep.images]).to(device)
     y = test.labels[:preset.sweep.images].long().to(device)
-    with lock(out):
+    with lock(out) as can_write:
+        if not can_write:
+            raise SpikeAdvError(f"{out} is read-only; pass another --out")
         ann, results = None, []
         for p in tqdm(todo, desc="sweep", unit="model", dynamic_ncols=True):
             built = _model(p, out, splits, ann, device, log)
