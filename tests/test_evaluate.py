@@ -109,7 +109,7 @@ class Quantised(torch.nn.Module):
 
 
 def _card_of(model, x, y):
-    chosen = suite.Suite("test", ann=(suite.Pair("ann", "apgd-ce", 10), suite.Pair("ann", "square", 300)),
+    chosen = suite.Suite("test", ann=(suite.Pair("ann", "apgd-ce", 10), suite.Pair("ann", "square", 1000)),
                          snn=(), poisson=(), curve_images=len(y), curve_steps=10, eps_curve=(8, 255),
                          steps_curve=(1, 10))
     return units.Evaluation(units.Setting(chosen, (8,), batch_size=64), x, y, None).card(model)
@@ -219,6 +219,14 @@ def test_report_judges_the_whitebox_claims_on_robustness_curves(evaluated):
     (["--eps", "4/255,2/255,8/255"], "strictly increasing"),
     (["--eps", "2/255,0.0078"], "strictly increasing"),
     (["--draws", "0"], "must be an integer >= 1"),
+    (["--pair", "assg:a=-0.1/sa-pgd"], "a (ASSG's bound on gradient vanishing) must be in (0, 0.5)"),
+    (["--pair", "assg:beta=1/sa-pgd"], "beta (the moments' decay) in [0, 1)"),
+    (["--pair", "bptt:alpha=-2/apgd-ce"], "alpha (surrogate sharpness) must be > 0"),
+    (["--pair", "mdse:step=0/apgd-ce"], "MDSE's trial step"),
+    (["--pair", "bptt:eot=0/apgd-ce"], "eot must be an int >= 1"),
+    (["--pair", "bptt/square/0"], "STEPS (queries for square) must be >= 1"),
+    (["--pair", "asgg/sa-pgd"], "unknown gradient estimator 'asgg'"),
+    (["--pair", "assg/sapgd"], "unknown attack 'sapgd'"),
 ])
 def test_bad_requests_are_refused_in_one_line_and_write_nothing(reference, tmp_path, capsys, args, message):
     out = tmp_path / "card"

@@ -15,7 +15,12 @@ the steps since w_{j-1} raised f, or (2) eta was not halved at w_{j-1} and f_max
 (with a target: classifies as the target), else its highest-loss point; restarts attack only the images
 not yet fooled. A stochastic source (``Source.stochastic``: Poisson input) misclassifies on one draw
 points that other draws classify right, so there every image returns its highest-loss point (on the
-cpu study's SNN-II at 8/255: 19% accuracy left instead of 39% with the first misclassified point).
+cpu study's SNN-II at 8/255: 19% accuracy left instead of 39% with the first misclassified point); its
+loss, gradient, step-size rule and best point are those of the loss averaged over ``source.draws``
+encoder draws (EOT, ``bptt:eot=20``: AutoAttack's protocol for randomised models). A proxy source
+(``Source.proxy``: SNNAdv's ANN in place of the SNN) is not the model judged, so a point that fools it
+is no success either: APGD runs all its iterations and returns the highest-loss point, which the
+caller judges on the model.
 
 Usage::
 
@@ -36,6 +41,7 @@ from .estimators import Source
 from .losses import Loss, cross_entropy, cross_entropy_targeted, dlr, dlr_targeted
 
 ALPHA, RHO = 0.75, 0.75  # momentum and the share of rising steps below which eta is halved
+TARGETS = 9  # APGD-T's target classes (AutoAttack: 9, every other class of CIFAR-10)
 Hit = Callable[[Tensor, Tensor], Tensor]  # (logits, image indices) -> which images reached the goal
 
 
@@ -86,18 +92,20 @@ def _run(source: Source, x0: Tensor, start: Tensor, labels: Tensor, eps: float, 
     return x_max, f_max, x_hit, found
 
 
-class _Search:
+class Search:
     """Per image across runs: the point to return, the highest loss seen, whether the goal was reached;
     and the trace, the mean over images of the highest loss so far after each iteration."""
 
     def __init__(self, source: Source, x0: Tensor, y: Tensor, eps: float, steps: int, restarts: int,
-                 generator: torch.Generator | None, trace: list[float] | None, norm: Norm = NORMS["linf"]) -> None:
+                 generator: torch.Generator | None, trace: list[float] | None, norm: Norm = NORMS["linf"],
+                 algorithm: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] | None = None) -> None:
         count("restarts", restarts, "runs of APGD from random starts")
         if restarts > 1 and generator is None:
             raise SpikeAdvError("APGD restarts start at random points of the eps-ball: pass a generator")
         self.source, self.x0, self.y, self.eps, self.steps, self.restarts = source, x0, y, eps, steps, restarts
-        self.trust_hits = not source.stochastic  # one draw's misclassification is no evidence
+        self.trust_hits = not (source.stochastic or source.proxy)  # one draw's or the proxy's is no evidence
         self.generator, self.trace, self.norm = generator, trace, norm
+        self.algorithm = algorithm or _run  # one run from a start: APGD's Algorithm 1, or SA-PGD
         self.adv, self.done = x0.clone(), torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         self.loss = torch.full((len(x0),), float("-inf"), device=x0.device)
 
@@ -117,7 +125,7 @@ class _Search:
             if self.trace is not None:
                 self.trace.append(self.loss.index_put((todo,), torch.maximum(self.loss[todo], f_max)).mean().item())
 
-        best, f_max, adv, found = _run(self.source, x0, start, self.y[todo], self.eps, self.steps, loss(todo),
+        best, f_max, adv, found = self.algorithm(self.source, x0, start, self.y[todo], self.eps, self.steps, loss(todo),
                                        lambda logits: hit(logits, todo) & self.trust_hits, on_step, self.norm)
         up = f_max > self.loss[todo]
         self.loss[todo] = torch.maximum(self.loss[todo], f_max)
@@ -141,7 +149,7 @@ def apgd(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *, 
     source = validate(source, x, y, eps, steps, target=target, norm=norm)
     if loss not in LOSSES:
         raise SpikeAdvError(f"unknown APGD loss {loss!r} (known: {', '.join(LOSSES)})")
-    search = _Search(source, source.base(x), y, eps, steps, restarts, generator, trace, NORMS[norm])
+    search = Search(source, source.base(x), y, eps, steps, restarts, generator, trace, NORMS[norm])
     if target is None:
         search.run(lambda i: cross_entropy if loss == "ce" else dlr, lambda logits, i: logits.argmax(1) != y[i])
     else:
@@ -150,16 +158,18 @@ def apgd(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *, 
     return search.adv
 
 
-def apgd_t(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *, targets: int = 3,
+def apgd_t(source: Source, x: Tensor, y: Tensor, eps: float, steps: int = 100, *, targets: int | None = None,
            restarts: int = 1, generator: torch.Generator | None = None, trace: list[float] | None = None) -> Tensor:
     """APGD-T of AutoAttack (Croce & Hein 2020, sec. 5): APGD on the targeted DLR loss towards each of the
     ``targets`` highest-scoring classes other than y on x0 in turn (``restarts`` runs each), attacking
-    only the images not yet misclassified; success is any misclassification."""
+    only the images not yet misclassified; success is any misclassification. ``targets`` None:
+    :data:`TARGETS`, or every other class where the model has fewer."""
     source = validate(source, x, y, eps, steps)
-    count("targets", targets, "target classes")
     x0 = source.base(x)
-    search = _Search(source, x0, y, eps, steps, restarts, generator, trace)
     scores = source.scores(x0)
+    targets = min(TARGETS, scores.shape[1] - 1) if targets is None else targets
+    count("targets", targets, "target classes")
+    search = Search(source, x0, y, eps, steps, restarts, generator, trace)
     if targets >= scores.shape[1]:
         raise SpikeAdvError(f"APGD-T targets={targets}: the model has only {scores.shape[1] - 1} classes besides y")
     ranked = scores.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)

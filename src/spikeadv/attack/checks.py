@@ -97,7 +97,7 @@ def check_card(card: dict) -> list[Check]:
         if not result.get("transfer"):
             out.append(Check("whitebox >= transfer", model, "-", None, "no transfer source (evaluate a run "
                              "directory for its second instances)"))
-    out += _null(card)
+    out += _null(card) + _converged(card)
     eot = card.get("eot")
     if eot:
         (n1, a1), (n2, a2) = sorted(((int(k), v) for k, v in eot["acc"].items()))
@@ -119,6 +119,23 @@ def _null(card: dict) -> list[Check]:
                   null["zero"] >= clean - margin1(clean, n),
                   f"the image itself judged again: {pct(null['zero'])} vs clean {pct(clean)} (sampling error "
                   f"{pct(margin1(clean, n))}); below it, the judge's noise counts as attack success")]
+
+
+def _converged(card: dict) -> list[Check]:
+    """The worst case at the evaluated eps moves by at most 1 image (or 0.5%) when any budget doubles
+    (:mod:`.convergence`); a suite without the check claims no bound."""
+    report, model = card.get("convergence"), card["model"]["name"]
+    if not report:
+        return [Check("worst case converged", model, "-", None, f"the {card.get('suite', 'chosen')} suite claims "
+                      "no bound (no convergence check: use the strong suite)")]
+    dims = report["dimensions"]
+    moved = [d for d, r in dims.items() if r["moved"]]
+    detail = "; ".join(f"{d} doubled: {r['before']:.1f} -> {r['after']:.1f} correct" if r["moved"] is not None
+                       else f"{d}: no pair has it" for d, r in dims.items())
+    verdict = f"still moved by doubling {', '.join(moved)}" if moved else "no doubling moved it"
+    return [Check("worst case converged", model, "ensemble", not moved,
+                  f"{verdict} by more than {report['tolerance']:g} of {report['images']} images at eps "
+                  f"{card['eval_eps']:g}/255 ({detail})")]
 
 
 def as_records(checks: list[Check]) -> list[dict]:

@@ -15,6 +15,10 @@ gradient and the logits it was taken on (J the cross-entropy unless an attack pa
 - ``bptr``: through the rate relation instead of the spike timing (BPTR, Ding et al. 2022; RGA, Bu et
   al. 2023): d rate / d mean current = 1 / V_th where a neuron fired (:class:`..neurons.Spiking.rate_mix`).
 - ``hart``: a mix of the rate and temporal paths (after HART, Hao et al. 2024), ``mix`` the rate share.
+- ``assg``: BPTT with the Adaptive Sharpness Surrogate Gradient (Wang et al. 2025), ``pdsg``: with the
+  potential-dependent surrogate (Lun et al. 2025), both adapting to the membrane during the attack
+  (:mod:`.surrogates`); ``mdse``: per image and step the gradient of whichever of several fixed
+  surrogates raises the loss most (after MDSE, Xu et al. 2025).
 - option ``eot=n`` on any of them: the mean over n draws of the encoder's randomness (EOT).
 
 Estimators are named by a spec, ``name[:option=value,...]``, e.g. ``bptt:surrogate=sigmoid,alpha=8,eot=4``.
@@ -39,9 +43,10 @@ from torch import Tensor
 from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
 from ..models.network import Network
-from ..models.neurons import encode
+from ..models.neurons import Derivative, adaptive_surrogate, encode
 from ..models.trained import Trained
 from ..runtime.draws import Draws, Stream
+from . import surrogates
 from .losses import Loss, cross_entropy
 
 
@@ -59,13 +64,15 @@ class Source:
     """A model as an attack sees it. ``logits`` classifies (for least-likely targets and score-based
     attacks); the gradient of a loss of its logits is averaged over ``draws`` calls of ``logits`` (each
     call of a ``stochastic`` model, one with Poisson input, draws fresh input spikes); ``base`` is the
-    image attacks start from."""
+    image attacks start from; a ``proxy`` (SNNAdv's ANN) computes another function than the model's, so a
+    point it misclassifies is no evidence that the model does."""
 
     name: str
     logits: Callable[[Tensor], Tensor]
     base: Callable[[Tensor], Tensor] = field(default=lambda x: x)
     draws: int = 1
     stochastic: bool = False
+    proxy: bool = False
     classes: int | None = None  # the model's classes and image shape [C, H, W], where known without a forward
     shape: tuple[int, ...] | None = None
 
@@ -129,14 +136,14 @@ def snnadv(net: Network, snn: Spiking, *, seed: int = 0, base: str = "rate") -> 
     if base not in ("rate", "clean"):
         raise SpikeAdvError(f"snnadv base must be rate or clean, got {base!r}")
     if base == "clean":
-        return Source("snnadv-clean", lambda x: standardised(net.proxy(x, snn)))
+        return Source("snnadv-clean", lambda x: standardised(net.proxy(x, snn)), proxy=True)
     if snn.encoding == "direct":  # every input frame is the image itself: X_rate = x exactly
-        return Source("snnadv", lambda x: net.proxy(x, snn))
+        return Source("snnadv", lambda x: net.proxy(x, snn), proxy=True)
     def rate(x: Tensor) -> Tensor:  # one draw per image, the same at every call (a pure function of seed, row)
         with torch.no_grad():
             return encode(x, snn.T, snn.encoding, Draws.of(seed, torch.arange(len(x), device=x.device), 1)).mean(0)
 
-    return Source("snnadv", lambda x: net.proxy(x, snn), rate)
+    return Source("snnadv", lambda x: net.proxy(x, snn), rate, proxy=True)
 
 
 def standardised(logits: Tensor) -> Tensor:
@@ -147,15 +154,21 @@ def standardised(logits: Tensor) -> Tensor:
     return logits / logits.detach().float().std(1, keepdim=True).clamp_min(1e-12)
 
 
-def bptt(net: Network, snn: Spiking, *, seed: int = 0) -> Source:
+def bptt(net: Network, snn: Spiking, *, seed: int = 0, derivative: Derivative | None = None) -> Source:
     """Backpropagation through time: surrogate derivative at each spike (``snn.surrogate``,
-    ``snn.alpha``; ``snn.rate_mix`` > 0 mixes in the rate path), straight-through encoder. Each call
-    draws fresh input spikes from one seeded counter-based stream (:class:`spikeadv.runtime.draws.Stream`),
-    so a run is reproducible, and the same on any device and under any chunking of time."""
+    ``snn.alpha``; ``snn.rate_mix`` > 0 mixes in the rate path; or ``derivative`` of u, one adapting
+    during the attack: :mod:`.surrogates`), straight-through encoder. Each call draws fresh input spikes
+    from one seeded counter-based stream (:class:`spikeadv.runtime.draws.Stream`), so a run is
+    reproducible, and the same on any device and under any chunking of time."""
     stream = Stream(seed)
 
     def logits(x: Tensor) -> Tensor:
-        return net(x, snn, stream.next(len(x), x.device))
+        if derivative is None or not torch.is_grad_enabled():
+            return net(x, snn, stream.next(len(x), x.device))
+        if isinstance(derivative, surrogates.ASSG):
+            derivative.begin(x)
+        with adaptive_surrogate(derivative):
+            return net(x, snn, stream.next(len(x), x.device))
 
     return Source("bptt", logits, stochastic=snn.encoding == "poisson")
 
@@ -168,15 +181,52 @@ def eot(source: Source, n: int) -> Source:
 
 
 @dataclass(frozen=True)
+class Mixed(Source):
+    """MDSE (Xu et al. 2025, "Mixed Dynamic Spiking Estimation"): per image and iterate, the gradient of
+    whichever ``candidates`` source (the same SNN, other surrogates) raises the loss most. The authors'
+    code keeps the candidate of the largest loss at the current point, but every candidate computes the
+    same forward pass, so those losses tie; here each candidate's loss is compared after a trial sign
+    step of ``step`` (pixel units; the authors' step 0.01), which is where the surrogates differ."""
+
+    candidates: tuple[Source, ...] = ()
+    step: float = 0.01
+
+    def value_and_grad(self, x: Tensor, labels: Tensor, loss: Loss = cross_entropy) -> Step:
+        candidates = [dataclasses.replace(c, draws=self.draws) for c in self.candidates]  # EOT reaches each
+        steps = [c.value_and_grad(x, labels, loss) for c in candidates]
+        with torch.no_grad():
+            trial = torch.stack([loss(c.scores((x + self.step * s.grad.sign()).clamp(0, 1)), labels)
+                                 for c, s in zip(candidates, steps)])
+        best = trial.argmax(0).view(-1, *[1] * (x.dim() - 1))
+        grad = torch.stack([s.grad for s in steps]).gather(0, best[None].expand(1, *x.shape))[0]
+        return Step(steps[0].loss, grad, steps[0].logits)
+
+
+def mdse(net: Network, snn: Spiking, *, seed: int = 0, step: float = 0.01) -> Source:
+    """MDSE over :data:`.surrogates.MDSE_CANDIDATES`, each BPTT on the same encoder draws (one seed)."""
+    if not 0 < step <= 1:
+        raise SpikeAdvError(f"mdse step (the trial step, pixel units) must be in (0, 1], got {step:g}")
+    candidates = tuple(bptt(net, _spiking(snn, name, alpha, 0.0), seed=seed) for name, alpha in surrogates.MDSE_CANDIDATES)
+    return Mixed("mdse", candidates[0].logits, stochastic=snn.encoding == "poisson", candidates=candidates, step=step)
+
+
+def _assg(net: Network, snn: Spiking, seed: int, a: float, relax: float, beta: float | None) -> Source:
+    beta = (0.99 if snn.encoding == "poisson" else 0.9) if beta is None else beta
+    return bptt(net, snn, seed=seed, derivative=surrogates.ASSG(a, relax, beta))
+
+
+@dataclass(frozen=True)
 class Estimator:
     """A registered estimator: the model ``kinds`` it applies to (``ann`` or ``snn``), its options
-    with defaults, and how it builds a :class:`Source` from (net, snn, seed, options)."""
+    with defaults, how it builds a :class:`Source` from (net, snn, seed, options), and whether it runs
+    the model's encoder (``drawn``: on Poisson input each call draws, so EOT averages something)."""
 
     name: str
     kinds: tuple[str, ...]
     options: dict
     build: Callable[..., Source]
     doc: str
+    drawn: bool = True
 
 
 def _spiking(snn: Spiking, surrogate: str | None, alpha: float | None, mix: float) -> Spiking:
@@ -187,9 +237,9 @@ def _spiking(snn: Spiking, surrogate: str | None, alpha: float | None, mix: floa
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
     Estimator("ann", ("ann",), {}, lambda net, snn, seed: ann(net), "exact gradient of the ANN"),
     Estimator("snnadv", ("snn",), {}, lambda net, snn, seed: snnadv(net, snn, seed=seed),
-              "paper Algorithm 2: proxy ANN from the rate image"),
+              "paper Algorithm 2: proxy ANN from the rate image", drawn=False),
     Estimator("snnadv-clean", ("snn",), {}, lambda net, snn, seed: snnadv(net, snn, seed=seed, base="clean"),
-              "proxy ANN (ANN activations) from the clean image"),
+              "proxy ANN (ANN activations) from the clean image", drawn=False),
     Estimator("bptt", ("snn",), {"surrogate": None, "alpha": None},
               lambda net, snn, seed, surrogate, alpha: bptt(net, _spiking(snn, surrogate, alpha, 0.0), seed=seed),
               "through time with a surrogate derivative (default: the model's own)"),
@@ -198,6 +248,12 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
     Estimator("hart", ("snn",), {"mix": 0.5, "surrogate": None, "alpha": None},
               lambda net, snn, seed, mix, surrogate, alpha: bptt(net, _spiking(snn, surrogate, alpha, mix), seed=seed),
               "rate and temporal paths mixed (HART-style), mix = rate share"),
+    Estimator("assg", ("snn",), {"a": 0.425, "relax": 1.5, "beta": None}, _assg,
+              "adaptive sharpness surrogate (Wang et al. 2025; pair it with sa-pgd)"),
+    Estimator("pdsg", ("snn",), {}, lambda net, snn, seed: bptt(net, snn, seed=seed, derivative=surrogates.pdsg),
+              "potential-dependent surrogate (Lun et al. 2025)"),
+    Estimator("mdse", ("snn",), {"step": 0.01}, lambda net, snn, seed, step: mdse(net, snn, seed=seed, step=step),
+              "per image the surrogate whose step raises the loss most (after MDSE, Xu et al. 2025)"),
 )}
 
 
@@ -225,6 +281,12 @@ def parse(spec: str) -> tuple[str, dict]:
         raise SpikeAdvError(f"estimator {spec!r}: alpha (surrogate sharpness) must be > 0")
     if not 0 <= options.get("mix", 0) <= 1:
         raise SpikeAdvError(f"estimator {spec!r}: mix (the rate share) must be in [0, 1]")
+    if not 0 < options.get("a", 0.25) < 0.5:
+        raise SpikeAdvError(f"estimator {spec!r}: a (ASSG's bound on gradient vanishing) must be in (0, 0.5)")
+    if options.get("relax", 0) < 0 or not 0 <= (options.get("beta") or 0) < 1:
+        raise SpikeAdvError(f"estimator {spec!r}: relax must be >= 0 and beta (the moments' decay) in [0, 1)")
+    if not 0 < options.get("step", 0.01) <= 1:
+        raise SpikeAdvError(f"estimator {spec!r}: step (MDSE's trial step, pixel units) must be in (0, 1]")
     if options["eot"] < 1:
         raise SpikeAdvError(f"estimator {spec!r}: eot must be an int >= 1 of encoder draws")
     return name, options

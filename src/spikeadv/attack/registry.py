@@ -1,10 +1,12 @@
 """Every attack an evaluation can name (DESIGN sections 2 and 8), under one signature:
 
-    attack.run(source, x, y, eps, *, steps, generator, target=None) -> x_adv
+    attack.run(source, x, y, eps, *, steps, generator, target=None, restarts=1) -> x_adv
 
 eps in pixel units, ``steps`` the iterations (the queries per image for Square), ``generator`` the only
 randomness (random starts, random targets, squares), ``target`` one class per image for a targeted
-attack (:attr:`Attack.targeted`); an untargeted one refuses a target.
+attack (:attr:`Attack.targeted`); an untargeted one refuses a target. ``restarts``: runs from fresh
+random starts, each on the images the earlier ones left (:attr:`Attack.restarts`: the attacks that
+have them; the others refuse more than one).
 
 Usage::
 
@@ -21,18 +23,20 @@ from torch import Tensor
 
 from ..errors import SpikeAdvError
 from . import attacks
-from .apgd import apgd, apgd_t
+from .apgd import TARGETS, apgd, apgd_t
 from .estimators import Source
+from .fab import fab_t
+from .sapgd import sapgd
 from .square import square
 
-Run = Callable[..., Tensor]  # (source, x, y, eps, *, steps, generator, target=None) -> x_adv
+Run = Callable[..., Tensor]  # (source, x, y, eps, *, steps, generator, target=None, restarts=1) -> x_adv
 
 
 @dataclass(frozen=True)
 class Attack:
     """A named attack: ``run`` with the registry's signature, its default ``steps``, whether it needs
-    the source's gradient (``gradient``; Square only queries scores) and whether it aims at a given
-    target class (``targeted``)."""
+    the source's gradient (``gradient``; Square only queries scores), whether it aims at a given
+    target class (``targeted``) and whether it takes ``restarts``."""
 
     name: str
     run: Run
@@ -40,6 +44,7 @@ class Attack:
     gradient: bool
     targeted: bool
     doc: str
+    restarts: bool = False
 
 
 def _generator(name: str, generator: torch.Generator | None) -> torch.Generator:
@@ -94,38 +99,53 @@ _ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
     ("tifgsm", _tifgsm, 7, True, "targeted I-FGSM (paper eq. 6), random targets unless given"),
     ("pgd", lambda s, x, y, eps, steps, gen: attacks.pgd(s, x, y, eps, steps, generator=gen), 100, False,
      "PGD (Madry et al.): uniform random start from the generator, steps of 2.5 eps/steps"),
-    ("apgd-ce", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="ce", generator=gen), 100, False,
-     "APGD on the cross-entropy (Croce & Hein 2020), random start from the generator"),
-    ("apgd-dlr", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="dlr", generator=gen), 100, False,
-     "APGD on the DLR loss (Croce & Hein 2020), random start from the generator"),
-    ("apgd-t", lambda s, x, y, eps, steps, gen: apgd_t(s, x, y, eps, steps, generator=gen), 100, False,
-     "APGD-T (AutoAttack): targeted DLR towards the 3 top other classes in turn, success = misclassified"),
     ("pgd-l2", lambda s, x, y, eps, steps, gen: attacks.pgd(s, x, y, eps, steps, generator=gen, norm="l2"), 100,
      False, "PGD in the L2 ball (eps = its radius in pixel units), steps along grad / ||grad||_2"),
-    ("apgd-l2", lambda s, x, y, eps, steps, gen: apgd(s, x, y, eps, steps, loss="ce", generator=gen, norm="l2"), 100,
-     False, "APGD-CE in the L2 ball (Croce & Hein 2020; eps = its radius in pixel units)"),
     ("null", _null, 1, False,
      "the null attack: the image itself (eps = 0); any accuracy it loses is the judge's noise"),
     ("noise", _noise, 1, False, "the null attack's noise: uniformly random +-eps signs, no gradient"),
-    ("square", lambda s, x, y, eps, steps, gen: square(s, x, y, eps, steps, generator=_generator("square", gen)),
-     1000, False, "Square Attack (Andriushchenko et al. 2020): random search on the margin, steps = queries"),
+)
+
+# attacks with restarts: fn(source, x, y, eps, steps, generator, restarts) -> x_adv
+_RESTARTING: tuple[tuple[str, Callable[..., Tensor], int, str], ...] = (
+    ("apgd-ce", lambda s, x, y, eps, steps, gen, r: apgd(s, x, y, eps, steps, loss="ce", generator=gen, restarts=r),
+     100, "APGD on the cross-entropy (Croce & Hein 2020), random start from the generator"),
+    ("apgd-dlr", lambda s, x, y, eps, steps, gen, r: apgd(s, x, y, eps, steps, loss="dlr", generator=gen, restarts=r),
+     100, "APGD on the DLR loss (Croce & Hein 2020), random start from the generator"),
+    ("apgd-t", lambda s, x, y, eps, steps, gen, r: apgd_t(s, x, y, eps, steps, generator=gen, restarts=r), 100,
+     f"APGD-T (AutoAttack): targeted DLR towards the {TARGETS} top other classes in turn, success = misclassified"),
+    ("apgd-l2", lambda s, x, y, eps, steps, gen, r: apgd(s, x, y, eps, steps, loss="ce", generator=gen, norm="l2",
+                                                          restarts=r), 100,
+     "APGD-CE in the L2 ball (Croce & Hein 2020; eps = its radius in pixel units)"),
+    ("fab-t", lambda s, x, y, eps, steps, gen, r: fab_t(s, x, y, eps, steps, generator=gen, restarts=r), 100,
+     "FAB-T (Croce & Hein 2020): minimal L-inf boundary search towards the top other classes in turn"),
+    ("sa-pgd", lambda s, x, y, eps, steps, gen, r: sapgd(s, x, y, eps, steps, generator=gen, restarts=r), 100,
+     "SA-PGD (Wang et al. 2025): L1-normalised moments, a clipped adaptive step halved on a schedule"),
+    ("square", lambda s, x, y, eps, steps, gen, r: square(s, x, y, eps, steps, generator=_generator("square", gen),
+                                                          restarts=r), 5000,
+     "Square Attack (Andriushchenko et al. 2020): random search on the margin, steps = queries"),
 )
 
 
-def _attack(name: str, fn: Callable[..., Tensor], steps: int, targeted: bool, doc: str) -> Attack:
+def _attack(name: str, fn: Callable[..., Tensor], steps: int, targeted: bool, doc: str,
+            restarting: bool = False) -> Attack:
     def run(source: Source, x: Tensor, y: Tensor, eps: float, *, steps: int, generator: torch.Generator | None,
-            target: Tensor | None = None) -> Tensor:
-        if targeted:
-            return fn(source, x, y, eps, steps, generator, target)
-        if target is not None:
+            target: Tensor | None = None, restarts: int = 1) -> Tensor:
+        if target is not None and not targeted:
             targeted_ones = ", ".join(a.name for a in ATTACKS.values() if a.targeted)
             raise SpikeAdvError(f"{name} is not a targeted attack: pass no target (targeted: {targeted_ones})")
-        return fn(source, x, y, eps, steps, generator)
+        if restarts != 1 and not restarting:
+            with_restarts = ", ".join(a.name for a in ATTACKS.values() if a.restarts)
+            raise SpikeAdvError(f"{name} has no restarts: pass restarts=1 (attacks with restarts: {with_restarts})")
+        return fn(source, x, y, eps, steps, generator, *((target,) if targeted else ()),
+                  *((restarts,) if restarting else ()))
 
-    return Attack(name, run, steps, gradient=name not in ("square", "null", "noise"), targeted=targeted, doc=doc)
+    return Attack(name, run, steps, gradient=name not in ("square", "null", "noise"), targeted=targeted, doc=doc,
+                  restarts=restarting)
 
 
 ATTACKS: dict[str, Attack] = {name: _attack(name, *rest) for name, *rest in _ENTRIES}
+ATTACKS.update({name: _attack(name, fn, steps, False, doc, restarting=True) for name, fn, steps, doc in _RESTARTING})
 
 
 def get(name: str) -> Attack:

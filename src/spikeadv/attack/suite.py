@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -29,18 +29,36 @@ ROBUST, WRONG_CLEAN, CARRIED = -1, -2, -3  # winner codes: never broken; wrong b
 
 @dataclass(frozen=True)
 class Pair:
-    """One member of an ensemble: a gradient estimator spec and an attack (steps, or queries for Square)."""
+    """One member of an ensemble: a gradient estimator spec and an attack (steps, or queries for Square),
+    its ``restarts``, and whether it runs on ``every`` image the model gets right in some draw (an
+    independent estimate of its own) instead of only on those the earlier pairs left."""
 
     estimator: str
     attack: str
     steps: int
+    restarts: int = 1
+    every: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.attack}-{self.steps}@{self.estimator}"
+        runs = f"x{self.restarts}" if self.restarts > 1 else ""
+        return f"{self.attack}-{self.steps}{runs}{'-every' if self.every else ''}@{self.estimator}"
 
 
-def _pairs(*items: tuple[str, str, int]) -> tuple[Pair, ...]:
+def with_eot(spec: str, n: int, override: bool = False) -> str:
+    """Estimator ``spec`` averaged over ``n`` encoder draws, unless it names its own ``eot`` (which
+    ``override`` replaces)."""
+    name, _, rest = spec.partition(":")
+    options = [o for o in rest.split(",") if o]
+    if any(o.startswith("eot=") for o in options):
+        if not override:
+            return spec
+        options = [o for o in options if not o.startswith("eot=")]
+    options += [f"eot={n}"] if n > 1 else []
+    return name + (":" + ",".join(options) if options else "")
+
+
+def _pairs(*items: tuple) -> tuple[Pair, ...]:
     return tuple(Pair(*item) for item in items)
 
 
@@ -48,8 +66,12 @@ def _pairs(*items: tuple[str, str, int]) -> tuple[Pair, ...]:
 class Suite:
     """Pairs for ANNs, for SNNs and (appended for SNNs with Poisson input) for stochastic models; the
     curves of accuracy vs eps (``eps_curve`` in 1/255 units, APGD-CE with ``curve_steps``; its
-    largest, 255 = unbounded, with the most steps of ``steps_curve``) and vs steps (``steps_curve`` at the evaluated eps) on ``curve_images`` images for the
-    ``curve_estimators`` first distinct estimators of a model; ``eot_draws`` (n, 2n) for EOT convergence."""
+    largest, 255 = unbounded, with the most steps of ``steps_curve``) and vs steps (``steps_curve`` at the
+    evaluated eps) on ``curve_images`` images for the ``curve_estimators`` first distinct estimators of a
+    model; ``eot_draws`` (n, 2n) for EOT convergence. On a stochastic model (Poisson input) every
+    gradient pair averages its loss over ``eot`` encoder draws and Square its margin over ``square_eot``
+    (where the pair names no ``eot`` of its own). ``converge``: the images (at least) of the convergence
+    check (:mod:`.convergence`), 0 for none; a suite with it claims a bound at the evaluated eps."""
 
     name: str
     ann: tuple[Pair, ...]
@@ -62,6 +84,9 @@ class Suite:
     curve_estimators: int = 2
     eot_draws: tuple[int, int] = (2, 4)
     prune: bool = True
+    eot: int = 1
+    square_eot: int = 1
+    converge: int = 0
     doc: str = ""
 
     def pairs(self, snn: Spiking | None) -> tuple[Pair, ...]:
@@ -70,7 +95,11 @@ class Suite:
             return self.ann
         extra = self.poisson if snn.encoding == "poisson" else ()
         gradient = [p for p in self.snn if p.attack != "square"]
-        return (*gradient, *extra, *(p for p in self.snn if p.attack == "square"))
+        ordered = (*gradient, *extra, *(p for p in self.snn if p.attack == "square"))
+        if snn.encoding != "poisson":
+            return ordered
+        return tuple(replace(p, estimator=with_eot(p.estimator, self.square_eot if p.attack == "square" else self.eot))
+                     if estimators.ESTIMATORS[estimators.parse(p.estimator)[0]].drawn else p for p in ordered)
 
     def curve_sources(self, snn: Spiking | None) -> list[str]:
         """The estimators whose accuracy-vs-eps and -steps curves are drawn and checked."""
@@ -116,7 +145,22 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           curve_estimators=4, eot_draws=(4, 8),
           doc="the standard suite with DLR on every estimator, more surrogate shapes and sharpness values, "
               "Square with 5,000 queries"),
+    Suite("strong",
+          ann=_pairs(("ann", "apgd-ce", 100), ("ann", "apgd-dlr", 100), ("ann", "apgd-t", 100), ("ann", "fab-t", 100),
+                     ("ann", "square", 5000, 1, True)),
+          snn=_pairs(("snnadv-clean", "apgd-ce", 100), ("snnadv-clean", "apgd-dlr", 100), ("bptt", "apgd-ce", 100),
+                     ("bptt", "apgd-dlr", 100), ("assg", "sa-pgd", 100), ("pdsg", "apgd-ce", 100),
+                     ("mdse", "apgd-ce", 100), ("bptr", "apgd-ce", 100), ("bptt", "apgd-t", 100),
+                     ("bptt", "fab-t", 100), ("bptt", "square", 5000, 1, True)),
+          poisson=(),
+          curve_images=128, curve_steps=20, eps_curve=(2, 8, 32, 255), steps_curve=(1, 10, 100, 200),
+          eot_draws=(10, 20), eot=20, square_eot=4, converge=256,
+          doc="the default for claims: AutoAttack's four (APGD-CE, APGD-DLR, APGD-T with 9 targets, FAB-T with 9, "
+              "Square with 5,000 queries on every image) through the proxy ANN, BPTT, BPTR and the 2025 "
+              "estimators (ASSG with SA-PGD, PDSG, MDSE); EOT over 20 draws on Poisson input; the worst case "
+              "checked by doubling draws, steps, restarts and queries on 256 images"),
 )}
+DEFAULT = "strong"  # the suite that claims a bound; quick and standard are cheaper first looks
 
 
 def get(name: str) -> Suite:
@@ -127,13 +171,14 @@ def get(name: str) -> Suite:
 
 def check_pairs(pairs: tuple[Pair, ...], snn: Spiking | None, model: str) -> None:
     """Refuse, before anything runs, no pairs at all, or a pair whose estimator or attack is unknown or
-    does not apply."""
+    does not apply, or restarts on an attack without them."""
     kind = "ann" if snn is None else "snn"
     if not pairs:
         raise SpikeAdvError(f"no pair of the suite applies to {model} (an {kind.upper()}); estimators for it: "
                             + ", ".join(n for n, e in estimators.ESTIMATORS.items() if kind in e.kinds))
     for pair in pairs:
-        registry.get(pair.attack)
+        if not registry.get(pair.attack).restarts and pair.restarts != 1:
+            raise SpikeAdvError(f"pair {pair.name}: {pair.attack} has no restarts")
         if not estimators.applies(pair.estimator, snn):
             raise SpikeAdvError(f"estimator {pair.estimator!r} does not apply to {model} (an {kind.upper()})")
 
@@ -181,7 +226,7 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
     alive = (lambda: result.p > 0) if prune else (lambda: clean > 0)
     for i, pair in enumerate(pairs):
         begin = time.perf_counter()
-        todo = torch.nonzero(alive()).flatten()
+        todo = torch.nonzero(clean > 0 if pair.every else alive()).flatten()
         fooled = won = 0
         for b, lo in enumerate(range(0, len(todo), batch_size)):
             idx = todo[lo:lo + batch_size]

@@ -66,7 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ..attack import suite
     from ..study import evaluation
 
-    chosen = suite.get(args.suite)
+    chosen = suite.get(args.suite or suite.DEFAULT)
     chosen = evaluation.custom_suite(chosen, args.pairs) if args.pairs else chosen
     chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
     eps = evaluation.eps_grid(None if args.eps is None else opts.eps_values(args.eps))
@@ -83,7 +83,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="adaptive robustness evaluation of a run's models or a checkpoint")
     p.add_argument("path", type=Path, help="a run directory (every instance of each kind) or a model checkpoint")
-    p.add_argument("--suite", default="standard", help="quick, standard or full (default: standard)")
+    p.add_argument("--suite", default=None,
+                   help="strong (the default: the one that claims a bound, with its convergence check), or the "
+                        "cheaper first looks quick and standard, or full")
     p.add_argument("--eps", action="append", default=None, metavar="EPS",
                    help="the robustness curve's eps grid in pixel units like every attack, increasing, "
                         "comma-separated or repeated, e.g. 2/255,8/255 or 0.0314 (default: 0.5/255 ... 32/255: "

@@ -25,7 +25,7 @@ from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
 from ..runtime.distributed import Rows, bernoulli, dropout
 from ..runtime.draws import Draws
-from .neurons import encode, spike_train
+from .neurons import adaptive_active, encode, spike_train
 
 POOLS = (nn.AvgPool2d, nn.MaxPool2d)
 SAVED_BYTES = 16  # per activation element and frame, what BPTT keeps: the layer input, u_t, spikes (fp32)
@@ -168,6 +168,8 @@ class Network(nn.Module):
             # statistics) does not reproduce (seen: SNN-II 47.5% instead of 65.2%)
             step = snn.T
         recompute = self._recomputes(x, snn, spikes, rows)
+        if adaptive_active():  # an attack-time surrogate's statistics span all T steps of each site, once
+            step, recompute = snn.T, False
         if recompute and not snn.chunk:  # a chunk's activations are kept while it is recomputed: under the budget too
             step = min(step, max(1, runtime.saved_budget(x.device) // (SAVED_BYTES * sum(self._sizes()) * x.shape[0])))
         for t0 in range(0, snn.T, step):

@@ -17,7 +17,11 @@ Heaviside step H has a surrogate derivative for backpropagation through time.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -58,6 +62,30 @@ def surrogate_grad(u: Tensor, name: str, alpha: float, out: Tensor | None = None
     if name == "sigmoid":
         return torch.mul(u, alpha, out=out).sigmoid_().mul_(torch.sub(1, out)).mul_(alpha)
     return torch.abs(u, out=out).div_(-alpha).add_(1).clamp_(min=0).div_(alpha)  # triangle
+
+
+Derivative = Callable[[Tensor], Tensor]  # u [T, B, ...] of one spiking site -> dH/du at every element
+_DERIVATIVE: ContextVar[Derivative | None] = ContextVar("surrogate_derivative", default=None)
+
+
+@contextmanager
+def adaptive_surrogate(derivative: Derivative) -> Iterator[None]:
+    """Within this block every spiking site run with gradients takes its surrogate derivative from
+    ``derivative(u)``, called once per site and forward on the whole u [T, B, ...] (a surrogate that
+    adapts to the membrane statistics during an attack: ASSG, PDSG; :mod:`spikeadv.attack.surrogates`)
+    instead of ``snn.surrogate``; the forward pass is unchanged. The backward pass then runs the
+    reference loop (:meth:`_SpikeTrain.temporal`) on the saved derivatives."""
+    token = _DERIVATIVE.set(derivative)
+    try:
+        yield
+    finally:
+        _DERIVATIVE.reset(token)
+
+
+def adaptive_active() -> bool:
+    """Whether an :func:`adaptive_surrogate` is in force (the network then runs all T steps of a site in
+    one call, never recomputed, so the derivative sees each site once per forward)."""
+    return _DERIVATIVE.get() is not None
 
 
 def heaviside(u: Tensor, out: Tensor) -> Tensor:
@@ -131,15 +159,19 @@ class _SpikeTrain(torch.autograd.Function):
         else:
             u = torch.empty_like(current, dtype=v.dtype)  # the currents' memory format (channels_last too)
             spikes, v = _membrane_loop(current, v, threshold, snn, u, count=count)
-        ctx.save_for_backward(u, threshold)
+        derivative = _DERIVATIVE.get()
+        ctx.adaptive = derivative is not None
+        ctx.save_for_backward(u, threshold, *((derivative(u.detach()),) if ctx.adaptive else ()))
         ctx.snn, ctx.dtype, ctx.fused = snn, current.dtype, fused
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor, grad_v: Tensor):  # type: ignore[override]
-        u, threshold = ctx.saved_tensors
+        u, threshold, *derivative = ctx.saved_tensors
         snn: Spiking = ctx.snn
-        temporal = kernels.temporal if ctx.fused else _SpikeTrain.temporal
+        temporal = kernels.temporal if ctx.fused and not ctx.adaptive else _SpikeTrain.temporal
+        if ctx.adaptive:
+            temporal = functools.partial(temporal, derivative=derivative[0])
         if snn.rate_mix == 0:
             grad, grad_v0 = temporal(u, threshold, snn, grad_spikes, grad_v)
         else:
@@ -154,14 +186,18 @@ class _SpikeTrain(torch.autograd.Function):
         return grad.to(ctx.dtype), grad_v0 if ctx.needs_input_grad[1] else None, None, None, None, None
 
     @staticmethod
-    def temporal(u: Tensor, threshold: Tensor, snn: Spiking, grad_spikes: Tensor, grad_v: Tensor
-                 ) -> tuple[Tensor, Tensor]:
-        """Backpropagation through time over the saved u_t: (dL/dI_t for every t, dL/dv_0)."""
+    def temporal(u: Tensor, threshold: Tensor, snn: Spiking, grad_spikes: Tensor, grad_v: Tensor,
+                 derivative: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Backpropagation through time over the saved u_t: (dL/dI_t for every t, dL/dv_0); H'(u_t) the
+        surrogate of ``snn``, or ``derivative[t]`` where given (:func:`adaptive_surrogate`)."""
         grad = torch.empty_like(u)  # dL/dI_t = dL/dh_t
         sg, g_v = torch.empty_like(u[0]), grad_v.to(u.dtype)
         leaked = torch.empty_like(sg) if snn.leak != 1 else None
         for t in range(u.shape[0] - 1, -1, -1):
-            surrogate_grad(u[t], snn.surrogate, snn.alpha, out=sg)
+            if derivative is None:
+                surrogate_grad(u[t], snn.surrogate, snn.alpha, out=sg)
+            else:
+                sg.copy_(derivative[t])
             g = grad[t].copy_(grad_spikes[t]).div_(threshold)
             if snn.reset != "zero":  # subtract; signed, its taken-back spikes held constant
                 g.sub_(g_v).mul_(sg).add_(g_v)

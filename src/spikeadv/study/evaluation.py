@@ -121,12 +121,15 @@ def custom_suite(base: Suite, specs: list[str]) -> Suite:
         parts = spec.split("/")
         if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
             raise SpikeAdvError(f"--pair {spec!r}: expected ESTIMATOR/ATTACK[/STEPS], e.g. bptt/apgd-ce/100")
+        if len(parts) == 3 and int(parts[2]) < 1:
+            raise SpikeAdvError(f"--pair {spec!r}: STEPS (queries for square) must be >= 1")
         attack = registry.get(parts[1])
         estimators.parse(parts[0])
         pairs.append(Pair(parts[0], parts[1], int(parts[2]) if len(parts) == 3 else attack.steps))
     fits = {kind: tuple(p for p in pairs if kind in estimators.ESTIMATORS[estimators.parse(p.estimator)[0]].kinds)
             for kind in ("ann", "snn")}
-    return dataclasses.replace(base, name=f"{base.name}+pairs", ann=fits["ann"], snn=fits["snn"], poisson=())
+    return dataclasses.replace(base, name=f"{base.name}+pairs", ann=fits["ann"], snn=fits["snn"], poisson=(), eot=1,
+                               square_eot=1)
 
 
 def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Setting, images: int) -> list[Task]:

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import runtime
-from ..attack import apgd, checks, estimators, registry
+from ..attack import apgd, checks, convergence, estimators, registry
 from ..attack.suite import Pair, Suite, check_pairs, worst_case
 from ..models.trained import Trained
 from ..records import cached
@@ -31,7 +31,7 @@ from ..records.checkpoint import tensors_digest
 from ..records.provenance import __version__, digest, seed_of
 from .judge import Judge, expected, stochastic
 
-REVISION = 3  # of the attacks' semantics within a version: a change invalidates every cached unit
+REVISION = 4  # of the attacks' semantics within a version: a change invalidates every cached unit
 
 
 EPS_GRID = (0.5, 1, 2, 3, 4, 6, 8, 16, 32)  # 1/255 units: the robustness curve's default grid (DESIGN 8.3)
@@ -114,7 +114,8 @@ class Evaluation:
         with runtime.autocast(self.setting.bf16, x.device):
             if trace is not None:  # the curves' APGD-CE keeps its loss trace for the masking check
                 return apgd.apgd(source, x, y, eps / 255, pair.steps, generator=gen, trace=trace).float()
-            return registry.get(pair.attack).run(source, x, y, eps / 255, steps=pair.steps, generator=gen).float()
+            return registry.get(pair.attack).run(source, x, y, eps / 255, steps=pair.steps, generator=gen,
+                                                 restarts=pair.restarts).float()
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="img-step", leave=False, dynamic_ncols=True)
@@ -232,6 +233,25 @@ class Evaluation:
         return self._unit(f"{model.name}-eot", {"unit": "eot", "model": model.sha256, "eps": eps,
                                                 "draws": list(suite.eot_draws), "steps": suite.curve_steps}, compute)
 
+    def converge(self, model: Trained, base: dict) -> dict | None:
+        """The convergence check (:mod:`spikeadv.attack.convergence`) of the worst case ``base`` (the
+        ensemble's record at the evaluated eps) on its first ``suite.converge`` images: each budget doubled
+        in turn; None where the suite claims no bound."""
+        suite, eps = self.setting.suite, self.setting.focus
+        if not suite.converge:
+            return None
+        m, pairs = min(len(self.y), suite.converge), suite.pairs(model.snn)
+
+        def compute() -> dict:
+            p = torch.tensor(base["p"][:m], device=self.x.device)
+            return convergence.check(pairs, self.x[:m], self.y[:m], lambda v, idx: self.judge(model, v, idx),
+                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, ("converge", b)),
+                                     self.setting.batch_size, p, stochastic(model))
+
+        return self._unit(f"{model.name}-converge", {"unit": "converge", "model": model.sha256, "eps": eps,
+                                                     "pairs": [p.name for p in pairs], "images_checked": m,
+                                                     "base": digest(base["p"][:m])}, compute)
+
     def transfer(self, target: Trained, source: Trained, eps: float) -> dict:
         """Accuracy of ``target`` on the suite's first attack crafted on ``source`` with its first
         estimator (blackbox transfer, paper section V)."""
@@ -283,7 +303,8 @@ class Evaluation:
             "null": self.null(model),
             "curves": {e: {k: c[k] for k in ("eps", "steps", "trace", "zero_gradient_images",
                                              "zero_gradient_entries", "seconds")} for e, c in curves.items()},
-            "eot": self.eot(model), "seed": self.setting.seed, "bf16": self.setting.bf16,
+            "eot": self.eot(model), "convergence": self.converge(model, sweep[focus]) if focus in sweep else None,
+            "seed": self.setting.seed, "bf16": self.setting.bf16,
         }
         card["checks"] = checks.as_records(checks.check_card(card))
         card["seconds"] = round(time.perf_counter() - start, 1)

@@ -1,0 +1,72 @@
+"""The adaptive evaluation against the 2025 frontier, on the same models and images, image by image.
+
+For each SNN of a run directory (or one checkpoint), at one eps: the strong suite's worst case (the
+ensemble, with its convergence check) and each frontier method run alone on every image at the suite's
+budget: ASSG + SA-PGD (Wang et al. 2025), PDSG + APGD-CE (Lun et al. 2025), MDSE + APGD-CE (Xu et al.
+2025) and BPTT + APGD-CE, each with the suite's EOT draws on Poisson input. It prints, per model, each
+method's robust accuracy, the ensemble's, and the images on which the ensemble's expected correctness is
+above the method's (it should be none: the ensemble contains every method at an equal budget), and the
+wall time of each, all judged by the study's judge (K encoder draws, common random numbers).
+
+    python benchmarks/frontier.py RUN_DIR [--eps 8/255] [--images 256] [--suite strong] [--kinds snn1,snn2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from spikeadv.attack import suite as suites
+from spikeadv.attack.suite import Pair, worst_case
+from spikeadv.study.evaluation import targets
+from spikeadv.study.units import Evaluation, Setting
+
+FRONTIER = (("assg", "sa-pgd"), ("pdsg", "apgd-ce"), ("mdse", "apgd-ce"), ("bptt", "apgd-ce"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path)
+    p.add_argument("--eps", default="8/255")
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--suite", default=suites.DEFAULT)
+    p.add_argument("--kinds", default="snn1,snn2")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    args = p.parse_args()
+    eps = float(Fraction(args.eps)) * 255
+    models, _, x, y, recorded = targets(args.path, args.images, None)
+    chosen = suites.get(args.suite)
+    setting = Setting(chosen, (eps,), **recorded)
+    evaluation = Evaluation(setting, x, y, None, log=lambda line: None)
+    rows = []
+    for model in models:
+        if model.kind not in args.kinds.split(",") or model.instance != 0:
+            continue
+        steps = next(p.steps for p in chosen.pairs(model.snn) if p.attack == "apgd-ce")
+        start = time.perf_counter()
+        ensemble = torch.tensor(evaluation.ensemble(model, eps)["p"])
+        row = {"model": model.name, "images": len(y), "eps": eps, "clean": evaluation.clean(model).mean().item(),
+               "ensemble": ensemble.mean().item(), "ensemble_s": round(time.perf_counter() - start, 1)}
+        for estimator, attack in FRONTIER:
+            same = [q for q in chosen.pairs(model.snn) if q.estimator.partition(":")[0] == estimator and q.attack == attack]
+            pair = same[0] if same else Pair(suites.with_eot(estimator, chosen.eot if model.snn.encoding == "poisson"
+                                                             else 1), attack, steps)
+            start = time.perf_counter()
+            alone = worst_case((pair,), x, y, lambda v, idx: evaluation.judge(model, v, idx),
+                               lambda q, xb, yb, b: evaluation.attack(model, q, xb, yb, eps, ("alone", b)),
+                               setting.batch_size, prune=False, clean=evaluation.clean(model)).p.cpu()
+            row[pair.name] = {"acc": alone.mean().item(), "ensemble_above": int((ensemble > alone + 1e-6).sum()),
+                              "seconds": round(time.perf_counter() - start, 1)}
+        rows.append(row)
+        print(json.dumps(row))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
