@@ -8,12 +8,18 @@ method's robust accuracy, the ensemble's, and the images on which the ensemble's
 above the method's (it should be none: the ensemble contains every method at an equal budget), and the
 wall time of each, all judged by the study's judge (K encoder draws, common random numbers).
 
-    python benchmarks/frontier.py RUN_DIR [--eps 8/255] [--images 256] [--suite strong] [--kinds snn1,snn2]
+    python benchmarks/frontier.py RUN_DIR_OR_CKPT [--eps 8/255] [--images 256] [--suite strong] [--kinds snn1,snn2]
+                                  [--steps 100] [--draws 20] [--queries 5000]
+
+``--steps``, ``--draws`` and ``--queries`` scale the suite's budget down (every gradient pair's steps, the
+EOT draws of every pair on Poisson input, Square's queries) where a CPU cannot afford the strong one;
+the methods alone then get the same reduced budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from fractions import Fraction
@@ -29,6 +35,18 @@ from spikeadv.study.units import Evaluation, Setting
 FRONTIER = (("assg", "sa-pgd"), ("pdsg", "apgd-ce"), ("mdse", "apgd-ce"), ("bptt", "apgd-ce"))
 
 
+def scaled(suite: suites.Suite, steps: int | None, draws: int | None, queries: int | None) -> suites.Suite:
+    """``suite`` with its budget scaled: gradient steps, EOT draws, Square's queries (None: as it is)."""
+    def pair(p: Pair) -> Pair:
+        if p.attack == "square":
+            return dataclasses.replace(p, steps=queries or p.steps)
+        return dataclasses.replace(p, steps=steps or p.steps)
+
+    return dataclasses.replace(suite, ann=tuple(map(pair, suite.ann)), snn=tuple(map(pair, suite.snn)),
+                               poisson=tuple(map(pair, suite.poisson)), eot=draws or suite.eot,
+                               square_eot=min(draws or suite.square_eot, suite.square_eot), converge=0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("path", type=Path)
@@ -36,11 +54,14 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--suite", default=suites.DEFAULT)
     p.add_argument("--kinds", default="snn1,snn2")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--draws", type=int)
+    p.add_argument("--queries", type=int)
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args()
     eps = float(Fraction(args.eps)) * 255
     models, _, x, y, recorded = targets(args.path, args.images, None)
-    chosen = suites.get(args.suite)
+    chosen = scaled(suites.get(args.suite), args.steps, args.draws, args.queries)
     setting = Setting(chosen, (eps,), **recorded)
     evaluation = Evaluation(setting, x, y, None, log=lambda line: None)
     rows = []

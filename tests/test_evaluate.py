@@ -115,6 +115,26 @@ def _card_of(model, x, y):
     return units.Evaluation(units.Setting(chosen, (8,), batch_size=64), x, y, None).card(model)
 
 
+def test_a_suite_that_claims_a_bound_checks_its_convergence_on_the_card(reference):
+    """The convergence unit doubles steps, restarts and queries of an ANN's ensemble (no draws: a
+    deterministic model) on the first ``converge`` images, and the card's check reads it."""
+    ann, x, y = _ann_and_images(reference, 24)
+    chosen = suite.Suite("bounded", ann=(suite.Pair("ann", "apgd-ce", 5), suite.Pair("ann", "square", 50, 1, True)),
+                         snn=(), poisson=(), curve_images=8, curve_steps=2, eps_curve=(8, 255), steps_curve=(1, 2),
+                         converge=16)
+    card = units.Evaluation(units.Setting(chosen, (8,), batch_size=24), x, y, None).card(ann)
+    report = card["convergence"]
+    assert report["images"] == 16 and report["dimensions"]["draws"]["moved"] is None
+    assert report["dimensions"]["steps"]["pairs"] == ["apgd-ce-10@ann"]
+    assert report["dimensions"]["restarts"]["pairs"] == ["apgd-ce-5x2@ann", "square-50x2-every@ann"]
+    assert report["dimensions"]["queries"]["pairs"] == ["square-100-every@ann"]
+    base = sum(card["eps"]["8"]["p"][:16])
+    assert all(d["before"] == pytest.approx(base, abs=1e-3) and d["after"] <= d["before"]
+               for d in report["dimensions"].values())
+    [check] = [c for c in card["checks"] if c["name"] == "worst case converged"]
+    assert check["passed"] is report["converged"] and "of 16 images at eps 8/255" in check["detail"]
+
+
 def test_masking_checks_pass_an_honest_ann_and_flag_a_hard_quantiser(reference):
     ann, x, y = _ann_and_images(reference, 64)
     honest = {c["name"]: c for c in _card_of(ann, x, y)["checks"]}

@@ -256,3 +256,30 @@ def test_the_strong_suite_claims_its_bound_with_every_faithful_reference():
     with pytest.raises(SpikeAdvError, match="fgsm has no restarts"):
         registry.get("fgsm").run(two_class_linear()[0], small_images(2), torch.zeros(2, dtype=torch.long), 0.01,
                                  steps=1, generator=None, restarts=2)
+
+
+def test_an_unconverged_worst_case_is_named_on_the_card_and_claims_no_bound():
+    from spikeadv.attack import checks
+
+    moved = {"pairs": ["apgd-ce-100@bptt:eot=40"], "before": 40.0, "after": 31.0, "moved": True}
+    still = {"pairs": ["apgd-ce-200@bptt:eot=20"], "before": 40.0, "after": 40.0, "moved": False}
+    none = {"pairs": [], "before": 40.0, "after": 40.0, "moved": None}
+    card = {"model": {"name": "snn2"}, "suite": "strong", "eval_eps": 8.0,
+            "convergence": {"images": 256, "tolerance": 1.28, "converged": False,
+                            "dimensions": {"draws": moved, "steps": still, "restarts": still, "queries": none}}}
+    [check] = checks._converged(card)
+    assert check.passed is False and "still moved by doubling draws" in check.detail and "40.0 -> 31.0" in check.detail
+    assert checks.verdict(check.name, check.passed) == "NOT CONVERGED: no bound claimed"
+    card["convergence"]["dimensions"]["draws"] = still
+    assert checks._converged(card)[0].passed is True
+    assert checks._converged({"model": {"name": "ann0"}, "suite": "quick"})[0].passed is None
+
+
+def test_the_study_may_craft_with_every_snn_estimator_and_only_those():
+    from spikeadv.config.grid import SNN_GRADIENTS
+    from spikeadv.config.parts import StudyConfig
+
+    assert set(SNN_GRADIENTS) == {n for n, e in estimators.ESTIMATORS.items() if "snn" in e.kinds}
+    assert StudyConfig(gradients=("snnadv", "assg", "pdsg", "mdse")).gradients[1:] == ("assg", "pdsg", "mdse")
+    with pytest.raises(SpikeAdvError, match="unknown SNN gradient source 'asgg'"):
+        StudyConfig(gradients=("snnadv", "asgg"))

@@ -5,8 +5,8 @@ is masked or does not exist.
 
 Start: vertical stripes, every column of every channel at x0 +- eps (x0 = ``source.base(x)``). Step i:
 a square of side s = round(sqrt(p_i H W)) (at least 1, at most H - 1) at a uniformly drawn position is set
-to x0 +- eps, one sign per channel, re-drawn (as in the authors' code) while they would leave the window
-as it is, so no query is spent on the current point; the new point is kept if it raises the margin.
+to x0 +- eps, one sign per channel, re-drawn (as in the authors' original code; AutoAttack's port does
+not) while they would leave the window as it is, so no query is spent on the current point; the new point is kept if it raises the margin.
 p_i = p_init halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000, rescaled
 to the query budget. An image stops once the source misclassifies it (margin > 0); each forward of an
 image is one query. On a stochastic source (Poisson input) the margin is that of the logits averaged

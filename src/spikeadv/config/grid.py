@@ -34,3 +34,6 @@ def check(attack: str, eps: float, steps: int) -> None:
         raise SpikeAdvError(f"eps is in 1/255 units and must be in [0, 255], got {eps:g}")
     if steps < 1:
         raise SpikeAdvError(f"steps must be >= 1, got {steps}")
+
+# the SNN gradient estimators a study may craft with (spikeadv.attack.estimators registers each)
+SNN_GRADIENTS = ("snnadv", "snnadv-clean", "bptt", "bptr", "hart", "assg", "pdsg", "mdse")

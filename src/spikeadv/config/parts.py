@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 
 from ..errors import SpikeAdvError
-from .grid import check
+from .grid import SNN_GRADIENTS, check
 from .spiking import Spiking
 
 
@@ -130,7 +130,8 @@ class StudyConfig:
     ``fig4_steps`` the I-FGSM sweep of Fig. 4 on the SNN-II target; ``gradients``: the source gradients
     for SNN sources, the first being the paper's (``snnadv``); ``snnadv-clean``, its eps-bounded
     variant, is crafted for the whole grid beside it and feeds the report's verdicts; every further one
-    (e.g. ``bptt``) is crafted for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
+    (``bptt``, ``bptr``, ``hart``, or the attack-time surrogates ``assg``, ``pdsg``, ``mdse``) is crafted
+    for FGSM and 2-step I-FGSM at ``extra_eps``; ``eot``: encoder draws averaged per gradient;
     ``draws``: K, the encoder draws on which a Poisson-coded SNN's prediction is judged (its expected
     correctness over them, the same draws for every input of an image; ``vote``: their majority instead,
     DESIGN section 8.4); ``snn1_T``: SNN-I time steps for crafting
@@ -174,8 +175,8 @@ class StudyConfig:
         if not self.gradients or self.gradients[0] != "snnadv":
             raise SpikeAdvError("study.gradients must start with snnadv (the paper's SNN source)")
         for g in self.gradients:
-            if g not in ("snnadv", "snnadv-clean", "bptt"):
-                raise SpikeAdvError(f"unknown SNN gradient source {g!r} (known: snnadv, snnadv-clean, bptt)")
+            if g not in SNN_GRADIENTS:
+                raise SpikeAdvError(f"unknown SNN gradient source {g!r} (known: {', '.join(SNN_GRADIENTS)})")
         if self.target not in ("random", "least-likely"):
             raise SpikeAdvError(f"study.target must be random or least-likely, got {self.target!r}")
         if self.snn1_T is not None and self.snn1_T < 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attack.checks import pct
+from ..attack.checks import pct, verdict
 from ..config.grid import by_eps
 from ..records import atomic_write, outcomes, write_json
 
@@ -72,9 +72,8 @@ def markdown(cards: list[dict], meta: dict) -> str:
             lines.append(f"- eps {eps}: " + "; ".join(
                 f"{p['name']} {p['fooled']}/{p['ran']} ({p['won']} first, {p['seconds']:.0f} s)" for p in e["pairs"]))
         lines += ["", f"![robust accuracy vs eps, accuracy vs steps]({m['name']}.png)", "", "Gradient-masking checks:", ""]
-        lines += [f"- {c['name']} [{c['estimator']}]: "
-                  + {True: "pass", False: "**FAIL: gradient masking suspected**", None: "n/a"}[c["passed"]]
-                  + f": {c['detail']}" for c in card["checks"]]
+        lines += [f"- {c['name']} [{c['estimator']}]: {verdict(c['name'], c['passed'], bold=True)}: {c['detail']}"
+                  for c in card["checks"]]
     return "\n".join(lines) + "\n"
 
 

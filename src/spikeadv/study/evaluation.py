@@ -135,7 +135,8 @@ def custom_suite(base: Suite, specs: list[str]) -> Suite:
 def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Setting, images: int) -> list[Task]:
     """The evaluation's units as independent tasks (for an executor to run anywhere, filling the cache
     the card is then read from): each model's sweep over the eps grid and its null attack, curves per
-    estimator and EOT, and the transfers from each source (one task per source, shared by its targets).
+    estimator and EOT, and the transfers from each source (one task per source, shared by its targets);
+    the convergence check runs with its model's sweep.
     Cost: image-steps."""
     suite, curve = setting.suite, min(images, setting.suite.curve_images)
     out = []
@@ -170,8 +171,10 @@ def run_unit(path: str, setting: Setting, images: int | None, out: str, root: st
         for target in models:
             if unit["source"] in (s.name for s in sources[target.name]):
                 evaluation.transfer(target, by_name[unit["source"]], setting.focus)
-    elif unit["unit"] == "sweep":
-        evaluation.sweep(by_name[unit["model"]])
+    elif unit["unit"] == "sweep":  # and the convergence check of its worst case, where the suite has one
+        swept = evaluation.sweep(by_name[unit["model"]])
+        if setting.focus in swept:
+            evaluation.converge(by_name[unit["model"]], swept[setting.focus])
     elif unit["unit"] == "null":
         evaluation.null(by_name[unit["model"]])
     elif unit["unit"] == "curves":
@@ -218,8 +221,8 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] = EPS_GRID, i
         star = done[-1]["median_eps_star"]
         log(f"{model.name}: robust accuracy " + ", ".join(f"{100 * e['worst_acc']:.1f}% at {k}"
                                                          for k, e in by_eps(done[-1]["eps"]))
-            + f"; median eps* {'beyond the grid' if star is None else f'{star:g}/255'} ({done[-1]['seconds']:.0f} s); " + (f"{len(failed)} masking check(s) failed" if failed
-                                                       else "masking checks pass"))
+            + f"; median eps* {'beyond the grid' if star is None else f'{star:g}/255'} ({done[-1]['seconds']:.0f} s); "
+            + (f"checks failed: {', '.join(sorted({c['name'] for c in failed}))}" if failed else "checks pass"))
     return cards.write(out, done, {**card_meta(str(path), setting, x, y),
                                       "seconds": round(time.perf_counter() - start, 1)})
 

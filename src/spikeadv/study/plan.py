@@ -161,7 +161,7 @@ def cost(job: Job, forward: dict[str, float], draws: dict[str, int], images: int
     """Expected work of one cell: crafting takes a forward and a backward pass (about 3 forwards) per
     step through the gradient's network (BPTT: the SNN itself; the ANN and SNNAdv: a network of ANN
     cost), evaluation one pass per target draw."""
-    through = job.source if job.gradient == "bptt" else "ann"
+    through = "ann" if job.gradient.startswith("snnadv") or job.source not in forward else job.source
     return images * (3 * job.steps * forward[through] + sum(draws[t] * forward[t] for t in job.targets))
 
 
