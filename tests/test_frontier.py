@@ -251,6 +251,7 @@ def test_the_strong_suite_claims_its_bound_with_every_faithful_reference():
     assert all(("eot=20" in p.estimator) != p.estimator.startswith("snnadv") for p in pairs if p.attack != "square")
     square = [p for p in pairs if p.attack == "square"]
     assert len(square) == 1 and square[0].every and square[0].steps == 5000 and pairs[-1] == square[0]
+    assert strong.curve_sources(snn) == ["snnadv-clean", "bptt"]  # the curves take one draw per step
     direct = strong.pairs(Spiking(neuron="if", T=16, encoding="direct"))
     assert not any("eot=" in p.estimator for p in direct)
     with pytest.raises(SpikeAdvError, match="fgsm has no restarts"):
