@@ -237,7 +237,8 @@ def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
 
 
 def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor,
-                   eps: float | Sequence[float] | None = None, suite: str = "quick", out: str | Path | None = None,
+                   eps: float | Sequence[float] | None = None, suite: str = suites.DEFAULT,
+                   out: str | Path | None = None,
                    name: str = "model", seed: int = 0, batch_size: int = 125, draws: int = 32, vote: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """The adaptive evaluation of any model (``spikeadv.evaluate``: spikeadv's own, a ``torch.nn.Module``,
@@ -245,7 +246,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: T
     images in [0, 1] to logits) on images ``x`` with labels ``y`` over the eps grid ``eps`` (pixel units
     like every attack, e.g. 8/255 or (2/255, 8/255); default 0.5/255 ... 32/255), a stochastic model judged on ``draws`` encoder draws per input (``vote``: their
     majority): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
-    card.md, rows.jsonl and a plot, units cached for a rerun."""
+    card.md, rows.jsonl and a plot, units cached for a rerun. ``suite``: ``strong`` (the default, the one
+    that claims a bound), or ``quick`` / ``standard`` for a cheaper first look."""
     target = as_model(model, name)
     # images, labels, their classes and the model's input shape checked as every attack checks them
     attacks.validate(estimators.Source(name, target.net, **estimators.outline(target.net)), x, y, eps=0)
