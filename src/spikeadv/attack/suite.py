@@ -118,7 +118,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
                      ("bptt", "square", 300)),
           poisson=_pairs(("bptt:eot=2", "apgd-ce", 10)),
           curve_images=32, curve_steps=10, eps_curve=(8, 32, 255), steps_curve=(1, 10, 30),
-          doc="a first look in minutes: APGD-CE (20 steps) through the proxy ANN, BPTT and BPTR, Square (300 queries)"),
+          doc="a first look in minutes, no bound claimed: APGD-CE (20 steps) through the proxy ANN, BPTT and "
+              "BPTR, Square (300 queries)"),
     Suite("standard",
           ann=_pairs(("ann", "apgd-ce", 100), ("ann", "apgd-t", 100), ("ann", "square", 1000)),
           snn=_pairs(("snnadv-clean", "apgd-ce", 100), ("bptt", "apgd-ce", 100), ("bptt", "apgd-dlr", 100),
@@ -128,7 +129,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
                      ("bptt", "square", 1000)),
           poisson=_pairs(("bptt:eot=4", "apgd-ce", 100)),
           curve_images=64, curve_steps=10, eps_curve=(2, 8, 32, 255), steps_curve=(1, 10, 100),
-          doc="APGD-CE/DLR/T (100 steps) over the proxy ANN, BPTT with three surrogates, BPTR, HART, EOT; "
+          doc="a first look, no bound claimed: APGD-CE/DLR/T (100 steps) over the proxy ANN, BPTT with three "
+              "surrogates, BPTR, HART, EOT; "
               "Square (1,000 queries)"),
     Suite("full",
           ann=_pairs(("ann", "apgd-ce", 100), ("ann", "apgd-dlr", 100), ("ann", "apgd-t", 100),
