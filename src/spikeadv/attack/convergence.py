@@ -62,14 +62,13 @@ def check(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, attack: 
     """Each budget doubled in turn from the worst case ``base`` on images ``x``: per dimension the doubled
     pairs, the expected correct images before and after, and whether it ``moved`` the worst case by more
     than :func:`tolerance` (None where no pair has that budget)."""
-    m, out = len(y), {}
+    m, out, before = len(y), {}, base.sum().item()
     for dimension in DIMENSIONS:
         more = doubled(pairs, dimension, stochastic)
         if not more:
-            out[dimension] = {"pairs": [], "before": base.sum().item(), "after": base.sum().item(), "moved": None}
+            out[dimension] = {"pairs": [], "before": round(before, 3), "after": round(before, 3), "moved": None}
             continue
-        result = worst_case(more, x, y, judge, attack, batch_size, start=base, clean=base)
-        before, after = base.sum().item(), result.p.sum().item()
+        after = worst_case(more, x, y, judge, attack, batch_size, start=base, clean=base).p.sum().item()
         out[dimension] = {"pairs": [p.name for p in more], "before": round(before, 3), "after": round(after, 3),
                           "moved": before - after > tolerance(m)}
     return {"images": m, "tolerance": tolerance(m), "dimensions": out,
