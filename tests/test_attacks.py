@@ -429,7 +429,7 @@ def test_eot_is_the_mean_of_successive_draws(snn1):
 
 def test_make_refuses_sources_that_do_not_fit_the_model(snn1):
     ann, net, snn = snn1
-    with pytest.raises(SpikeAdvError, match="an SNN"):
+    with pytest.raises(SpikeAdvError, match="a spikeadv SNN"):
         sources.make("ann", net, snn)
     for name in ("bptt", "snnadv", "snnadv-clean"):
         with pytest.raises(SpikeAdvError, match="an ANN"):

@@ -138,7 +138,8 @@ def test_the_rate_ann_is_the_ann_on_the_rate_image_and_its_gradient_is_straight_
     r = rates.detach().requires_grad_(True)
     expected = torch.autograd.grad(torch.nn.functional.cross_entropy(net(r), torch.arange(4)), r)[0]
     torch.testing.assert_close(grad, expected)  # d rate / d x = 1: the straight-through encoder
-    assert estimators.applies("bptt", snn) and not estimators.applies("ann", snn)
+    kind = estimators.kind_of(net, snn)
+    assert estimators.applies("bptt", kind) and not estimators.applies("ann", kind)
 
 
 def test_the_study_judges_every_kind_beside_its_controls(reference):

@@ -313,7 +313,7 @@ def test_a_foreign_snn_is_evaluated_through_a_time_loop(tmp_path):
     e = result["eps"]["16"]
     assert e["worst_acc"] < e["clean_acc"] and result["judge"]["draws"] == 32  # a stochastic model: K draws
     assert {c["name"] for c in result["checks"]} >= {"unbounded attack succeeds", "input gradients are not zero"}
-    assert (tmp_path / "card" / "card.json").exists() and (tmp_path / "card" / "model0.png").exists()
+    assert (tmp_path / "card" / "card.json").exists() and (tmp_path / "card" / "step-lif.png").exists()
 
 
 def test_apgd_on_a_stochastic_source_returns_the_highest_loss_point(reference):
@@ -364,12 +364,12 @@ def test_every_image_gives_each_pair_its_own_accuracy(reference, tmp_path):
 def test_every_suite_names_estimators_and_attacks_that_exist_and_fit(name):
     chosen = suite.get(name)
     poisson, direct = Spiking(neuron="lif", leak=0.9, T=4), Spiking(T=4, encoding="direct")
-    suite.check_pairs(chosen.pairs(None), None, "ann")
+    suite.check_pairs(chosen.pairs(None), "ann", "ann")
     for snn in (poisson, direct):
         pairs = chosen.pairs(snn)
-        suite.check_pairs(pairs, snn, "snn")
+        suite.check_pairs(pairs, "snn", "snn")
         assert pairs[-1].attack == "square" and all(p.attack != "square" for p in pairs[:-1])
         assert all("eot=" not in e for e in chosen.curve_sources(snn))
     assert len(chosen.pairs(poisson)) == len(chosen.pairs(direct)) + len(chosen.poisson)
     with pytest.raises(SpikeAdvError, match="does not apply to snn"):
-        suite.check_pairs(chosen.pairs(None), poisson, "snn")
+        suite.check_pairs(chosen.pairs(None), "snn", "snn")

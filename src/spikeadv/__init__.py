@@ -1,8 +1,9 @@
 """spikeadv: adversarial robustness of spiking neural networks (Sharmin et al.), reproduced and extended.
 
 The Python API (README "Python API"): :class:`Model` (a trained ANN or SNN, from a checkpoint or a
-study's run directory), the attacks ``fgsm``, ``rfgsm``, ``ifgsm``, ``pgd`` (eps in pixel units, e.g.
-8/255), the gradient sources they take (``source(name, net, snn)``, or ``ann``, ``snnadv``, ``bptt``,
+study's run directory), the attacks ``fgsm``, ``rfgsm``, ``ifgsm``, ``pgd``, ``apgd``, ``apgd_t``,
+``fab_t``, ``sapgd``, ``square`` (eps in pixel units, e.g. 8/255), ``evaluate`` and ``compare`` (the
+adaptive evaluation of your own models, :class:`TimeLoop` around another library's SNN), the gradient sources they take (``source(name, net, snn)``, or ``ann``, ``snnadv``, ``bptt``,
 ``eot``), ``get_preset`` and ``run`` (the whole study); every mistake a user can fix raises
 :class:`SpikeAdvError`. The names are imported on first use, so ``import spikeadv`` stays light.
 
@@ -25,20 +26,26 @@ _EXPORTS = {  # public name -> (module, its name there)
     "Source": ("attack.estimators", "Source"), "source": ("attack.estimators", "make"), "ann": ("attack.estimators", "ann"),
     "snnadv": ("attack.estimators", "snnadv"), "bptt": ("attack.estimators", "bptt"), "eot": ("attack.estimators", "eot"),
     "SpikeAdvError": ("errors", "SpikeAdvError"),
-    "evaluate": ("study.evaluation", "evaluate_model"), "TimeLoop": ("models.foreign", "TimeLoop"),
+    "evaluate": ("study.yours", "evaluate_model"), "compare": ("api", "compare"), "TimeLoop": ("models.foreign", "TimeLoop"),
+    "apgd": ("attack.apgd", "apgd"), "apgd_t": ("attack.apgd", "apgd_t"), "fab_t": ("attack.fab", "fab_t"),
+    "sapgd": ("attack.sapgd", "sapgd"), "square": ("attack.square", "square"),
 }
-__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "bptt", "eot", "evaluate", "fgsm", "get_preset",
-           "ifgsm", "pgd", "rfgsm", "run", "snnadv", "source"]
+__all__ = ["Model", "Source", "SpikeAdvError", "TimeLoop", "ann", "apgd", "apgd_t", "bptt", "compare", "eot", "evaluate",
+           "fab_t", "fgsm", "get_preset", "ifgsm", "pgd", "rfgsm", "run", "sapgd", "snnadv", "source", "square"]
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports each name when first used
-    from .api import Model, run
+    from .api import Model, compare, run
+    from .attack.apgd import apgd, apgd_t
     from .attack.attacks import fgsm, ifgsm, pgd, rfgsm
     from .attack.estimators import Source, ann, bptt, eot, snnadv
     from .attack.estimators import make as source
+    from .attack.fab import fab_t
+    from .attack.sapgd import sapgd
+    from .attack.square import square
     from .config.presets import get_preset
     from .errors import SpikeAdvError
     from .models.foreign import TimeLoop
-    from .study.evaluation import evaluate_model as evaluate
+    from .study.yours import evaluate_model as evaluate
 
 
 def __getattr__(name: str) -> Any:

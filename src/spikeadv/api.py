@@ -11,7 +11,7 @@ Usage::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,9 +19,11 @@ from torch import Tensor
 
 from . import runtime
 from .attack import attacks, estimators
+from .attack.suite import DEFAULT
 from .config.presets import Preset, StudyConfig, get_preset
 from .models.trained import Trained, interrupted
-from .study import judge, runner
+from .study import judge, runner, yours
+from .study.evaluation import card_meta
 from .study.executors import Executor
 from .study.rundir import load_model
 
@@ -77,6 +79,25 @@ class Model(Trained):
         ``bptt:surrogate=atan,alpha=2``), ``bptr`` or ``hart`` for an SNN. ``seed`` fixes the encoder
         draws; ``eot`` > 1 averages the gradient over that many."""
         return estimators.make(gradient, self.net, self.snn, seed=seed, eot_n=eot)
+
+
+def compare(models: yours.Models, x: Tensor, y: Tensor, eps: float | Sequence[float] | None = None,
+            suite: str = DEFAULT, out: str | Path | None = None, log: Callable[[str], None] = print, **options) -> dict:
+    """Your models (a mapping name -> model, or a list) evaluated on the same images, draws and settings
+    (:func:`spikeadv.study.yours.evaluate_models`; ``options`` as :func:`spikeadv.evaluate` takes them) and
+    compared pairwise as the study's report compares its kinds: per pair the paired judgement on each
+    image's minimal perturbation eps* (Wilcoxon, bootstrap interval of the median difference), robust
+    accuracy per eps (McNemar) and attack success on the images both get right; Holm across the pairs.
+    Returns one card (``card["paired"]``: one line per pair); with ``out`` written there."""
+    from .report.adaptive import items, versus
+    from .study import card as cards
+
+    found, setting, x, y = yours.evaluate_models(models, x, y, eps, suite, out=out, log=log, **options)
+    meta = card_meta("compare: " + ", ".join(c["model"]["name"] for c in found), setting, x, y)
+    paired = items(versus({**meta, "cards": found}), setting.focus)
+    if out is not None:
+        cards.write(Path(out), found, meta, paired)
+    return {**meta, "cards": found, "paired": paired}
 
 
 def run(preset: Preset | str, out: str | Path, root: str | Path | None = None,

@@ -5,8 +5,8 @@ Each check reads the numbers of an evaluation card (:mod:`spikeadv.study.units`)
 masking suspected", naming the model, the estimator and the numbers) or does not apply. Accuracies are
 fractions of n images; two accuracies differ beyond sampling error when they differ by more than
 ``margin(p, q, n)``: 1.96 binomial standard errors of the difference (unpaired, so conservative for the
-paired measurements here), and never less than one image; Square's extra images are measured against
-the sampling error of the worst-case accuracy itself (``margin1``).
+paired measurements here), and never less than one image; the images Square breaks that the gradient
+attacks left are held to the convergence rule (:func:`.convergence.tolerance`: 1 image or 0.5%).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from ..config.grid import by_eps
 from .convergence import tolerance
+from .suite import ROBUST
 
 UNBOUNDED_MAX = 0.01  # an unbounded attack leaves at most 1% accuracy
 ZERO_GRADIENT_MAX = 0.1  # at most 10% of images with an input gradient that is exactly zero
@@ -93,11 +94,12 @@ def check_card(card: dict) -> list[Check]:
         n, worst = card["images"], result["worst_acc"]
         square = [p for p in result["pairs"] if p["attack"] == "square"]
         if square:
-            won = square[0]["won"] / n
+            won = square[0]["won"]
+            left = won + sum(1 for w in result["winner"] if w == ROBUST)  # unbroken when Square ran
             out.append(Check("Square does not beat the gradient attacks", model, square[0]["estimator"],
-                             won <= margin1(worst, n),
-                             f"Square broke {square[0]['won']} of {n} images the gradient attacks left at eps "
-                             f"{float(e):g}/255 ({pct(won)}; sampling error {pct(margin1(worst, n))})"))
+                             won <= tolerance(n),
+                             f"Square broke {won} of the {left} images the gradient attacks left at eps {float(e):g}/255 "
+                             f"(allowed: {tolerance(n):g}, 1 image or 0.5% of {n}, the convergence rule)"))
         if float(e) != eps:
             continue  # transfer is measured at the evaluated eps
         for source, acc in result.get("transfer", {}).items():

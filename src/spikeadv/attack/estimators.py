@@ -21,6 +21,11 @@ gradient and the logits it was taken on (J the cross-entropy unless an attack pa
   surrogates raises the loss most (after MDSE, Xu et al. 2025).
 - option ``eot=n`` on any of them: the mean over n draws of the encoder's randomness (EOT).
 
+On an SNN of SpikingJelly, snnTorch or Norse (kind ``foreign``), ``bptt`` with a ``surrogate``, ``assg``,
+``pdsg`` and ``mdse`` swap its neurons' surrogate for the attack (:mod:`spikeadv.models.adapters`);
+``bptt`` without one is its own autograd, as ``ann``. The rate estimators and SNNAdv need spikeadv's own
+network (the whole spike train of a layer, the ANN twin).
+
 Estimators are named by a spec, ``name[:option=value,...]``, e.g. ``bptt:surrogate=sigmoid,alpha=8,eot=4``.
 
 Usage::
@@ -32,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +48,10 @@ from torch import Tensor
 
 from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
+from ..models import adapters
+from ..models.foreign import TimeLoop
 from ..models.network import Network
-from ..models.neurons import Derivative, adaptive_surrogate, encode
+from ..models.neurons import Derivative, adaptive_surrogate, encode, surrogate_grad
 from ..models.trained import Trained
 from ..runtime.draws import Draws, Stream
 from . import surrogates
@@ -118,7 +126,8 @@ def as_source(source: object) -> Source:
     if isinstance(source, Source):
         return source
     if isinstance(source, Trained):
-        offered = "ann" if source.snn is None else ", ".join(n for n, e in ESTIMATORS.items() if "snn" in e.kinds)
+        kind = kind_of(source.net, source.snn)
+        offered = ", ".join(n for n, e in ESTIMATORS.items() if kind in e.kinds)
         raise SpikeAdvError(f"an attack takes a gradient source, not the model {source.name}: pass "
                             f"model.source(NAME) with NAME one of {offered}")
     if callable(source):
@@ -206,20 +215,50 @@ def mdse(net: Network, snn: Spiking, *, seed: int = 0, step: float = 0.01) -> So
     """MDSE over :data:`.surrogates.MDSE_CANDIDATES`, each BPTT on the same encoder draws (one seed)."""
     if not 0 < step <= 1:
         raise SpikeAdvError(f"mdse step (the trial step, pixel units) must be in (0, 1], got {step:g}")
-    candidates = tuple(bptt(net, _spiking(snn, name, alpha, 0.0), seed=seed) for name, alpha in surrogates.MDSE_CANDIDATES)
-    return Mixed("mdse", candidates[0].logits, stochastic=snn.encoding == "poisson", candidates=candidates, step=step)
+    return _mixed(tuple(bptt(net, _spiking(snn, name, alpha, 0.0), seed=seed)
+                        for name, alpha in surrogates.MDSE_CANDIDATES), step)
+
+
+def _mixed(candidates: tuple[Source, ...], step: float) -> Source:
+    return Mixed("mdse", candidates[0].logits, stochastic=candidates[0].stochastic, candidates=candidates, step=step)
+
+
+def _adaptive(a: float, relax: float, beta: float | None, poisson: bool) -> surrogates.ASSG:
+    """ASSG with the authors' moment decay: 0.99 on Poisson input, else 0.9, unless ``beta`` is given."""
+    return surrogates.ASSG(a, relax, (0.99 if poisson else 0.9) if beta is None else beta)
 
 
 def _assg(net: Network, snn: Spiking, seed: int, a: float, relax: float, beta: float | None) -> Source:
-    beta = (0.99 if snn.encoding == "poisson" else 0.9) if beta is None else beta
-    return bptt(net, snn, seed=seed, derivative=surrogates.ASSG(a, relax, beta))
+    return bptt(net, snn, seed=seed, derivative=_adaptive(a, relax, beta, snn.encoding == "poisson"))
+
+
+def _foreign_bptt(net: Callable[[Tensor], Tensor], surrogate: str | None, alpha: float | None) -> Source:
+    """BPTT on a library SNN: ``surrogate`` at ``alpha`` (default :class:`Spiking`'s) swapped in; without
+    one, its own autograd."""
+    if surrogate is None:
+        if alpha is not None:
+            raise SpikeAdvError("a wrapped SNN's own surrogate is its library's: name surrogate=... with alpha")
+        return ann(net)
+    return _swapped(net, functools.partial(surrogate_grad, name=surrogate, alpha=alpha or Spiking.alpha))
+
+
+def _swapped(net: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], history: bool = False) -> Source:
+    """A library SNN whose neurons backpropagate ``derivative`` (:func:`spikeadv.models.adapters.through`)."""
+    return Source("swapped", adapters.through(net, derivative, history), stochastic=bool(getattr(net, "stochastic", False)))
+
+
+def _foreign_mdse(net: Callable[[Tensor], Tensor], step: float) -> Source:
+    """MDSE on a library SNN (on Poisson input each candidate's call draws anew from the wrapper)."""
+    return _mixed(tuple(_foreign_bptt(net, name, alpha) for name, alpha in surrogates.MDSE_CANDIDATES), step)
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator: the model ``kinds`` it applies to (``ann`` or ``snn``), its options
-    with defaults, how it builds a :class:`Source` from (net, snn, seed, options), and whether it runs
-    the model's encoder (``drawn``: on Poisson input each call draws, so EOT averages something)."""
+    """A registered estimator: the model ``kinds`` it applies to (``ann``, ``snn``: spikeadv's own, or
+    ``foreign``: a library SNN), its options with defaults, how it builds a :class:`Source` from (net,
+    snn, seed, options) and, for a library SNN, from (net, options) (``foreign``, where it differs), and
+    whether it runs the model's encoder (``drawn``: on Poisson input each call draws, so EOT averages
+    something)."""
 
     name: str
     kinds: tuple[str, ...]
@@ -227,6 +266,18 @@ class Estimator:
     build: Callable[..., Source]
     doc: str
     drawn: bool = True
+    foreign: Callable[..., Source] | None = None
+
+
+KINDS = {"ann": "an ANN", "snn": "a spikeadv SNN", "foreign": "a SpikingJelly, snnTorch or Norse SNN"}
+
+
+def kind_of(net: object, snn: Spiking | None) -> str:
+    """Which estimators a model takes: ``snn`` (spikeadv's SNN), ``foreign`` (a network holding library
+    neurons: :func:`spikeadv.models.adapters.neurons`) or ``ann`` (any other classifier)."""
+    if snn is not None:
+        return "snn"
+    return "foreign" if adapters.neurons(net) else "ann"
 
 
 def _spiking(snn: Spiking, surrogate: str | None, alpha: float | None, mix: float) -> Spiking:
@@ -235,25 +286,30 @@ def _spiking(snn: Spiking, surrogate: str | None, alpha: float | None, mix: floa
 
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
-    Estimator("ann", ("ann",), {}, lambda net, snn, seed: ann(net), "exact gradient of the ANN"),
+    Estimator("ann", ("ann", "foreign"), {}, lambda net, snn, seed: ann(net),
+              "exact gradient of the ANN; a library SNN's own autograd"),
     Estimator("snnadv", ("snn",), {}, lambda net, snn, seed: snnadv(net, snn, seed=seed),
               "paper Algorithm 2: proxy ANN from the rate image", drawn=False),
     Estimator("snnadv-clean", ("snn",), {}, lambda net, snn, seed: snnadv(net, snn, seed=seed, base="clean"),
               "proxy ANN (ANN activations) from the clean image", drawn=False),
-    Estimator("bptt", ("snn",), {"surrogate": None, "alpha": None},
+    Estimator("bptt", ("snn", "foreign"), {"surrogate": None, "alpha": None},
               lambda net, snn, seed, surrogate, alpha: bptt(net, _spiking(snn, surrogate, alpha, 0.0), seed=seed),
-              "through time with a surrogate derivative (default: the model's own)"),
+              "through time with a surrogate derivative (default: the model's own)", foreign=_foreign_bptt),
     Estimator("bptr", ("snn",), {}, lambda net, snn, seed: bptt(net, _spiking(snn, None, None, 1.0), seed=seed),
               "through the rate relation (BPTR / RGA)"),
     Estimator("hart", ("snn",), {"mix": 0.5, "surrogate": None, "alpha": None},
               lambda net, snn, seed, mix, surrogate, alpha: bptt(net, _spiking(snn, surrogate, alpha, mix), seed=seed),
               "rate and temporal paths mixed (HART-style), mix = rate share"),
-    Estimator("assg", ("snn",), {"a": 0.425, "relax": 1.5, "beta": None}, _assg,
-              "adaptive sharpness surrogate (Wang et al. 2025; pair it with sa-pgd)"),
-    Estimator("pdsg", ("snn",), {}, lambda net, snn, seed: bptt(net, snn, seed=seed, derivative=surrogates.pdsg),
-              "potential-dependent surrogate (Lun et al. 2025)"),
-    Estimator("mdse", ("snn",), {"step": 0.01}, lambda net, snn, seed, step: mdse(net, snn, seed=seed, step=step),
-              "per image the surrogate whose step raises the loss most (after MDSE, Xu et al. 2025)"),
+    Estimator("assg", ("snn", "foreign"), {"a": 0.425, "relax": 1.5, "beta": None}, _assg,
+              "adaptive sharpness surrogate (Wang et al. 2025; pair it with sa-pgd)",
+              foreign=lambda net, a, relax, beta: _swapped(net, _adaptive(a, relax, beta,
+                                                                         getattr(net, "stochastic", False)))),
+    Estimator("pdsg", ("snn", "foreign"), {}, lambda net, snn, seed: bptt(net, snn, seed=seed, derivative=surrogates.pdsg),
+              "potential-dependent surrogate (Lun et al. 2025)",
+              foreign=lambda net: _swapped(net, surrogates.pdsg, history=True)),
+    Estimator("mdse", ("snn", "foreign"), {"step": 0.01}, lambda net, snn, seed, step: mdse(net, snn, seed=seed, step=step),
+              "per image the surrogate whose step raises the loss most (after MDSE, Xu et al. 2025)",
+              foreign=_foreign_mdse),
 )}
 
 
@@ -292,20 +348,25 @@ def parse(spec: str) -> tuple[str, dict]:
     return name, options
 
 
-def applies(spec: str, snn: Spiking | None) -> bool:
-    """Whether estimator ``spec`` applies to a model (an ANN when ``snn`` is None, else an SNN)."""
-    return ("ann" if snn is None else "snn") in ESTIMATORS[parse(spec)[0]].kinds
+def applies(spec: str, kind: str) -> bool:
+    """Whether estimator ``spec`` applies to a model of ``kind`` (:func:`kind_of`)."""
+    return kind in ESTIMATORS[parse(spec)[0]].kinds
 
 
 def make(spec: str, net: Network, snn: Spiking | None, *, seed: int = 0, eot_n: int = 1) -> Source:
-    """A source by estimator spec (:func:`parse`): ``ann`` for ANNs; ``snnadv``, ``snnadv-clean``,
-    ``bptt``, ``bptr`` or ``hart`` for SNNs; ``eot_n`` > 1 (or option ``eot``) averages over encoder
-    draws."""
+    """A source by estimator spec (:func:`parse`) on a model of any kind (:func:`kind_of`); ``eot_n`` > 1
+    (or option ``eot``) averages over encoder draws. A :class:`TimeLoop`'s encoder draws from ``seed``."""
     name, options = parse(spec)
-    if not applies(spec, snn):
-        kind = "an ANN" if snn is None else "an SNN"
-        raise SpikeAdvError(f"gradient estimator {name!r} does not apply to {kind} "
-                            f"(it applies to: {', '.join(ESTIMATORS[name].kinds)})")
+    kind, estimator = kind_of(net, snn), ESTIMATORS[name]
+    if not applies(spec, kind):
+        raise SpikeAdvError(f"gradient estimator {name!r} does not apply to {KINDS[kind]} "
+                            f"(it applies to: {', '.join(KINDS[k] for k in estimator.kinds)})")
     draws = max(eot_n, options.pop("eot"))
-    source = dataclasses.replace(ESTIMATORS[name].build(net, snn, seed, **options), name=spec.strip(), **outline(net))
+    if isinstance(net, TimeLoop):
+        net.stream = Stream(seed)
+    if kind == "foreign" and estimator.foreign is not None:
+        source = estimator.foreign(net, **options)
+    else:
+        source = estimator.build(net, snn, seed, **options)
+    source = dataclasses.replace(source, name=spec.strip(), **outline(net))
     return source if draws == 1 else eot(source, draws)

@@ -89,22 +89,27 @@ class Suite:
     converge: int = 0
     doc: str = ""
 
-    def pairs(self, snn: Spiking | None) -> tuple[Pair, ...]:
-        """The ordered ensemble for a model (an ANN when ``snn`` is None); Square stays last."""
-        if snn is None:
-            return self.ann
-        extra = self.poisson if snn.encoding == "poisson" else ()
-        gradient = [p for p in self.snn if p.attack != "square"]
-        ordered = (*gradient, *extra, *(p for p in self.snn if p.attack == "square"))
-        if snn.encoding != "poisson":
+    def pairs(self, snn: Spiking | None, net: object = None) -> tuple[Pair, ...]:
+        """The ordered ensemble for a model: an ANN (``snn`` None and no library neuron in ``net``),
+        spikeadv's SNN (``snn``), or a library SNN in ``net`` (the SNN pairs whose estimators apply to it,
+        :func:`.estimators.kind_of`); Square stays last. On a stochastic model (Poisson input, or a
+        ``net`` that says it is ``stochastic``) every drawn pair averages over the suite's EOT draws."""
+        kind = estimators.kind_of(net, snn)
+        stochastic = snn.encoding == "poisson" if snn is not None else bool(getattr(net, "stochastic", False))
+        if kind == "ann":
+            ordered = self.ann
+        else:
+            fits = [p for p in (*self.snn, *(self.poisson if stochastic else ())) if estimators.applies(p.estimator, kind)]
+            ordered = (*(p for p in fits if p.attack != "square"), *(p for p in fits if p.attack == "square"))
+        if not stochastic:
             return ordered
         return tuple(replace(p, estimator=with_eot(p.estimator, self.square_eot if p.attack == "square" else self.eot))
                      if estimators.ESTIMATORS[estimators.parse(p.estimator)[0]].drawn else p for p in ordered)
 
-    def curve_sources(self, snn: Spiking | None) -> list[str]:
+    def curve_sources(self, snn: Spiking | None, net: object = None) -> list[str]:
         """The estimators whose accuracy-vs-eps and -steps curves are drawn and checked."""
         seen: list[str] = []
-        for p in self.pairs(snn):
+        for p in self.pairs(snn, net):
             single = with_eot(p.estimator, 1, override=True)  # one draw per step: the curves are many points
             if p.attack != "square" and single not in seen and (single == p.estimator or self.eot > 1):
                 seen.append(single)
@@ -174,18 +179,18 @@ def get(name: str) -> Suite:
     return SUITES[name]
 
 
-def check_pairs(pairs: tuple[Pair, ...], snn: Spiking | None, model: str) -> None:
+def check_pairs(pairs: tuple[Pair, ...], kind: str, model: str) -> None:
     """Refuse, before anything runs, no pairs at all, or a pair whose estimator or attack is unknown or
-    does not apply, or restarts on an attack without them."""
-    kind = "ann" if snn is None else "snn"
+    does not apply to a model of ``kind`` (:func:`.estimators.kind_of`), or restarts on an attack without them."""
+    what = estimators.KINDS[kind]
     if not pairs:
-        raise SpikeAdvError(f"no pair of the suite applies to {model} (an {kind.upper()}); estimators for it: "
+        raise SpikeAdvError(f"no pair of the suite applies to {model} ({what}); estimators for it: "
                             + ", ".join(n for n, e in estimators.ESTIMATORS.items() if kind in e.kinds))
     for pair in pairs:
         if not registry.get(pair.attack).restarts and pair.restarts != 1:
             raise SpikeAdvError(f"pair {pair.name}: {pair.attack} has no restarts")
-        if not estimators.applies(pair.estimator, snn):
-            raise SpikeAdvError(f"estimator {pair.estimator!r} does not apply to {model} (an {kind.upper()})")
+        if not estimators.applies(pair.estimator, kind):
+            raise SpikeAdvError(f"estimator {pair.estimator!r} does not apply to {model} ({what})")
 
 
 @dataclass

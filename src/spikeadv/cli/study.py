@@ -72,24 +72,69 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     eps = evaluation.eps_grid(None if args.eps is None else opts.eps_values(args.eps))
     draws = None if args.draws is None else evaluation.draws_value(args.draws)
     executor = _executor(args)
-    if not args.path.exists():
-        raise SpikeAdvError(f"{args.path} does not exist; pass a run directory or a model checkpoint")
     start = time.perf_counter()
-    written = evaluation.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root, executor=executor,
-                                       draws=draws, vote=args.vote or None)
+    if args.models:
+        written = _evaluate_yours(args, draws)
+    elif args.path is None or not args.path.exists():
+        raise SpikeAdvError(f"{args.path or 'nothing'} to evaluate: pass a run directory, a model checkpoint, or "
+                            "--model module.path:function for a model of your own")
+    else:
+        written = evaluation.evaluate_path(args.path, chosen, eps, args.images, args.out, args.root,
+                                           executor=executor, draws=draws, vote=args.vote or None)
     print(f"done in {time.perf_counter() - start:.0f} s: card {written[1]}, rows {written[2]}")
 
 
+def _evaluate_yours(args: argparse.Namespace, draws: int | None) -> list[Path]:
+    """``--model`` (one, or several compared pairwise) on the first ``--images`` test images of ``--data``."""
+    from .. import data, runtime
+    from ..api import compare
+    from ..study import yours
+
+    if args.path is not None:
+        raise SpikeAdvError("give a run directory or checkpoint, or --model, not both")
+    if args.weights and len(args.weights) != len(args.models):
+        raise SpikeAdvError(f"--weights: give one per --model ({len(args.models)}), in the same order, or none")
+    if args.data is None:
+        raise SpikeAdvError("--model needs --data (the test images to attack, e.g. --data mnist)")
+    models = {spec.partition(":")[2]: yours.load_factory(spec, w, args.T, args.encoding)
+              for spec, w in zip(args.models, args.weights or [None] * len(args.models))}
+    if len(models) != len(args.models):
+        raise SpikeAdvError("--model: two factories of the same name; the card names models by their function")
+    test = data.load(args.data, "test", args.root)
+    n = args.images or 500
+    if n > len(test):
+        raise SpikeAdvError(f"--images {n} exceeds the {len(test)} test images of {args.data}")
+    device = runtime.device(None if args.device == "auto" else args.device)
+    x, y = data.to_float(test.images[:n]).to(device), test.labels[:n].long().to(device)
+    out = args.out or Path("evaluation") / "-vs-".join(models)
+    eps = None if args.eps is None else opts.eps_values(args.eps)
+    options = {"suite": args.suite or "strong", "pairs": args.pairs or None, "draws": draws or 32,
+               "vote": args.vote, "out": out}
+    card = compare(models, x, y, eps, **options)
+    return [out / "card.json", out / "card.md", out / "rows.jsonl"] if card else []
+
+
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="adaptive robustness evaluation of a run's models or a checkpoint")
-    p.add_argument("path", type=Path, help="a run directory (every instance of each kind) or a model checkpoint")
+    p = sub.add_parser("evaluate", help="adaptive robustness evaluation of a run's models, a checkpoint, or your own "
+                       "SpikingJelly, snnTorch, Norse or PyTorch model (--model module:function)")
+    p.add_argument("path", type=Path, nargs="?", help="a run directory (every instance of each kind) or a model "
+                   "checkpoint; or none, with --model")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a model of your own: an importable function that returns a torch.nn.Module (a SpikingJelly, "
+                        "snnTorch or Norse SNN, wrapped in a TimeLoop by it or by --T); repeat to compare models")
+    p.add_argument("--weights", action="append", default=[], type=Path, metavar="FILE",
+                   help="weights of each --model, in order: safetensors or a PyTorch state dict (read with "
+                        "torch's weights-only loader, never code)")
+    p.add_argument("--T", type=opts.positive, help="timesteps: wrap each --model in a TimeLoop of T steps")
+    p.add_argument("--encoding", choices=("direct", "poisson"), help="the TimeLoop's input encoding (with --T)")
+    p.add_argument("--data", help="the test images for --model: mnist, fashion-mnist, cifar10, ...")
     p.add_argument("--suite", default=None,
                    help="strong (the default: the one that claims a bound, with its convergence check), or the "
                         "cheaper first looks quick and standard, or full")
     p.add_argument("--eps", action="append", default=None, metavar="EPS",
                    help="the robustness curve's eps grid in pixel units like every attack, increasing, "
                         "comma-separated or repeated, e.g. 2/255,8/255 or 0.0314 (default: 0.5/255 ... 32/255: "
-                        "0.5, 1, 2, 3, 4, 6, 8, 16, 32 /255)")
+                        "0.5, 1, 2, 3, 4, 6, 8, 16, 32 /255; grey images with --model: 0.05 ... 0.3)")
     p.add_argument("--draws", type=int, metavar="K",
                    help="encoder draws per judged input of a stochastic SNN (default: the study's, else 32)")
     p.add_argument("--vote", action="store_true",

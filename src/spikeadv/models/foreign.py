@@ -1,7 +1,7 @@
 """Models spikeadv did not build: any ``torch.nn.Module`` or callable that maps images in [0, 1] to logits
 (:func:`as_model`), and :class:`TimeLoop`, which turns an SNN of another library (SpikingJelly, snnTorch,
 Norse) into one, handling its time dimension, input encoding and state reset. ``spikeadv.evaluate``
-(:func:`spikeadv.study.evaluation.evaluate_model`) attacks them.
+(:func:`spikeadv.study.yours.evaluate_model`) attacks them.
 
 Usage::
 
@@ -12,9 +12,10 @@ Usage::
     print(card["eps"]["8"]["worst_acc"], [c["name"] for c in card["checks"] if c["passed"] is False])
 
 The model is attacked through its own autograd (estimator ``ann``: whatever backward its spiking
-neurons define, straight through the encoder), averaged over encoder draws with ``ann:eot=n``, and by
-Square from its scores alone. Put it in eval mode first, and make sure its neurons give input gradients
-there (SpikingJelly issue 386).
+neurons define, straight through the encoder), and, where its neurons are SpikingJelly's, snnTorch's or
+Norse's, through every surrogate estimator (``bptt`` with any shape and sharpness, ``assg``, ``pdsg``,
+``mdse``: :mod:`.adapters` swaps the neurons' surrogates), averaged over encoder draws on Poisson input,
+and by Square from its scores alone. It is attacked in eval mode (its mode restored afterwards).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
 from ..records import checkpoint
 from ..runtime.draws import Draws, Stream
+from . import adapters
 from .neurons import encode
 from .trained import Trained
 
@@ -39,11 +41,14 @@ PROBE = 8  # images in the fixed probe batch whose outputs fingerprint a model's
 
 
 class TimeLoop(nn.Module):
-    """An SNN of another library as an image classifier: ``reset(module)`` (its state), then T input
-    frames (``direct``: the image each step; ``poisson``: Bernoulli spikes, straight-through backward,
-    from this wrapper's own seeded counter-based stream), logits = mean over t of its outputs. ``multistep``: the
-    module takes all frames at once, ``[T, B, ...]`` -> ``[T, B, classes]`` (SpikingJelly's multi-step
-    mode); otherwise it is called once per step (snnTorch, SpikingJelly single-step)."""
+    """An SNN of another library as an image classifier: ``reset(module)`` (its state; by default every
+    SpikingJelly and snnTorch neuron's, :func:`.adapters.reset`), then T input frames (``direct``: the image
+    each step; ``poisson``: Bernoulli spikes, straight-through backward, from this wrapper's own seeded
+    counter-based stream), logits = mean over t of its outputs. ``multistep``: the module takes all
+    frames at once, ``[T, B, ...]`` -> ``[T, B, classes]`` (SpikingJelly's multi-step mode, Norse's
+    ``LIF``); otherwise it is called once per step (snnTorch, SpikingJelly single-step, Norse cells). A
+    module that returns ``(output, state)`` has its output taken; a Norse module gets its state back at
+    the next step (Norse keeps state outside its modules)."""
 
     def __init__(self, module: nn.Module, T: int, *, reset: Callable[[nn.Module], object] | None = None,
                  encoding: str = "direct", multistep: bool = False, seed: int = 0) -> None:
@@ -51,6 +56,8 @@ class TimeLoop(nn.Module):
         Spiking(T=T, encoding=encoding)  # T and the encoding refused here, in one line, not at the first forward
         if reset is not None and not callable(reset):
             raise SpikeAdvError(f"reset must be a function of the module (e.g. functional.reset_net), got {reset!r}")
+        self.libraries = adapters.libraries(module)
+        reset = adapters.reset if reset is None and self.libraries else reset
         self.module, self.T, self.reset, self.encoding, self.multistep = module, T, reset, encoding, multistep
         self.seed = seed
         self.stream = Stream(seed)
@@ -69,13 +76,27 @@ class TimeLoop(nn.Module):
         """Poisson input: each call draws fresh spikes (attacks then trust no single draw)."""
         return self.encoding == "poisson"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, draws: Draws | None = None) -> Tensor:
+        """Logits of images ``x``; Poisson spikes from ``draws`` where given (the judge's common random
+        numbers: image i's draws follow its id), else the next of this wrapper's stream."""
         if self.reset is not None:
             self.reset(self.module)
-        frames = encode(x, self.T, self.encoding, self.stream.next(len(x), x.device))
+        frames = encode(x, self.T, self.encoding, draws or self.stream.next(len(x), x.device))
         if self.multistep:
-            return self.module(frames).mean(0)
-        return sum(self.module(frames[t]) for t in range(self.T)) / self.T
+            return _output(self.module(frames)).mean(0)
+        total, state = 0, None
+        for t in range(self.T):
+            if "norse" in self.libraries:
+                out, state = self.module(frames[t], state)
+            else:
+                out = _output(self.module(frames[t]))
+            total = total + out
+        return total / self.T
+
+
+def _output(out: Tensor | tuple) -> Tensor:
+    """A module's output: itself, or the first of ``(output, state)`` (Norse, snnTorch's ``output=True``)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def as_model(model: nn.Module | Callable[[Tensor], Tensor], name: str = "model") -> Trained:
@@ -83,7 +104,19 @@ def as_model(model: nn.Module | Callable[[Tensor], Tensor], name: str = "model")
     :func:`identified` gives either the digest its cached results are keyed by."""
     if isinstance(model, Trained):
         return model
-    return Trained("model", 0, model, None, Path(name), "", {})
+    return Trained("model", 0, model, None, Path(name), "", {}, label=name)
+
+
+def runs_as(model: Trained) -> str:
+    """How a model runs, in words, for its card: spikeadv's SNN settings, a wrapped library SNN's, or ANN."""
+    if model.snn is not None:
+        return f"{model.snn.neuron.upper()}, T={model.snn.T}, {model.snn.encoding} input"
+    net = model.net
+    if isinstance(net, TimeLoop):
+        made = " and ".join(net.libraries) or "own-neuron"
+        return f"{made} SNN (TimeLoop), T={net.T}, {net.encoding} input"
+    libs = adapters.libraries(net)
+    return f"{' and '.join(libs)} SNN" if libs else "ANN"
 
 
 def identified(model: Trained, like: Tensor) -> Trained:

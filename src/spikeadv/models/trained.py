@@ -20,7 +20,7 @@ from .network import Network
 @dataclass
 class Trained:
     """One trained model, loaded, with how it runs (``snn`` None for the ANN). ``kind`` is ann, snn1 or
-    snn2; ``instance`` its index in a study (0 outside one)."""
+    snn2; ``instance`` its index in a study (0 outside one); ``label`` a name given by the user."""
 
     kind: str
     instance: int
@@ -29,10 +29,11 @@ class Trained:
     path: Path
     sha256: str
     meta: dict
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.kind}{self.instance}"
+        return self.label or f"{self.kind}{self.instance}"
 
     @classmethod
     def load(cls, path: str | Path, T: int | None = None, device: torch.device | str | None = None,

@@ -8,14 +8,14 @@ rate on images both models get right (secondary) shown beside it. Reads the save
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..config.grid import LABEL, by_eps
 from ..records import read_json
-from .paired import Paired, compare, hierarchical, wilcoxon_p
+from .paired import Paired, compare, hierarchical, holm, wilcoxon_p
 
 SUITE_ORDER = ("full", "standard", "quick")  # the strongest evaluation a run holds is the one shown
 SHOWN_EPS = (1, 2, 4, 8)  # the robust accuracies the claims' lines quote (where the grid has them)
@@ -24,7 +24,8 @@ CLAIMS = {"b": "Under whitebox attacks, SNNs lose more accuracy than the ANN (pa
           "c": "SNN-II (spike-based training) is more robust than SNN-I (conversion) (paper V-B): SNN-II needs "
                "larger perturbations (eps*)",
           "b'": "(b) against the controls: under whitebox attacks each SNN is less robust than an ANN of its clean "
-                "accuracy and (SNN-II) than an ANN on its Poisson input: the control needs larger perturbations (eps*)"}
+                "accuracy and (SNN-II) than an ANN on its Poisson input: the control needs larger perturbations (eps*)",
+          "vs": "Your models compared (the first named needs larger perturbations, eps*)"}
 PAIRS = (("b", "ann", "snn1"), ("b", "ann", "snn2"), ("c", "snn2", "snn1"),  # (claim, more robust, less robust)
          ("b'", "ann-acc-i", "snn1"), ("b'", "ann-acc-ii", "snn2"), ("b'", "ann-rate", "snn2"))
 
@@ -98,33 +99,44 @@ def _instances(card: dict) -> dict[str, list[dict]]:
 
 def rejudge(card: dict) -> list[Rejudged]:
     """Claims (b), (c) and (b') where the card has the controls, one judgement per model pair on eps*,
-    instance i of one kind against instance i
-    of the other on the same images; intervals by a hierarchical bootstrap over those instance pairs,
-    then images."""
-    by_kind, out = _instances(card), []
-    for claim, robust, other in PAIRS:
-        if robust not in by_kind or other not in by_kind:
-            continue
-        couples = list(zip(by_kind[robust], by_kind[other]))
-        d = [censored(a) - censored(b) for a, b in couples]
-        pooled = np.concatenate(d)
-        lo, hi = hierarchical(d, np.median) if len(d) > 1 else bootstrap_median(pooled)
-        stats = Paired(low=float(np.median(np.concatenate([censored(b) for _, b in couples]))),
-                       high=float(np.median(np.concatenate([censored(a) for a, _ in couples]))),
-                       diff=float(np.median(pooled)), lo=lo, hi=hi, n=len(pooled), p=wilcoxon_p(pooled), unit="/255")
-        per_eps = []
-        for eps in (f"{e:g}" for e in SHOWN_EPS if e in couples[0][0]["grid"]):
-            pairs = [(1 - np.array(b["eps"][eps]["p"]), 1 - np.array(a["eps"][eps]["p"])) for a, b in couples]
-            binary = len(pairs) == 1 and all(np.isin(v, (0.0, 1.0)).all() for v in pairs[0])
-            per_eps.append((eps, compare(pairs, binary=binary)))
-        focus = f"{couples[0][0]['eval_eps']:g}"
-        both = [(np.array(a["clean"]) >= 0.5) & (np.array(b["clean"]) >= 0.5) for a, b in couples]
-        broken = lambda c, m: float(np.sum(np.array(c["eps"][focus]["p"])[m] < 0.5))  # noqa: E731
-        total = int(sum(m.sum() for m in both))
-        success = (100 * sum(broken(a, m) for (a, _), m in zip(couples, both)) / max(1, total),
-                   100 * sum(broken(b, m) for (_, b), m in zip(couples, both)) / max(1, total), total)
-        out.append(Rejudged(claim, f"{LABEL[robust]} vs {LABEL[other]}", stats, tuple(per_eps), success, len(couples)))
-    return out
+    instance i of one kind against instance i of the other on the same images."""
+    by_kind = _instances(card)
+    return [judged(claim, f"{LABEL[robust]} vs {LABEL[other]}", list(zip(by_kind[robust], by_kind[other])))
+            for claim, robust, other in PAIRS if robust in by_kind and other in by_kind]
+
+
+def versus(card: dict) -> list[Rejudged]:
+    """Every pair of a card's models (the first named against each later one) on the same images, one
+    family: Holm-adjusted p-values (:func:`.paired.holm`) decide the verdicts."""
+    models = card["cards"]
+    found = [judged("vs", f"{a['model']['name']} vs {b['model']['name']}", [(a, b)], tuple(a["grid"]))
+             for i, a in enumerate(models) for b in models[i + 1:]]
+    adjusted = holm([r.stats.p for r in found])
+    return [replace(r, stats=replace(r.stats, adjusted=q)) for r, q in zip(found, adjusted)]
+
+
+def judged(claim: str, what: str, couples: list[tuple[dict, dict]], shown: tuple[float, ...] = SHOWN_EPS) -> Rejudged:
+    """One judgement of the first side of each couple (claimed more robust) against the second on eps*,
+    with intervals by a hierarchical bootstrap over the couples (instance pairs), then images; robust
+    accuracy compared at the ``shown`` eps the grid has."""
+    d = [censored(a) - censored(b) for a, b in couples]
+    pooled = np.concatenate(d)
+    lo, hi = hierarchical(d, np.median) if len(d) > 1 else bootstrap_median(pooled)
+    stats = Paired(low=float(np.median(np.concatenate([censored(b) for _, b in couples]))),
+                   high=float(np.median(np.concatenate([censored(a) for a, _ in couples]))),
+                   diff=float(np.median(pooled)), lo=lo, hi=hi, n=len(pooled), p=wilcoxon_p(pooled), unit="/255")
+    per_eps = []
+    for eps in (f"{e:g}" for e in shown if e in couples[0][0]["grid"]):
+        pairs = [(1 - np.array(b["eps"][eps]["p"]), 1 - np.array(a["eps"][eps]["p"])) for a, b in couples]
+        binary = len(pairs) == 1 and all(np.isin(v, (0.0, 1.0)).all() for v in pairs[0])
+        per_eps.append((eps, compare(pairs, binary=binary)))
+    focus = f"{couples[0][0]['eval_eps']:g}"
+    both = [(np.array(a["clean"]) >= 0.5) & (np.array(b["clean"]) >= 0.5) for a, b in couples]
+    broken = lambda c, m: float(np.sum(np.array(c["eps"][focus]["p"])[m] < 0.5))  # noqa: E731
+    total = int(sum(m.sum() for m in both))
+    success = (100 * sum(broken(a, m) for (a, _), m in zip(couples, both)) / max(1, total),
+               100 * sum(broken(b, m) for (_, b), m in zip(couples, both)) / max(1, total), total)
+    return Rejudged(claim, what, stats, tuple(per_eps), success, len(couples))
 
 
 def bootstrap_median(d: np.ndarray) -> tuple[float, float]:

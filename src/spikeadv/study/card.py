@@ -46,7 +46,8 @@ def markdown(cards: list[dict], meta: dict) -> str:
     pairs that won, the checks."""
     grid = cards[0]["grid"] if cards else []
     lines = [f"# Robustness card: {meta['source']}", "",
-             f"Suite `{meta['suite']}` ({meta['suite_doc']}); L-inf threat model in pixel space [0, 1], applied "
+             f"Suite `{meta['suite']}` (each model ran the pairs listed under it: those of the suite whose "
+             "estimator applies to it); L-inf threat model in pixel space [0, 1], applied "
              "before normalisation and before the encoder; the model judged as deployed (its T, encoder, reset): "
              f"a stochastic model by its expected correctness over K = {meta['draws']} encoder draws"
              + (" (majority vote)" if meta.get("vote") else "") + ", the same draws for every input of an image; "
@@ -58,8 +59,7 @@ def markdown(cards: list[dict], meta: dict) -> str:
              "|---|---|---|" + "---|" * len(grid) + "---|---|---|"]
     for card in cards:
         m = card["model"]
-        runs = "ANN" if "neuron" not in m else f"{m['neuron'].upper()}, T={m['T']}, {m['encoding']} input"
-        lines.append(f"| {m['name']} | {runs} | {pct(card['clean_acc'])} | "
+        lines.append(f"| {m['name']} | {m['runs']} | {pct(card['clean_acc'])} | "
                      + " | ".join(pct(e["worst_acc"]) for _, e in by_eps(card["eps"]))
                      + f" | {_star(card)} | {pct(card['auc'])} | {pct(card['null']['zero'])} |")
     for card in cards:
@@ -105,11 +105,16 @@ def plot(card: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
 
 
-def write(folder: Path, cards: list[dict], meta: dict) -> list[Path]:
-    """card.json, card.md, rows.jsonl and a plot per model into ``folder`` (each written atomically)."""
+def write(folder: Path, cards: list[dict], meta: dict, paired: list[str] = ()) -> list[Path]:
+    """card.json, card.md, rows.jsonl and a plot per model into ``folder`` (each written atomically);
+    ``paired``: the lines of a paired comparison of the models, a section of their own."""
     written = [folder / "card.json", folder / "card.md", folder / "rows.jsonl"]
-    write_json(written[0], {**meta, "cards": cards})
-    atomic_write(written[1], lambda tmp: tmp.write_text(markdown(cards, meta)))
+    cards = [{k: v for k, v in c.items() if k != "adversarial"} for c in cards]  # tensors: returned, not saved
+    write_json(written[0], {**meta, "cards": cards, **({"paired": list(paired)} if paired else {})})
+    section = "".join(f"- {line}\n" for line in paired)
+    text = markdown(cards, meta) + (f"\n## Paired comparison (the same images, Holm across the family)\n\n{section}"
+                                    if paired else "")
+    atomic_write(written[1], lambda tmp: tmp.write_text(text))
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for c in cards for r in rows(c))
     atomic_write(written[2], lambda tmp: tmp.write_text(lines))
     for card in cards:

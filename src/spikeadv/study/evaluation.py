@@ -18,16 +18,15 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import data, runtime
 from ..attack import attacks, estimators, registry
-from ..attack import suite as suites
 from ..attack.suite import Pair, Suite, check_pairs
 from ..config.grid import KINDS, TARGETS, by_eps
 from ..config.presets import Preset, from_dict
 from ..errors import SpikeAdvError
-from ..models.foreign import as_model, identified
+from ..models.foreign import identified
 from ..models.neurons import backend_on
 from ..models.trained import Trained, interrupted
 from ..records import read_json
@@ -35,7 +34,7 @@ from ..records.provenance import command_line, digest, versions
 from . import card as cards
 from . import executors
 from .executors import Executor
-from .judge import Judge
+from .judge import Judge, stochastic
 from .plan import Task
 from .rundir import load_model
 from .units import EPS_GRID, Evaluation, Setting
@@ -141,18 +140,18 @@ def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Set
     suite, curve = setting.suite, min(images, setting.suite.curve_images)
     out = []
     for m in models:
-        steps = sum(p.steps for p in suite.pairs(m.snn))
+        steps = sum(p.steps for p in suite.pairs(m.snn, m.net))
         out += [Task(f"{m.name}-sweep", "unit", {"unit": "sweep", "model": m.name}, cost=images * steps * len(setting.eps)),
                 Task(f"{m.name}-null", "unit", {"unit": "null", "model": m.name}, cost=images * len(setting.eps))]
         points = len(suite.eps_curve) + len(suite.steps_curve)
         out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
-                     cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn)]
-        if m.snn is not None and m.snn.encoding == "poisson":
+                     cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn, m.net)]
+        if stochastic(m):
             out.append(Task(f"{m.name}-eot", "unit", {"unit": "eot", "model": m.name},
                             cost=curve * suite.curve_steps * sum(suite.eot_draws)))
     for source in {s.name: s for group in sources.values() for s in group}.values():
         out.append(Task(f"from-{source.name}", "unit", {"unit": "transfer", "source": source.name},
-                        cost=images * suite.pairs(source.snn)[0].steps))
+                        cost=images * suite.pairs(source.snn, source.net)[0].steps))
     return out
 
 
@@ -195,7 +194,7 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] = EPS_GRID, i
     for note in filter(None, (interrupted(m.path, m.meta) for m in models)):
         log(f"warning: {note}")
     for model in models:  # every model's pairs accepted or refused before anything is written
-        check_pairs(suite.pairs(model.snn), model.snn, model.name)
+        check_pairs(suite.pairs(model.snn, model.net), estimators.kind_of(model.net, model.snn), model.name)
     if out is None:
         out = (path / "evaluation" if path.is_dir() else path.parent / f"{path.stem}-evaluation") / suite.name
     recorded.update({k: v for k, v in (("draws", draws), ("vote", vote)) if v is not None})
@@ -234,28 +233,3 @@ def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
             "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
             "versions": versions(), "device": str(x.device), "neurons": backend_on(x.device),
             "command": command_line()}
-
-
-def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: Tensor, y: Tensor,
-                   eps: float | Sequence[float] | None = None, suite: str = suites.DEFAULT,
-                   out: str | Path | None = None,
-                   name: str = "model", seed: int = 0, batch_size: int = 125, draws: int = 32, vote: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
-    """The adaptive evaluation of any model (``spikeadv.evaluate``: spikeadv's own, a ``torch.nn.Module``,
-    a :class:`spikeadv.models.foreign.TimeLoop` around another library's SNN, or a callable mapping
-    images in [0, 1] to logits) on images ``x`` with labels ``y`` over the eps grid ``eps`` (pixel units
-    like every attack, e.g. 8/255 or (2/255, 8/255); default 0.5/255 ... 32/255), a stochastic model judged on ``draws`` encoder draws per input (``vote``: their
-    majority): its card (:meth:`.units.Evaluation.card`); with ``out`` also written there as card.json,
-    card.md, rows.jsonl and a plot, units cached for a rerun. ``suite``: ``strong`` (the default, the one
-    that claims a bound), or ``quick`` / ``standard`` for a cheaper first look."""
-    target = as_model(model, name)
-    # images, labels, their classes and the model's input shape checked as every attack checks them
-    attacks.validate(estimators.Source(name, target.net, **estimators.outline(target.net)), x, y, eps=0)
-    target = identified(target, x)
-    chosen = suites.get(suite)
-    setting = Setting(chosen, eps_grid(eps), seed=seed, batch_size=batch_size, draws=draws_value(draws),
-                      vote=bool(vote))
-    card = Evaluation(setting, x, y, None if out is None else Path(out), log).card(target)
-    if out is not None:
-        cards.write(Path(out), [card], card_meta(name, setting, x, y))
-    return card

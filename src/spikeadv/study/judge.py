@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .. import runtime
 from ..errors import SpikeAdvError
+from ..models.foreign import TimeLoop
 from ..models.trained import Trained
 from ..records.provenance import seed_of
 from ..runtime.draws import Draws
@@ -51,7 +52,8 @@ def stochastic(model: Trained) -> bool:
 def expected(model: Trained, x: Tensor, y: Tensor, ids: Tensor, judge: Judge) -> Tensor:
     """Per image, the expected correctness of ``model`` on ``x`` over the judge's K draws (float in
     [0, 1]; 0 or 1 for a deterministic model); ``ids`` name the images (their draws follow the ids, not
-    the batch). A wrapped stochastic model draws from its own generator (no common random numbers)."""
+    the batch), a :class:`TimeLoop`'s too; any other stochastic model draws from its own generator (no
+    common random numbers)."""
     if not stochastic(model):
         return torch.cat([_logits(model, x[i:i + judge.batch_size], None, judge).argmax(1).eq(y[i:i + judge.batch_size])
                           for i in range(0, len(x), judge.batch_size)]).float()
@@ -79,7 +81,11 @@ def classes(model: Trained, x: Tensor, ids: Tensor, judge: Judge) -> Tensor:
 def _logits(model: Trained, x: Tensor, draws: Draws | None, judge: Judge) -> Tensor:
     """The model's outputs on ``x``, refused in one line where they are not finite (no prediction then)."""
     with runtime.autocast(judge.bf16, x.device):
-        out = (model.net(x) if model.snn is None else model.net(x, model.snn, draws)).float()
+        if model.snn is not None:
+            out = model.net(x, model.snn, draws)
+        else:
+            out = model.net(x, draws) if isinstance(model.net, TimeLoop) else model.net(x)
+        out = out.float()
     if not torch.isfinite(out).all():
         raise SpikeAdvError(f"{model.name} gives non-finite outputs (NaN or inf) on {int((~torch.isfinite(out)).any(1).sum())} "
                             f"of {len(x)} images: its weights or its computation are broken, so it has no prediction")

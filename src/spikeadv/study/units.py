@@ -25,8 +25,9 @@ from tqdm import tqdm
 from .. import runtime
 from ..attack import apgd, checks, convergence, estimators, registry
 from ..attack.suite import Pair, Suite, check_pairs, worst_case
+from ..models.foreign import runs_as
 from ..models.trained import Trained
-from ..records import cached
+from ..records import cached, write_record
 from ..records.checkpoint import tensors_digest
 from ..records.provenance import __version__, digest, seed_of
 from .judge import Judge, expected, stochastic
@@ -67,11 +68,13 @@ JudgeFn = Callable[[Trained, Tensor, Tensor], Tensor]  # (model, images, their i
 class Evaluation:
     """The evaluation of models on images ``x``, ``y`` with a :class:`Setting`; units cached in
     ``folder/cells`` (None: nothing written). ``judge`` (default: :func:`.judge.expected` with the
-    setting's draws) says how a model's prediction on an input is judged."""
+    setting's draws) says how a model's prediction on an input is judged. ``keep``: the worst-case
+    images of each model and eps are kept in ``adversarial`` (those units then computed, not read)."""
 
     def __init__(self, setting: Setting, x: Tensor, y: Tensor, folder: Path | None,
-                 log: Callable[[str], None] = print, judge: JudgeFn | None = None) -> None:
-        self.setting, self.x, self.y, self.folder, self.log = setting, x, y, folder, log
+                 log: Callable[[str], None] = print, judge: JudgeFn | None = None, keep: bool = False) -> None:
+        self.setting, self.x, self.y, self.folder, self.log, self.keep = setting, x, y, folder, log, keep
+        self.adversarial: dict[tuple[str, float], Tensor] = {}
         self.labels, self.pixels = digest(y.tolist()), tensors_digest({"x": x.detach().cpu()}, "images")
         self.transfer_sets: dict[tuple[str, float], Tensor] = {}
         self.cleans: dict[str, Tensor] = {}
@@ -79,8 +82,8 @@ class Evaluation:
 
     # --- plumbing --------------------------------------------------------------------------------------
 
-    def _unit(self, name: str, recipe: dict, compute: Callable[[], dict]) -> dict:
-        """A cached unit: its record if one with this recipe exists, else computed and written."""
+    def _unit(self, name: str, recipe: dict, compute: Callable[[], dict], read: bool = True) -> dict:
+        """A cached unit: its record if one with this recipe exists (and ``read``), else computed and written."""
         recipe = {**recipe, "images": len(self.y), "labels": self.labels, "pixels": self.pixels, "seed": self.setting.seed,
                   "bf16": self.setting.bf16, "batch": self.setting.batch_size, "draws": self.setting.draws,
                   "vote": self.setting.vote, "version": __version__, "revision": REVISION}
@@ -90,6 +93,11 @@ class Evaluation:
             start = time.perf_counter()
             return {**compute(), "seconds": round(time.perf_counter() - start, 2)}
 
+        if not read:  # computed again, and its record rewritten
+            record = {"recipe": recipe, **timed()}
+            if path is not None:
+                write_record(path, record)
+            return record
         return cached(path, recipe, timed, self.log)[0]
 
     def clean(self, model: Trained) -> Tensor:
@@ -126,7 +134,7 @@ class Evaluation:
         """The worst case over the suite's pairs at ``eps`` (:func:`.suite.worst_case`), starting from
         ``before``, the record at the grid's previous eps (its adversarial images lie in this ball too:
         an image broken there stays broken, and only images some draw still gets right are attacked)."""
-        pairs, grid = self.setting.suite.pairs(model.snn), self.setting.eps
+        pairs, grid = self.setting.suite.pairs(model.snn, model.net), self.setting.eps
         prefix = [e for e in grid if e <= eps]
 
         def compute() -> dict:
@@ -140,6 +148,8 @@ class Evaluation:
                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, b),
                                     self.setting.batch_size, self.setting.suite.prune, progress, start,
                                     self.clean(model))
+            if self.keep:
+                self.adversarial[(model.sha256, eps)] = result.adv
             delta = (result.adv - self.x).flatten(1)
             linf, l2 = delta.abs().amax(1) * 255, delta.norm(dim=1)
             if before is not None:  # the adversarial images carried from the smaller eps keep their size
@@ -156,7 +166,8 @@ class Evaluation:
 
         return self._unit(f"{model.name}-eps{eps:g}", {"unit": "ensemble", "model": model.sha256, "eps": eps,
                                                         "grid": prefix, "pairs": [p.name for p in pairs],
-                                                        "prune": self.setting.suite.prune}, compute)
+                                                        "prune": self.setting.suite.prune}, compute,
+                          read=not self.keep)
 
     def sweep(self, model: Trained) -> dict[float, dict]:
         """The ensemble at every eps of the grid, smallest first, each starting where the last left off."""
@@ -169,7 +180,7 @@ class Evaluation:
         """The null attack through the identical pipeline (judge, ensemble, batches): the image itself
         (eps 0), and uniformly random +-eps signs at each eps of the grid. With common random numbers the
         first gives exactly the clean accuracy; a noisy judge shows here as accuracy lost to nothing."""
-        source = self.setting.suite.pairs(model.snn)[0].estimator
+        source = self.setting.suite.pairs(model.snn, model.net)[0].estimator
 
         def run(attack: str, eps: float) -> float:
             result = worst_case((Pair(source, attack, 1),), self.x, self.y, lambda v, idx: self.judge(model, v, idx),
@@ -217,18 +228,20 @@ class Evaluation:
                           compute)
 
     def eot(self, model: Trained) -> dict | None:
-        """EOT convergence: APGD-CE through BPTT averaged over n and 2n encoder draws (Poisson input only)."""
-        if model.snn is None or model.snn.encoding != "poisson":
+        """EOT convergence: APGD-CE through BPTT (a model's own autograd where it has no SNN estimator)
+        averaged over n and 2n encoder draws (stochastic models only)."""
+        if not stochastic(model):
             return None
         suite, eps = self.setting.suite, self.setting.focus
         x, y = self.x[:suite.curve_images], self.y[:suite.curve_images]
+        estimator = "ann" if estimators.kind_of(model.net, model.snn) == "ann" else "bptt"
 
         def compute() -> dict:
             acc = {}
             for n in suite.eot_draws:
-                adv = self.attack(model, Pair(f"bptt:eot={n}", "apgd-ce", suite.curve_steps), x, y, eps, "eot")
+                adv = self.attack(model, Pair(f"{estimator}:eot={n}", "apgd-ce", suite.curve_steps), x, y, eps, "eot")
                 acc[str(n)] = self.accuracy(model, adv)
-            return {"estimator": "bptt", "acc": acc}
+            return {"estimator": estimator, "acc": acc}
 
         return self._unit(f"{model.name}-eot", {"unit": "eot", "model": model.sha256, "eps": eps,
                                                 "draws": list(suite.eot_draws), "steps": suite.curve_steps}, compute)
@@ -240,7 +253,7 @@ class Evaluation:
         suite, eps = self.setting.suite, self.setting.focus
         if not suite.converge:
             return None
-        m, pairs = min(len(self.y), suite.converge), suite.pairs(model.snn)
+        m, pairs = min(len(self.y), suite.converge), suite.pairs(model.snn, model.net)
 
         def compute() -> dict:
             p = torch.tensor(base["p"][:m], device=self.x.device)
@@ -255,7 +268,7 @@ class Evaluation:
     def transfer(self, target: Trained, source: Trained, eps: float) -> dict:
         """Accuracy of ``target`` on the suite's first attack crafted on ``source`` with its first
         estimator (blackbox transfer, paper section V)."""
-        pair = self.setting.suite.pairs(source.snn)[0]
+        pair = self.setting.suite.pairs(source.snn, source.net)[0]
 
         def compute() -> dict:
             key = (source.sha256, eps)
@@ -278,7 +291,7 @@ class Evaluation:
         perturbation eps* on the grid, their median and the area under the curve, the null attack, the
         curves of the main estimators, EOT, transfer and the checks."""
         suite, focus = self.setting.suite, self.setting.focus
-        check_pairs(suite.pairs(model.snn), model.snn, model.name)
+        check_pairs(suite.pairs(model.snn, model.net), estimators.kind_of(model.net, model.snn), model.name)
         start, n = time.perf_counter(), len(self.y)
         sweep = self.sweep(model)
         clean = next(iter(sweep.values()))["clean"]
@@ -288,10 +301,10 @@ class Evaluation:
             "transfer": {s.name: self.transfer(model, s, eps)["acc"] for s in transfer} if eps == focus else {},
         } for eps, unit in sweep.items()}
         star = eps_star(clean, [sweep[e]["p"] for e in self.setting.eps], self.setting.eps)
-        curves = {e: self.curves(model, e) for e in suite.curve_sources(model.snn)}
+        curves = {e: self.curves(model, e) for e in suite.curve_sources(model.snn, model.net)}
         card = {
             "model": {"name": model.name, "kind": model.kind, "instance": model.instance, "file": model.path.name,
-                      "sha256": model.sha256,
+                      "sha256": model.sha256, "runs": runs_as(model), "estimator_kind": estimators.kind_of(model.net, model.snn),
                       **({"neuron": model.snn.neuron, "T": model.snn.T, "encoding": model.snn.encoding,
                           "surrogate": model.snn.surrogate} if model.snn else {})},
             "suite": suite.name, "images": n, "curve_images": min(n, suite.curve_images),
