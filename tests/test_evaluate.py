@@ -51,7 +51,7 @@ def test_estimator_specs_build_sources_and_refuse_what_does_not_apply(reference)
     assert not torch.allclose(sharp.grad(x, y), soft.grad(x, y))
     with pytest.raises(SpikeAdvError, match="does not apply to an ANN"):
         estimators.make("bptt", snn2.net, None)
-    with pytest.raises(SpikeAdvError, match="does not apply to an SNN"):
+    with pytest.raises(SpikeAdvError, match="does not apply to a spikeadv SNN"):
         estimators.make("ann", snn2.net, snn2.snn)
     for bad, match in (("bppt", "unknown gradient estimator"), ("bptt:surrogate=relu", "unknown surrogate"),
                        ("bptt:sharpness=2", "is not one of"), ("hart:mix=2", "mix"), ("bptt:alpha=x", "number")):
