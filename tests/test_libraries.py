@@ -27,9 +27,12 @@ from spikeadv.models import adapters
 
 def spikingjelly_net(bn: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(sj_layer.Flatten(), sj_layer.Linear(64, 32), *([nn.BatchNorm1d(32)] if bn else []),
-                         sj_neuron.LIFNode(tau=2.0, surrogate_function=sj_surrogate.ATan(alpha=2.0)),
-                         sj_layer.Linear(32, 10))
+    net = nn.Sequential(sj_layer.Flatten(), sj_layer.Linear(64, 32), *([nn.BatchNorm1d(32)] if bn else []),
+                        sj_neuron.LIFNode(tau=2.0, surrogate_function=sj_surrogate.ATan(alpha=2.0)),
+                        sj_layer.Linear(32, 10))
+    with torch.no_grad():  # inputs that make its neurons spike (v_th 1, input halved by tau 2)
+        net[1].weight.mul_(8)
+    return net
 
 
 def snntorch_net() -> nn.Module:
@@ -176,7 +179,10 @@ def test_compare_judges_your_models_pairwise_on_the_same_images(tmp_path):
     with torch.no_grad():
         y = sj(x).argmax(1)
     card = spikeadv.compare({"sj": sj, "snntorch": st}, x, y, eps=(2 / 255, 8 / 255), suite="quick", out=tmp_path,
-                            return_adv=True)
+                            return_adv="pairs")
+    own = card["cards"][0]["adversarial_pairs"]["8"]  # each pair's own output, the image where it did not run
+    assert list(own) == [p["name"] for p in card["cards"][0]["eps"]["8"]["pairs"]]
+    assert all((a - x).abs().max() <= 8 / 255 + 1e-6 for a in own.values())
     assert [c["model"]["name"] for c in card["cards"]] == ["sj", "snntorch"] and len(card["paired"]) == 1
     assert "sj vs snntorch" in card["paired"][0] and "Holm-adjusted p" in card["paired"][0]
     adv = card["cards"][0]["adversarial"]["8"]
@@ -230,3 +236,37 @@ def test_a_model_of_your_own_from_the_command_line(tmp_path):
         run = _cli(tmp_path, *argv, "--data", "synthetic", "--root", str(tmp_path / "data"), "--out", "bad")
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, what
         assert not (tmp_path / "bad").exists(), what
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_the_ensemble_is_at_most_torchattacks_apgd_image_by_image(name):
+    # torchattacks' APGD-CE at equal steps on the same images: every image it breaks, the ensemble breaks
+    import torchattacks
+
+    loop = spikeadv.TimeLoop(LIBRARIES[name][0](), T=4)
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = loop(x).argmax(1)  # every image right, so every image can be broken
+    eps, steps = {"spikingjelly": 0.01, "snntorch": 0.03, "norse": 0.01}[name], 50  # where it breaks some, not all
+    theirs = torchattacks.APGD(loop, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)(x, y)
+    with torch.no_grad():
+        broken_by_them = loop(theirs).argmax(1) != y
+    pairs = [f"bptt/apgd-ce/{steps}", f"bptt/apgd-dlr/{steps}", f"assg/sa-pgd/{steps}", f"pdsg/apgd-ce/{steps}",
+             f"mdse/apgd-ce/{steps}", "bptt/square/1000"]
+    card = spikeadv.evaluate(loop, x, y, eps=(eps,), suite="quick", pairs=pairs, log=lambda line: None)
+    ours = torch.tensor(next(iter(card["eps"].values()))["p"]) < 0.5
+    assert 0 < broken_by_them.sum() < len(y)  # an eps where the comparison says something
+    assert not (broken_by_them & ~ours).any(), f"{int((broken_by_them & ~ours).sum())} images only torchattacks broke"
+    assert ours.sum() >= broken_by_them.sum()
+
+
+def test_grey_images_get_the_mnist_eps_grid_and_curves_around_it():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x, _ = images(8)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    card = spikeadv.evaluate(net, x, y, suite="quick", log=lambda line: None)
+    assert card["grid"] == [round(e * 255, 6) for e in (0.05, 0.1, 0.15, 0.2, 0.3)] and card["eval_eps"] == 0.15 * 255
+    curve = next(iter(card["curves"].values()))["eps"]
+    assert sorted(curve, key=float) == ["38.25", "153", "255"]  # quick's 8, 32/255 and unbounded, around 0.15

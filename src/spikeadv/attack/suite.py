@@ -199,12 +199,14 @@ class Ensemble:
     image it was worst on (0 or 1 for a deterministic model; ``clean`` on the image itself), that image, and the index of the pair that
     first broke it (p < 1/2; :data:`ROBUST`, :data:`WRONG_CLEAN` or :data:`CARRIED` otherwise); per pair the
     images it ran on, the clean-correct images it broke among them (``fooled``) and those it broke first
-    (``won``), and its wall time."""
+    (``won``), its wall time and, where asked for (``each``), its own output per image (the image itself
+    where it did not run)."""
 
     adv: Tensor
     p: Tensor
     winner: Tensor
     clean: Tensor
+    each: list[Tensor] = field(default_factory=list)
     ran: list[int] = field(default_factory=list)
     fooled: list[int] = field(default_factory=list)
     won: list[int] = field(default_factory=list)
@@ -217,7 +219,7 @@ Attacker = Callable[[Pair, Tensor, Tensor, int], Tensor]  # (pair, x, y, batch i
 
 def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, attack: Attacker,
                batch_size: int, prune: bool = True, progress: Callable[[int, int], None] = lambda n, left: None,
-               start: Tensor | None = None, clean: Tensor | None = None) -> Ensemble:
+               start: Tensor | None = None, clean: Tensor | None = None, each: bool = False) -> Ensemble:
     """Run ``pairs`` in order in batches, keeping per image the adversarial image on which the deployed
     model's expected correctness (``judge``, the same encoder draws for every input of an image) is lowest
     and the pair that first brought it below 1/2. ``start``: per image an expected correctness already
@@ -225,7 +227,8 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
     verdict on the images themselves where the caller has it already. ``prune`` (AutoAttack's
     protocol): each pair runs only on the images still correct in some draw (p > 0); without, every pair
     runs on every image the model gets right in some draw, so each pair's own result is known too.
-    ``progress(done, left)`` after each batch: the image-steps just done and those still planned."""
+    ``progress(done, left)`` after each batch: the image-steps just done and those still planned;
+    ``each``: every pair's own adversarial images are kept too (``Ensemble.each``)."""
     every = torch.arange(len(y), device=y.device)
     if clean is None:
         clean = torch.cat([judge(x[i:i + batch_size], every[i:i + batch_size]) for i in range(0, len(y), batch_size)])
@@ -238,9 +241,13 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
         begin = time.perf_counter()
         todo = torch.nonzero(clean > 0 if pair.every else alive()).flatten()
         fooled = won = 0
+        if each:
+            result.each.append(x.clone())
         for b, lo in enumerate(range(0, len(todo), batch_size)):
             idx = todo[lo:lo + batch_size]
             adv = attack(pair, x[idx], y[idx], b)
+            if each:
+                result.each[-1][idx] = adv
             q = judge(adv, idx)
             lower = q < result.p[idx]
             result.adv[idx[lower]] = adv[lower]

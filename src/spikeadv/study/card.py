@@ -109,7 +109,7 @@ def write(folder: Path, cards: list[dict], meta: dict, paired: list[str] = ()) -
     """card.json, card.md, rows.jsonl and a plot per model into ``folder`` (each written atomically);
     ``paired``: the lines of a paired comparison of the models, a section of their own."""
     written = [folder / "card.json", folder / "card.md", folder / "rows.jsonl"]
-    cards = [{k: v for k, v in c.items() if k != "adversarial"} for c in cards]  # tensors: returned, not saved
+    cards = [{k: v for k, v in c.items() if not k.startswith("adversarial")} for c in cards]  # tensors: returned only
     write_json(written[0], {**meta, "cards": cards, **({"paired": list(paired)} if paired else {})})
     section = "".join(f"- {line}\n" for line in paired)
     text = markdown(cards, meta) + (f"\n## Paired comparison (the same images, Holm across the family)\n\n{section}"

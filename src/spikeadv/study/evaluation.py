@@ -143,7 +143,7 @@ def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Set
         steps = sum(p.steps for p in suite.pairs(m.snn, m.net))
         out += [Task(f"{m.name}-sweep", "unit", {"unit": "sweep", "model": m.name}, cost=images * steps * len(setting.eps)),
                 Task(f"{m.name}-null", "unit", {"unit": "null", "model": m.name}, cost=images * len(setting.eps))]
-        points = len(suite.eps_curve) + len(suite.steps_curve)
+        points = len(setting.eps_curve) + len(suite.steps_curve)
         out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
                      cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn, m.net)]
         if stochastic(m):

@@ -61,6 +61,13 @@ class Setting:
         """The eps of the steps curve, EOT and transfer: 8/255 where the grid has it, else its middle."""
         return 8.0 if 8 in self.eps else self.eps[len(self.eps) // 2]
 
+    @property
+    def eps_curve(self) -> tuple[float, ...]:
+        """The accuracy-vs-eps curve's eps (1/255 units): the suite's, drawn around 8/255, scaled to this
+        grid's evaluated eps (MNIST's 0.15 puts 2, 8, 32/255 at 0.04, 0.15, 0.6), and 255 (unbounded)."""
+        scaled = (round(e * self.focus / 8, 6) for e in self.suite.eps_curve if e < 255)
+        return tuple(int(e) if e == int(e) else e for e in (*sorted({e for e in scaled if e < 255}), 255))
+
 
 JudgeFn = Callable[[Trained, Tensor, Tensor], Tensor]  # (model, images, their indices) -> expected correctness
 
@@ -69,12 +76,14 @@ class Evaluation:
     """The evaluation of models on images ``x``, ``y`` with a :class:`Setting`; units cached in
     ``folder/cells`` (None: nothing written). ``judge`` (default: :func:`.judge.expected` with the
     setting's draws) says how a model's prediction on an input is judged. ``keep``: the worst-case
-    images of each model and eps are kept in ``adversarial`` (those units then computed, not read)."""
+    images of each model and eps are kept in ``adversarial`` (those units then computed, not read);
+    ``"pairs"``: each pair's own too, in ``by_pair``."""
 
     def __init__(self, setting: Setting, x: Tensor, y: Tensor, folder: Path | None,
-                 log: Callable[[str], None] = print, judge: JudgeFn | None = None, keep: bool = False) -> None:
+                 log: Callable[[str], None] = print, judge: JudgeFn | None = None, keep: bool | str = False) -> None:
         self.setting, self.x, self.y, self.folder, self.log, self.keep = setting, x, y, folder, log, keep
         self.adversarial: dict[tuple[str, float], Tensor] = {}
+        self.by_pair: dict[tuple[str, float], dict[str, Tensor]] = {}
         self.labels, self.pixels = digest(y.tolist()), tensors_digest({"x": x.detach().cpu()}, "images")
         self.transfer_sets: dict[tuple[str, float], Tensor] = {}
         self.cleans: dict[str, Tensor] = {}
@@ -147,10 +156,15 @@ class Evaluation:
                 result = worst_case(pairs, self.x, self.y, lambda v, idx: self.judge(model, v, idx),
                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, b),
                                     self.setting.batch_size, self.setting.suite.prune, progress, start,
-                                    self.clean(model))
+                                    self.clean(model), each=self.keep == "pairs")
+            self.by_pair[(model.sha256, eps)] = {p.name: a for p, a in zip(pairs, result.each)}
+            adv = result.adv
+            if before is not None and self.keep:  # an image no pair improved keeps the smaller eps's input
+                kept = result.p >= torch.tensor(before["p"], device=self.x.device)
+                adv = torch.where(kept.view(-1, *[1] * (adv.dim() - 1)), self.adversarial[(model.sha256, prefix[-2])], adv)
             if self.keep:
-                self.adversarial[(model.sha256, eps)] = result.adv
-            delta = (result.adv - self.x).flatten(1)
+                self.adversarial[(model.sha256, eps)] = adv
+            delta = (adv - self.x).flatten(1)
             linf, l2 = delta.abs().amax(1) * 255, delta.norm(dim=1)
             if before is not None:  # the adversarial images carried from the smaller eps keep their size
                 kept = result.p >= torch.tensor(before["p"], device=self.x.device)
@@ -200,8 +214,8 @@ class Evaluation:
         gradients at the clean images."""
         suite, eps = self.setting.suite, self.setting.focus
         x, y = self.x[:suite.curve_images], self.y[:suite.curve_images]
-        longest, unbounded = max(suite.steps_curve), max(suite.eps_curve)
-        on_eps = {e: longest if e == unbounded else suite.curve_steps for e in suite.eps_curve}
+        longest, unbounded = max(suite.steps_curve), max(self.setting.eps_curve)
+        on_eps = {e: longest if e == unbounded else suite.curve_steps for e in self.setting.eps_curve}
         points = set(on_eps.items()) | {(eps, s) for s in suite.steps_curve}
 
         def compute() -> dict:
@@ -222,7 +236,7 @@ class Evaluation:
                     "zero_gradient_entries": (grad == 0).float().mean().item()}
 
         return self._unit(f"{model.name}-curves", {"unit": "curves", "model": model.sha256, "estimator": estimator,
-                                                   "eps": eps, "eps_curve": list(suite.eps_curve),
+                                                   "eps": eps, "eps_curve": list(self.setting.eps_curve),
                                                    "steps_curve": list(suite.steps_curve),
                                                    "curve_steps": suite.curve_steps, "unbounded_steps": longest},
                           compute)

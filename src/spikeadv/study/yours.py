@@ -49,11 +49,14 @@ Models = Mapping[str, object] | Sequence[object]
 def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[float] | None = None,
                     suite: str = suites.DEFAULT, pairs: Sequence[str] | None = None, out: str | Path | None = None,
                     seed: int = 0, batch_size: int = 125, draws: int = 32, vote: bool = False,
-                    device: torch.device | str | None = None, return_adv: bool = False,
+                    device: torch.device | str | None = None, return_adv: bool | str = False,
                     log: Callable[[str], None] = print) -> tuple[list[dict], Setting, Tensor, Tensor]:
     """The card of each model (named by the mapping's keys, else model0, model1, ...) on the same images,
     draws and settings, with units cached in ``out`` (None: nothing written); the setting and the images
-    on ``device``. ``return_adv``: each card holds the worst-case input per image at each eps."""
+    on ``device``. ``return_adv``: each card holds the worst-case input per image at each eps
+    (``card["adversarial"]``); ``"pairs"``: each pair's own too (``card["adversarial_pairs"][eps][pair]``)."""
+    if return_adv not in (False, True, "pairs"):
+        raise SpikeAdvError(f"return_adv must be True, False or 'pairs', got {return_adv!r}")
     named = dict(models) if isinstance(models, Mapping) else {f"model{i}": m for i, m in enumerate(models)}
     if not named:
         raise SpikeAdvError("give at least one model to evaluate")
@@ -79,6 +82,8 @@ def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[
             cards.append(evaluation.card(target))
             if return_adv:
                 cards[-1]["adversarial"] = {f"{e:g}": evaluation.adversarial[(target.sha256, e)] for e in setting.eps}
+            if return_adv == "pairs":
+                cards[-1]["adversarial_pairs"] = {f"{e:g}": evaluation.by_pair[(target.sha256, e)] for e in setting.eps}
     return cards, setting, x, y
 
 
@@ -87,7 +92,7 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: T
                    out: str | Path | None = None, name: str = "model", seed: int = 0, batch_size: int = 125,
                    draws: int = 32, vote: bool = False, log: Callable[[str], None] = print,
                    pairs: Sequence[str] | None = None, device: torch.device | str | None = None,
-                   return_adv: bool = False) -> dict:
+                   return_adv: bool | str = False) -> dict:
     """The adaptive evaluation of any model (``spikeadv.evaluate``) on images ``x`` with labels ``y`` over
     the eps grid ``eps`` (pixel units like every attack, e.g. 8/255 or (2/255, 8/255); default: by the
     images, :func:`default_grid`), a stochastic model judged on ``draws`` encoder draws per input
@@ -95,7 +100,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: T
     with ``out`` also written there as card.json, card.md, rows.jsonl and a plot, units cached for a
     rerun. ``suite``: ``strong`` (the default, the one that claims a bound), or ``quick`` / ``standard``
     for a cheaper first look; ``pairs``: ``ESTIMATOR/ATTACK[/STEPS]`` instead of the suite's ensemble;
-    ``return_adv``: ``card["adversarial"][eps]`` the worst-case input per image (a tensor)."""
+    ``return_adv``: ``card["adversarial"][eps]`` the worst-case input per image (a tensor); ``"pairs"``:
+    ``card["adversarial_pairs"][eps][pair]`` each pair's own output too."""
     from . import card as cards  # matplotlib: loaded only when a card is written
 
     found, setting, x, y = evaluate_models({name: model}, x, y, eps, suite, pairs, out, seed, batch_size, draws, vote,
