@@ -270,3 +270,27 @@ def test_grey_images_get_the_mnist_eps_grid_and_curves_around_it():
     assert card["grid"] == [round(e * 255, 6) for e in (0.05, 0.1, 0.15, 0.2, 0.3)] and card["eval_eps"] == 0.15 * 255
     curve = next(iter(card["curves"].values()))["eps"]
     assert sorted(curve, key=float) == ["38.25", "153", "255"]  # quick's 8, 32/255 and unbounded, around 0.15
+
+
+def test_the_l2_suite_attacks_in_the_l2_ball_with_its_own_grid(tmp_path):
+    from spikeadv.study.evaluation import eps_grid
+
+    loop, (x, _) = spikeadv.TimeLoop(norse_net(), T=3), images(12)
+    with torch.no_grad():
+        y = loop(x).argmax(1)
+    card = spikeadv.evaluate(loop, x, y, suite="l2", out=tmp_path, return_adv=True, log=lambda line: None)
+    assert card["grid"] == [127.5, 255, 382.5, 510, 765]  # 0.5 ... 3 (L2 radii) for grey images
+    for eps, e in card["eps"].items():
+        radius = float(eps) / 255
+        assert max(e["l2"]) <= radius + 1e-4 and {p["attack"] for p in e["pairs"]} == {"apgd-l2", "pgd-l2"}
+        assert (card["adversarial"][eps] - x).flatten(1).norm(dim=1).max() <= radius + 1e-4
+    curve = next(iter(card["curves"].values()))["eps"]
+    assert max(curve, key=float) == f"{255 * 8:g}"  # unbounded: the diameter of [0, 1]^64
+    assert card["eps"]["765"]["worst_acc"] <= card["eps"]["127.5"]["worst_acc"]
+    assert "L2 (eps: the radius) threat model" in (tmp_path / "card.md").read_text()
+    assert eps_grid([0.5, 2.0], "l2") == (127.5, 510.0)
+    for bad in ([2.0], [float("nan")]):
+        with pytest.raises(SpikeAdvError):
+            eps_grid(bad)  # L-inf eps above 1 or not a number
+    with pytest.raises(SpikeAdvError, match="L2 radius"):
+        eps_grid([-1.0], "l2")

@@ -91,6 +91,15 @@ def _noise(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generat
     return (source.base(x) + eps * signs).clamp(0, 1)
 
 
+def _noise_l2(source: Source, x: Tensor, y: Tensor, eps: float, steps: int, generator: torch.Generator | None) -> Tensor:
+    """The null attack's noise in the L2 ball: the base image + a uniformly random direction of L2 norm
+    eps, in [0, 1]."""
+    _one_step("noise-l2", steps)
+    gen = _generator("noise-l2", generator)
+    d = torch.randn(x.shape, generator=gen, device=gen.device).to(x)
+    return (source.base(x) + eps * d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))).clamp(0, 1)
+
+
 _ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
     ("fgsm", _fgsm, 1, False, "FGSM (paper eq. 1): one signed-gradient step of eps"),
     ("rfgsm", _rfgsm, 1, False, "R-FGSM (paper eqs. 2-3): a random step of eps/2, then a gradient step of eps/2"),
@@ -104,6 +113,7 @@ _ENTRIES: tuple[tuple[str, Callable[..., Tensor], int, bool, str], ...] = (
     ("null", _null, 1, False,
      "the null attack: the image itself (eps = 0); any accuracy it loses is the judge's noise"),
     ("noise", _noise, 1, False, "the null attack's noise: uniformly random +-eps signs, no gradient"),
+    ("noise-l2", _noise_l2, 1, False, "the null attack's noise in the L2 ball: a random direction of norm eps"),
 )
 
 # attacks with restarts: fn(source, x, y, eps, steps, generator, restarts) -> x_adv

@@ -88,6 +88,17 @@ class Suite:
     square_eot: int = 1
     converge: int = 0
     doc: str = ""
+    norm: str = "linf"
+
+    @property
+    def curve_attack(self) -> str:
+        """The attack of the curves and the EOT check: APGD-CE in the suite's threat model."""
+        return "apgd-ce" if self.norm == "linf" else "apgd-l2"
+
+    @property
+    def noise(self) -> str:
+        """The null attack's noise in the suite's threat model."""
+        return "noise" if self.norm == "linf" else "noise-l2"
 
     def pairs(self, snn: Spiking | None, net: object = None) -> tuple[Pair, ...]:
         """The ordered ensemble for a model: an ANN (``snn`` None and no library neuron in ``net``),
@@ -169,6 +180,17 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
               "estimators (ASSG with SA-PGD, PDSG, MDSE; these three and BPTT + APGD-CE on every image, so the "
               "worst case is below each of them image by image); EOT over 20 draws on Poisson input; the worst "
               "case checked by doubling draws, steps, restarts and queries on 256 images"),
+    Suite("l2",
+          ann=_pairs(("ann", "apgd-l2", 100, 1, True), ("ann", "pgd-l2", 100)),
+          snn=_pairs(("snnadv-clean", "apgd-l2", 100), ("bptt", "apgd-l2", 100, 1, True), ("pdsg", "apgd-l2", 100),
+                     ("mdse", "apgd-l2", 100), ("assg", "apgd-l2", 100), ("bptr", "apgd-l2", 100),
+                     ("bptt", "pgd-l2", 100)),
+          poisson=(),
+          curve_images=64, curve_steps=20, eps_curve=(2, 8, 32, 255), steps_curve=(1, 10, 100),
+          eot_draws=(10, 20), eot=20, norm="l2",
+          doc="the L2 threat model, a first look (no bound claimed): APGD-CE and PGD in the L2 ball through the "
+              "proxy ANN, BPTT, BPTR and the 2025 estimators, EOT over 20 draws on Poisson input; eps is the "
+              "L2 radius in pixel units (no Square, FAB-T or SA-PGD: L-inf attacks)"),
 )}
 DEFAULT = "strong"  # the suite that claims a bound; quick and standard are cheaper first looks
 

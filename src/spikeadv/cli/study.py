@@ -69,7 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     chosen = suite.get(args.suite or suite.DEFAULT)
     chosen = evaluation.custom_suite(chosen, args.pairs) if args.pairs else chosen
     chosen = dataclasses.replace(chosen, prune=False) if args.every_image else chosen
-    eps = evaluation.eps_grid(None if args.eps is None else opts.eps_values(args.eps))
+    eps = None if args.eps is None else evaluation.eps_grid(opts.eps_values(args.eps), chosen.norm)
     draws = None if args.draws is None else evaluation.draws_value(args.draws)
     executor = _executor(args)
     start = time.perf_counter()

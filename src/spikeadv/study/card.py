@@ -47,7 +47,8 @@ def markdown(cards: list[dict], meta: dict) -> str:
     grid = cards[0]["grid"] if cards else []
     lines = [f"# Robustness card: {meta['source']}", "",
              f"Suite `{meta['suite']}` (each model ran the pairs listed under it: those of the suite whose "
-             "estimator applies to it); L-inf threat model in pixel space [0, 1], applied "
+             f"estimator applies to it); {'L-inf' if meta.get('norm', 'linf') == 'linf' else 'L2 (eps: the radius)'} "
+             "threat model in pixel space [0, 1], applied "
              "before normalisation and before the encoder; the model judged as deployed (its T, encoder, reset): "
              f"a stochastic model by its expected correctness over K = {meta['draws']} encoder draws"
              + (" (majority vote)" if meta.get("vote") else "") + ", the same draws for every input of an image; "

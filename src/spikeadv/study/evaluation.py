@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import time
 from collections.abc import Callable, Sequence
@@ -39,12 +40,24 @@ from .plan import Task
 from .rundir import load_model
 from .units import EPS_GRID, Evaluation, Setting
 
+# pixel units, by the robustness literature's scales: L-inf on grey images (MNIST), L2 radii on grey and on
+# colour images (CIFAR-10: 0.5 the common one); L-inf on colour images: spikeadv's grid, 0.5/255 ... 32/255
+GRIDS = {("linf", "grey"): (0.05, 0.1, 0.15, 0.2, 0.3), ("l2", "grey"): (0.5, 1.0, 1.5, 2.0, 3.0),
+         ("l2", "colour"): (0.1, 0.25, 0.5, 0.75, 1.0)}
 
-def eps_grid(values: float | Sequence[float] | None) -> tuple[float, ...]:
+
+def default_grid(x: Tensor, norm: str = "linf") -> tuple[float, ...] | None:
+    """The eps grid (pixel units) for images like ``x`` in the threat model ``norm`` (:data:`GRIDS`;
+    None: spikeadv's L-inf grid)."""
+    return GRIDS.get((norm, "grey" if x.dim() == 4 and x.shape[1] == 1 else "colour"))
+
+
+def eps_grid(values: float | Sequence[float] | None, norm: str = "linf") -> tuple[float, ...]:
     """The robustness curve's eps grid from eps in pixel units (8/255 = 0.0314; one number or an
     increasing sequence; None: the default grid), returned in 1/255 units, as cards and units name them.
     Each is checked as every attack checks eps (:func:`spikeadv.attack.attacks.amount`: a number above 1
-    is refused with the way to write it) and must be above 0."""
+    is refused with the way to write it; under ``norm="l2"`` a radius, any finite number, checked against
+    the images' diameter when attacked) and must be above 0."""
     if values is None:
         return EPS_GRID
     try:
@@ -55,7 +68,11 @@ def eps_grid(values: float | Sequence[float] | None) -> tuple[float, ...]:
     if not values:
         raise SpikeAdvError("give at least one eps in pixel units, e.g. 8/255")
     for e in values:
-        attacks.amount("eps", float(e) if isinstance(e, numbers.Real) and not isinstance(e, bool) else e)
+        e = float(e) if isinstance(e, numbers.Real) and not isinstance(e, bool) else e
+        if norm == "linf":
+            attacks.amount("eps", e)
+        elif not isinstance(e, float) or not math.isfinite(e) or e < 0:
+            raise SpikeAdvError(f"eps (an L2 radius in pixel units) must be a finite number >= 0, got {e!r}")
         if e == 0:
             raise SpikeAdvError("eps=0 is no attack; the grid's eps must be above 0 (the null attack runs anyway)")
     if any(b <= a for a, b in zip(values, values[1:])):
@@ -143,7 +160,7 @@ def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Set
         steps = sum(p.steps for p in suite.pairs(m.snn, m.net))
         out += [Task(f"{m.name}-sweep", "unit", {"unit": "sweep", "model": m.name}, cost=images * steps * len(setting.eps)),
                 Task(f"{m.name}-null", "unit", {"unit": "null", "model": m.name}, cost=images * len(setting.eps))]
-        points = len(setting.eps_curve) + len(suite.steps_curve)
+        points = len(suite.eps_curve) + len(suite.steps_curve)
         out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
                      cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn, m.net)]
         if stochastic(m):
@@ -183,14 +200,16 @@ def run_unit(path: str, setting: Setting, images: int | None, out: str, root: st
     return {}
 
 
-def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] = EPS_GRID, images: int | None = None,
+def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] | None = None, images: int | None = None,
                   out: Path | None = None, root: Path | None = None, log: Callable[[str], None] = print,
                   executor: Executor = Executor(), draws: int | None = None, vote: bool | None = None) -> list[Path]:
-    """Evaluate a run directory's models (or one checkpoint) over the eps grid ``eps`` and write the card
+    """Evaluate a run directory's models (or one checkpoint) over the eps grid ``eps`` (1/255 units; None:
+    :func:`default_grid` for its images and the suite's threat model) and write the card
     into ``out`` (default: RUN/evaluation/SUITE, or CHECKPOINT's folder/STEM-evaluation/SUITE); ``draws``
     and ``vote`` (None: the study's, else K = 32 and the mean) say how a stochastic model is judged. On a
     Ray ``executor`` the units run as Ray tasks first; the card is then made here from their cached records."""
     models, sources, x, y, recorded = targets(path, images, root, executors.driver_device(executor))
+    eps = eps_grid(default_grid(x, suite.norm), suite.norm) if eps is None else eps
     for note in filter(None, (interrupted(m.path, m.meta) for m in models)):
         log(f"warning: {note}")
     for model in models:  # every model's pairs accepted or refused before anything is written
@@ -228,7 +247,8 @@ def evaluate_path(path: Path, suite: Suite, eps: tuple[float, ...] = EPS_GRID, i
 
 def card_meta(source: str, setting: Setting, x: Tensor, y: Tensor) -> dict:
     """What a card records about its evaluation: what was evaluated, how, on which images, with what."""
-    return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "images": len(y),
+    return {"source": source, "suite": setting.suite.name, "suite_doc": setting.suite.doc, "norm": setting.suite.norm,
+            "images": len(y),
             "prune": setting.suite.prune, "draws": setting.draws, "vote": setting.vote,
             "seed": setting.seed, "eps": list(setting.eps), "bf16": setting.bf16, "labels": digest(y.tolist()),
             "versions": versions(), "device": str(x.device), "neurons": backend_on(x.device),

@@ -62,11 +62,17 @@ class Setting:
         return 8.0 if 8 in self.eps else self.eps[len(self.eps) // 2]
 
     @property
-    def eps_curve(self) -> tuple[float, ...]:
-        """The accuracy-vs-eps curve's eps (1/255 units): the suite's, drawn around 8/255, scaled to this
-        grid's evaluated eps (MNIST's 0.15 puts 2, 8, 32/255 at 0.04, 0.15, 0.6), and 255 (unbounded)."""
+    def threat(self) -> dict:
+        """The threat model, for the recipes of the units it changes (none for L-inf, the default)."""
+        return {} if self.suite.norm == "linf" else {"norm": self.suite.norm}
+
+    def eps_curve(self, dims: int) -> tuple[float, ...]:
+        """The accuracy-vs-eps curve's eps (1/255 units) on images of ``dims`` pixels: the suite's, drawn
+        around 8/255, scaled to this grid's evaluated eps (MNIST's 0.15 puts 2, 8, 32/255 at 0.04, 0.15,
+        0.6), and the unbounded one: 255 in L-inf, the image space's diameter 255 sqrt(dims) in L2."""
+        top = 255 if self.suite.norm == "linf" else math.floor(255e6 * math.sqrt(dims)) / 1e6  # within the box
         scaled = (round(e * self.focus / 8, 6) for e in self.suite.eps_curve if e < 255)
-        return tuple(int(e) if e == int(e) else e for e in (*sorted({e for e in scaled if e < 255}), 255))
+        return tuple(int(e) if e == int(e) else e for e in (*sorted({e for e in scaled if e < top}), top))
 
 
 JudgeFn = Callable[[Trained, Tensor, Tensor], Tensor]  # (model, images, their indices) -> expected correctness
@@ -130,7 +136,8 @@ class Evaluation:
         gen = runtime.generator(seed, x.device)
         with runtime.autocast(self.setting.bf16, x.device):
             if trace is not None:  # the curves' APGD-CE keeps its loss trace for the masking check
-                return apgd.apgd(source, x, y, eps / 255, pair.steps, generator=gen, trace=trace).float()
+                return apgd.apgd(source, x, y, eps / 255, pair.steps, generator=gen, trace=trace,
+                                 norm=self.setting.suite.norm).float()
             return registry.get(pair.attack).run(source, x, y, eps / 255, steps=pair.steps, generator=gen,
                                                  restarts=pair.restarts).float()
 
@@ -203,9 +210,10 @@ class Evaluation:
             return result.p.mean().item()
 
         def compute() -> dict:
-            return {"zero": run("null", 0.0), "noise": {f"{e:g}": run("noise", e) for e in self.setting.eps}}
+            return {"zero": run("null", 0.0), "noise": {f"{e:g}": run(self.setting.suite.noise, e) for e in self.setting.eps}}
 
-        return self._unit(f"{model.name}-null", {"unit": "null", "model": model.sha256, "grid": list(self.setting.eps)},
+        return self._unit(f"{model.name}-null", {"unit": "null", "model": model.sha256, "grid": list(self.setting.eps),
+                                                 **self.setting.threat},
                           compute)
 
     def curves(self, model: Trained, estimator: str) -> dict:
@@ -214,8 +222,9 @@ class Evaluation:
         gradients at the clean images."""
         suite, eps = self.setting.suite, self.setting.focus
         x, y = self.x[:suite.curve_images], self.y[:suite.curve_images]
-        longest, unbounded = max(suite.steps_curve), max(self.setting.eps_curve)
-        on_eps = {e: longest if e == unbounded else suite.curve_steps for e in self.setting.eps_curve}
+        curve = self.setting.eps_curve(self.x[0].numel())
+        longest, unbounded = max(suite.steps_curve), max(curve)
+        on_eps = {e: longest if e == unbounded else suite.curve_steps for e in curve}
         points = set(on_eps.items()) | {(eps, s) for s in suite.steps_curve}
 
         def compute() -> dict:
@@ -223,7 +232,7 @@ class Evaluation:
             with self._bar(len(y) * sum(s for _, s in points), f"{model.name} curves {estimator}") as bar:
                 for e, steps in sorted(points):
                     keep = [] if (e, steps) == (eps, longest) else None
-                    adv = self.attack(model, Pair(estimator, "apgd-ce", steps), x, y, e, "curve", keep)
+                    adv = self.attack(model, Pair(estimator, suite.curve_attack, steps), x, y, e, "curve", keep)
                     acc[(e, steps)] = self.accuracy(model, adv)
                     trace = keep if keep is not None else trace
                     bar.update(len(y) * steps)
@@ -236,9 +245,10 @@ class Evaluation:
                     "zero_gradient_entries": (grad == 0).float().mean().item()}
 
         return self._unit(f"{model.name}-curves", {"unit": "curves", "model": model.sha256, "estimator": estimator,
-                                                   "eps": eps, "eps_curve": list(self.setting.eps_curve),
+                                                   "eps": eps, "eps_curve": list(curve),
                                                    "steps_curve": list(suite.steps_curve),
-                                                   "curve_steps": suite.curve_steps, "unbounded_steps": longest},
+                                                   "curve_steps": suite.curve_steps, "unbounded_steps": longest,
+                                                   **self.setting.threat},
                           compute)
 
     def eot(self, model: Trained) -> dict | None:
@@ -253,12 +263,14 @@ class Evaluation:
         def compute() -> dict:
             acc = {}
             for n in suite.eot_draws:
-                adv = self.attack(model, Pair(f"{estimator}:eot={n}", "apgd-ce", suite.curve_steps), x, y, eps, "eot")
+                adv = self.attack(model, Pair(f"{estimator}:eot={n}", suite.curve_attack, suite.curve_steps), x, y, eps,
+                                  "eot")
                 acc[str(n)] = self.accuracy(model, adv)
             return {"estimator": estimator, "acc": acc}
 
         return self._unit(f"{model.name}-eot", {"unit": "eot", "model": model.sha256, "eps": eps,
-                                                "draws": list(suite.eot_draws), "steps": suite.curve_steps}, compute)
+                                                "draws": list(suite.eot_draws), "steps": suite.curve_steps,
+                                                **self.setting.threat}, compute)
 
     def converge(self, model: Trained, base: dict) -> dict | None:
         """The convergence check (:mod:`spikeadv.attack.convergence`) of the worst case ``base`` (the

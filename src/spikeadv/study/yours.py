@@ -1,11 +1,13 @@
 """Your own models evaluated and compared (``spikeadv.evaluate``, ``spikeadv.compare``, ``spikeadv evaluate
 --model``): spikeadv's, a ``torch.nn.Module``, a :class:`spikeadv.TimeLoop` around a SpikingJelly, snnTorch
 or Norse SNN, or any function from images in [0, 1] to logits, on your images, with the adaptive
-evaluation of :mod:`.units` (every estimator that applies to the model: :mod:`spikeadv.attack.estimators`).
+evaluation of :mod:`.units` (every estimator that applies to the model: :mod:`spikeadv.attack.estimators`),
+in L-inf or (suite ``l2``) L2.
 
 A model is attacked in eval mode and given back in the mode it came in; its buffers must not change
-(:func:`spikeadv.models.adapters.attacking`). Grey images (one channel: MNIST, Fashion-MNIST) get the eps grid
-of their literature (0.05 ... 0.3), colour images spikeadv's (0.5/255 ... 32/255).
+(:func:`spikeadv.models.adapters.attacking`). The default eps grid follows the images and the threat
+model (:data:`.evaluation.GRIDS`): grey images (MNIST) 0.05 ... 0.3 in L-inf, 0.5 ... 3 in L2; colour images
+0.5/255 ... 32/255 in L-inf, 0.1 ... 1 in L2.
 
 Usage::
 
@@ -32,16 +34,8 @@ from ..errors import SpikeAdvError
 from ..models import adapters
 from ..models.foreign import TimeLoop, as_model, identified
 from ..models.trained import Trained
-from .evaluation import card_meta, custom_suite, draws_value, eps_grid
+from .evaluation import card_meta, custom_suite, default_grid, draws_value, eps_grid
 from .units import Evaluation, Setting
-
-MNIST_GRID = (0.05, 0.1, 0.15, 0.2, 0.3)  # pixel units: the eps of the MNIST robustness literature
-
-
-def default_grid(x: Tensor) -> tuple[float, ...] | None:
-    """The eps grid (pixel units) for images like ``x``: MNIST's for grey images, else None (spikeadv's)."""
-    return MNIST_GRID if x.dim() == 4 and x.shape[1] == 1 else None
-
 
 Models = Mapping[str, object] | Sequence[object]
 
@@ -64,8 +58,8 @@ def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[
     x, y = x.to(where), y.to(where)
     chosen = suites.get(suite)
     chosen = custom_suite(chosen, list(pairs)) if pairs else chosen
-    setting = Setting(chosen, eps_grid(default_grid(x) if eps is None else eps), seed=seed, batch_size=batch_size,
-                      draws=draws_value(draws), vote=bool(vote))
+    grid = eps_grid(default_grid(x, chosen.norm) if eps is None else eps, chosen.norm)
+    setting = Setting(chosen, grid, seed=seed, batch_size=batch_size, draws=draws_value(draws), vote=bool(vote))
     evaluation = Evaluation(setting, x, y, None if out is None else Path(out), log, keep=return_adv)
     cards = []
     with ExitStack() as stack:
