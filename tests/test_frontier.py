@@ -297,3 +297,40 @@ def test_a_trace_that_stops_after_one_iteration_is_no_evidence_of_masking():
     assert rises == {"bptt": None, "snnadv-clean": True}
     card["curves"]["snnadv-clean"]["trace"] = [2.6, 2.6]
     assert not [c for c in checks.check_card(card) if c.name == "attack loss rises over iterations"][1].passed
+
+
+def test_a_verdict_resting_on_a_worst_case_that_is_no_bound_says_so():
+    from spikeadv.report.adaptive import items, versus
+
+    def card(name, star, converged):
+        moved = {"steps": {"moved": not converged}, "queries": {"moved": None}}
+        return {"model": {"name": name}, "grid": [2.0, 8.0], "eps_star": star, "eval_eps": 8.0, "clean": [1.0] * 12,
+                "eps": {"2": {"p": [float(s is None or s > 2) for s in star]},
+                        "8": {"p": [float(s is None) for s in star]}},
+                "convergence": {"dimensions": moved}}
+
+    robust, fragile = [None] * 10 + [8.0] * 2, [2.0] * 12
+    bound = items(versus({"cards": [card("a", robust, True), card("b", fragile, True)]}), 8.0)
+    loose = items(versus({"cards": [card("a", robust, True), card("b", fragile, False)]}), 8.0)
+    assert "no bound" not in bound[0] and "supported" in bound[0]
+    assert "Rests on worst cases that are no bound**: b NOT CONVERGED (steps still move it)" in loose[0]
+    unchecked = card("b", fragile, True)
+    del unchecked["convergence"]
+    assert "b not checked" in items(versus({"cards": [card("a", robust, True), unchecked]}), 8.0)[0]
+
+
+def test_the_steps_check_is_paired_and_sees_a_change_the_unpaired_margin_misses():
+    from spikeadv.attack.checks import _rose, margin, paired_margin
+
+    def curve(fewer, more):
+        return {"steps": {"10": sum(fewer) / len(fewer), "100": sum(more) / len(more)},
+                "steps_p": {"10": fewer, "100": more}}
+
+    n = 128  # the strong suite's curve images: 9 images survive 100 steps that 10 broke, none the reverse
+    fewer, more = [1.0] * 64 + [0.0] * 64, [1.0] * 73 + [0.0] * 55
+    gap = (sum(more) - sum(fewer)) / n
+    assert gap < margin(sum(fewer) / n, sum(more) / n, n)  # unpaired: within sampling error
+    assert gap > paired_margin(fewer, more) and _rose(curve(fewer, more), "10", "100", n)  # paired: it helped
+    assert not _rose(curve(fewer, fewer), "10", "100", n)  # the same outcomes: no rise
+    m = 80  # a 5 pp change all one way is seen from 74 images on (the docstring's arithmetic)
+    assert _rose(curve([1.0] * 40 + [0.0] * 40, [1.0] * 44 + [0.0] * 36), "10", "100", m)

@@ -17,7 +17,7 @@ from ..config.grid import LABEL, by_eps
 from ..records import read_json
 from .paired import Paired, compare, hierarchical, holm, wilcoxon_p
 
-SUITE_ORDER = ("full", "standard", "quick")  # the strongest evaluation a run holds is the one shown
+SUITE_ORDER = ("strong", "full", "standard", "quick")  # the strongest evaluation a run holds is the one shown
 SHOWN_EPS = (1, 2, 4, 8)  # the robust accuracies the claims' lines quote (where the grid has them)
 CLAIMS = {"b": "Under whitebox attacks, SNNs lose more accuracy than the ANN (paper V-A): the ANN needs larger "
                "perturbations (eps*)",
@@ -88,6 +88,16 @@ class Rejudged:
     per_eps: tuple[tuple[str, Paired], ...]
     success: tuple[float, float, int]
     instances: int
+    unbound: tuple[str, ...] = ()  # the models whose worst case is no bound (not converged, or not checked)
+
+
+def unbound(card: dict) -> str | None:
+    """Why a model's worst case is no bound, or None where its convergence check passed."""
+    report = card.get("convergence")
+    if not report:
+        return "not checked"
+    moved = [d for d, r in report["dimensions"].items() if r["moved"]]
+    return f"NOT CONVERGED ({', '.join(moved)} still move it)" if moved else None
 
 
 def _instances(card: dict) -> dict[str, list[dict]]:
@@ -136,7 +146,8 @@ def judged(claim: str, what: str, couples: list[tuple[dict, dict]], shown: tuple
     total = int(sum(m.sum() for m in both))
     success = (100 * sum(broken(a, m) for (a, _), m in zip(couples, both)) / max(1, total),
                100 * sum(broken(b, m) for (_, b), m in zip(couples, both)) / max(1, total), total)
-    return Rejudged(claim, what, stats, tuple(per_eps), success, len(couples))
+    loose = tuple(dict.fromkeys(f"{c['model']['name']} {unbound(c)}" for couple in couples for c in couple if unbound(c)))
+    return Rejudged(claim, what, stats, tuple(per_eps), success, len(couples), loose)
 
 
 def bootstrap_median(d: np.ndarray) -> tuple[float, float]:
@@ -156,5 +167,7 @@ def items(found: list[Rejudged], focus: float) -> list[str]:
                    f"**{s.verdict}** (median eps* {s.high:g} vs {s.low:g}/255, median paired difference "
                    f"{s.interval()}, n = {s.n}; {s.test()}). Robust accuracy {per}. Secondary: attack success "
                    f"at {focus:g}/255 on the {r.success[2]} images both get right {r.success[0]:.1f}% vs "
-                   f"{r.success[1]:.1f}%")
+                   f"{r.success[1]:.1f}%"
+                   + (f". **Rests on worst cases that are no bound**: {'; '.join(r.unbound)} (a stronger attack may "
+                      "still move eps*)" if r.unbound else ""))
     return out

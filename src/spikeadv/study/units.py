@@ -228,12 +228,13 @@ class Evaluation:
         points = set(on_eps.items()) | {(eps, s) for s in suite.steps_curve}
 
         def compute() -> dict:
-            acc, trace = {}, []
+            acc, per_image, trace = {}, {}, []
             with self._bar(len(y) * sum(s for _, s in points), f"{model.name} curves {estimator}") as bar:
                 for e, steps in sorted(points):
                     keep = [] if (e, steps) == (eps, longest) else None
                     adv = self.attack(model, Pair(estimator, suite.curve_attack, steps), x, y, e, "curve", keep)
-                    acc[(e, steps)] = self.accuracy(model, adv)
+                    per_image[(e, steps)] = self.judge(model, adv, torch.arange(len(adv), device=adv.device))
+                    acc[(e, steps)] = per_image[(e, steps)].mean().item()
                     trace = keep if keep is not None else trace
                     bar.update(len(y) * steps)
             source = estimators.make(estimator, model.net, model.snn, seed=seed_of(self.setting.seed, "zero"))
@@ -241,6 +242,7 @@ class Evaluation:
                 grad = source.grad(x, y).flatten(1)
             return {"eps": {f"{e:g}": acc[(e, steps)] for e, steps in on_eps.items()},
                     "steps": {str(s): acc[(eps, s)] for s in suite.steps_curve}, "trace": trace,
+                    "steps_p": {str(s): _rounded(per_image[(eps, s)]) for s in suite.steps_curve},
                     "zero_gradient_images": (grad == 0).all(1).float().mean().item(),
                     "zero_gradient_entries": (grad == 0).float().mean().item()}
 
@@ -340,8 +342,8 @@ class Evaluation:
             "eps": by_eps, "eps_star": star, "median_eps_star": median_star(star),
             "auc": auc(sum(clean) / n, [by_eps[f"{e:g}"]["worst_acc"] for e in self.setting.eps], self.setting.eps),
             "null": self.null(model),
-            "curves": {e: {k: c[k] for k in ("eps", "steps", "trace", "zero_gradient_images",
-                                             "zero_gradient_entries", "seconds")} for e, c in curves.items()},
+            "curves": {e: {k: c[k] for k in ("eps", "steps", "steps_p", "trace", "zero_gradient_images",
+                                             "zero_gradient_entries", "seconds") if k in c} for e, c in curves.items()},
             "eot": self.eot(model), "convergence": self.converge(model, sweep[focus]) if focus in sweep else None,
             "seed": self.setting.seed, "bf16": self.setting.bf16,
         }
