@@ -263,13 +263,17 @@ def test_an_unconverged_worst_case_is_named_on_the_card_and_claims_no_bound():
     moved = {"pairs": ["apgd-ce-100@bptt:eot=40"], "before": 40.0, "after": 31.0, "moved": True}
     still = {"pairs": ["apgd-ce-200@bptt:eot=20"], "before": 40.0, "after": 40.0, "moved": False}
     none = {"pairs": [], "before": 40.0, "after": 40.0, "moved": None}
+    def report(draws):
+        return {"images": 256, "tolerance": 1.28, "dimensions": {"draws": draws, "steps": still, "restarts": still,
+                                                                  "queries": none}}
+
     card = {"model": {"name": "snn2"}, "suite": "strong", "eval_eps": 8.0,
-            "convergence": {"images": 256, "tolerance": 1.28, "converged": False,
-                            "dimensions": {"draws": moved, "steps": still, "restarts": still, "queries": none}}}
+            "convergence": {"2": report(still), "8": report(moved)}}  # at every eps of the grid
     [check] = checks._converged(card)
-    assert check.passed is False and "still moved by doubling draws" in check.detail and "40.0 -> 31.0" in check.detail
+    assert check.passed is False and "at eps 8/255 still moved by doubling draws" in check.detail
+    assert "at eps 2/255 no doubling moved it" in check.detail and "40.0 -> 31.0" in check.detail
     assert checks.verdict(check.name, check.passed) == "NOT CONVERGED: no bound claimed"
-    card["convergence"]["dimensions"]["draws"] = still
+    card["convergence"]["8"] = report(still)
     assert checks._converged(card)[0].passed is True
     assert checks._converged({"model": {"name": "ann0"}, "suite": "quick"})[0].passed is None
 
@@ -307,13 +311,16 @@ def test_a_verdict_resting_on_a_worst_case_that_is_no_bound_says_so():
         return {"model": {"name": name}, "grid": [2.0, 8.0], "eps_star": star, "eval_eps": 8.0, "clean": [1.0] * 12,
                 "eps": {"2": {"p": [float(s is None or s > 2) for s in star]},
                         "8": {"p": [float(s is None) for s in star]}},
-                "convergence": {"dimensions": moved}}
+                "convergence": {"2": {"dimensions": {"steps": {"moved": False}}}, "8": {"dimensions": moved}}}
 
     robust, fragile = [None] * 10 + [8.0] * 2, [2.0] * 12
     bound = items(versus({"cards": [card("a", robust, True), card("b", fragile, True)]}), 8.0)
     loose = items(versus({"cards": [card("a", robust, True), card("b", fragile, False)]}), 8.0)
     assert "no bound" not in bound[0] and "supported" in bound[0]
-    assert "Rests on worst cases that are no bound**: b NOT CONVERGED (steps still move it)" in loose[0]
+    assert "Rests on worst cases that are no bound**: b NOT CONVERGED (steps at 8/255 still move it)" in loose[0]
+    partial = card("b", fragile, True)
+    del partial["convergence"]["2"]
+    assert "b checked at 8/255 only, not at 2/255" in items(versus({"cards": [card("a", robust, True), partial]}), 8.0)[0]
     unchecked = card("b", fragile, True)
     del unchecked["convergence"]
     assert "b not checked" in items(versus({"cards": [card("a", robust, True), unchecked]}), 8.0)[0]

@@ -71,7 +71,7 @@ class Suite:
     model; ``eot_draws`` (n, 2n) for EOT convergence. On a stochastic model (Poisson input) every
     gradient pair averages its loss over ``eot`` encoder draws and Square its margin over ``square_eot``
     (where the pair names no ``eot`` of its own). ``converge``: the images (at least) of the convergence
-    check (:mod:`.convergence`), 0 for none; a suite with it claims a bound at the evaluated eps."""
+    check (:mod:`.convergence`), 0 for none; a suite with it claims a bound at every eps of the grid."""
 
     name: str
     ann: tuple[Pair, ...]
@@ -179,7 +179,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
               "Square with 5,000 queries on every image) through the proxy ANN, BPTT, BPTR and the 2025 "
               "estimators (ASSG with SA-PGD, PDSG, MDSE; these three and BPTT + APGD-CE on every image, so the "
               "worst case is below each of them image by image); EOT over 20 draws on Poisson input; the worst "
-              "case checked by doubling draws, steps, restarts and queries on 256 images"),
+              "case checked at every eps by doubling draws, steps, restarts and queries on 256 images"),
     Suite("l2",
           ann=_pairs(("ann", "apgd-l2", 100, 1, True), ("ann", "pgd-l2", 100)),
           snn=_pairs(("snnadv-clean", "apgd-l2", 100), ("bptt", "apgd-l2", 100, 1, True), ("pdsg", "apgd-l2", 100),

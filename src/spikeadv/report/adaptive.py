@@ -92,12 +92,19 @@ class Rejudged:
 
 
 def unbound(card: dict) -> str | None:
-    """Why a model's worst case is no bound, or None where its convergence check passed."""
-    report = card.get("convergence")
-    if not report:
+    """Why a model's worst case is no bound, or None where its convergence check passed at every eps
+    (a card of an earlier version holds one report, of the evaluated eps: checked there only)."""
+    reports = card.get("convergence")
+    if not reports:
         return "not checked"
-    moved = [d for d, r in report["dimensions"].items() if r["moved"]]
-    return f"NOT CONVERGED ({', '.join(moved)} still move it)" if moved else None
+    if "dimensions" in reports:
+        reports = {f"{card['eval_eps']:g}": reports}
+    moved = {eps: [d for d, r in report["dimensions"].items() if r["moved"]] for eps, report in reports.items()}
+    loose = [f"{', '.join(dims)} at {eps}/255" for eps, dims in moved.items() if dims]
+    unchecked = [f"{e:g}" for e in card["grid"] if f"{e:g}" not in reports]
+    if loose:
+        return f"NOT CONVERGED ({'; '.join(loose)} still move it)"
+    return f"checked at {', '.join(reports)}/255 only, not at {', '.join(unchecked)}/255" if unchecked else None
 
 
 def _instances(card: dict) -> dict[str, list[dict]]:

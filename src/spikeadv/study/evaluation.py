@@ -187,10 +187,9 @@ def run_unit(path: str, setting: Setting, images: int | None, out: str, root: st
         for target in models:
             if unit["source"] in (s.name for s in sources[target.name]):
                 evaluation.transfer(target, by_name[unit["source"]], setting.focus)
-    elif unit["unit"] == "sweep":  # and the convergence check of its worst case, where the suite has one
-        swept = evaluation.sweep(by_name[unit["model"]])
-        if setting.focus in swept:
-            evaluation.converge(by_name[unit["model"]], swept[setting.focus])
+    elif unit["unit"] == "sweep":  # and the convergence check of its worst case at each eps, where the suite has one
+        for eps, swept in evaluation.sweep(by_name[unit["model"]]).items():
+            evaluation.converge(by_name[unit["model"]], swept, eps)
     elif unit["unit"] == "null":
         evaluation.null(by_name[unit["model"]])
     elif unit["unit"] == "curves":

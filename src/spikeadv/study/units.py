@@ -274,11 +274,11 @@ class Evaluation:
                                                 "draws": list(suite.eot_draws), "steps": suite.curve_steps,
                                                 **self.setting.threat}, compute)
 
-    def converge(self, model: Trained, base: dict) -> dict | None:
+    def converge(self, model: Trained, base: dict, eps: float) -> dict | None:
         """The convergence check (:mod:`spikeadv.attack.convergence`) of the worst case ``base`` (the
-        ensemble's record at the evaluated eps) on its first ``suite.converge`` images: each budget doubled
-        in turn; None where the suite claims no bound."""
-        suite, eps = self.setting.suite, self.setting.focus
+        ensemble's record at ``eps``) on its first ``suite.converge`` images: each budget doubled in turn;
+        None where the suite claims no bound."""
+        suite = self.setting.suite
         if not suite.converge:
             return None
         m, pairs = min(len(self.y), suite.converge), suite.pairs(model.snn, model.net)
@@ -344,7 +344,8 @@ class Evaluation:
             "null": self.null(model),
             "curves": {e: {k: c[k] for k in ("eps", "steps", "steps_p", "trace", "zero_gradient_images",
                                              "zero_gradient_entries", "seconds") if k in c} for e, c in curves.items()},
-            "eot": self.eot(model), "convergence": self.converge(model, sweep[focus]) if focus in sweep else None,
+            "eot": self.eot(model),
+            "convergence": {f"{e:g}": self.converge(model, unit, e) for e, unit in sweep.items()} if suite.converge else None,
             "seed": self.setting.seed, "bf16": self.setting.bf16,
         }
         card["checks"] = checks.as_records(checks.check_card(card))
