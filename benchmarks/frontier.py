@@ -13,6 +13,7 @@ random numbers).
 
     python benchmarks/frontier.py RUN_DIR_OR_CKPT [--eps 8/255] [--images 256] [--suite strong] [--kinds snn1,snn2]
                                   [--steps 100] [--draws 20] [--queries 5000]
+    python benchmarks/frontier.py --model MODULE:FUNCTION --weights FILE --T 4 --data cifar10 ...   # your own SNN
 
 ``--steps``, ``--draws`` and ``--queries`` scale the suite's budget down (every gradient pair's steps, the
 EOT draws of every pair on Poisson input, Square's queries) where a CPU cannot afford the strong one;
@@ -31,10 +32,14 @@ from pathlib import Path
 
 import torch
 
+from spikeadv import data
 from spikeadv.attack import suite as suites
 from spikeadv.attack.suite import Pair, worst_case
+from spikeadv.models.foreign import as_model, identified
 from spikeadv.study.evaluation import targets
+from spikeadv.study.judge import stochastic
 from spikeadv.study.units import Evaluation, Setting
+from spikeadv.study.yours import load_factory
 
 ROUNDED = 1e-4  # a unit record keeps p to 4 decimals (0.96875 -> 0.9688): differences below are rounding
 FRONTIER = (("assg", "sa-pgd"), ("pdsg", "apgd-ce"), ("mdse", "apgd-ce"), ("bptt", "apgd-ce"))
@@ -52,9 +57,14 @@ def scaled(suite: suites.Suite, steps: int | None, draws: int | None, queries: i
                                square_eot=min(draws or suite.square_eot, suite.square_eot), converge=0)
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, nargs="?")
+    p.add_argument("--model", help="a SpikingJelly, snnTorch or Norse SNN of your own: module.path:function")
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--T", type=int)
+    p.add_argument("--encoding")
+    p.add_argument("--data", default="cifar10")
     p.add_argument("--eps", default="8/255")
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--suite", default=suites.DEFAULT)
@@ -63,25 +73,36 @@ def main() -> None:
     p.add_argument("--draws", type=int)
     p.add_argument("--queries", type=int)
     p.add_argument("--json", type=Path, help="also write the numbers here")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     eps = float(Fraction(args.eps)) * 255
-    models, _, x, y, recorded = targets(args.path, args.images, None)
+    if args.model:  # one model of your own, on the first test images of --data
+        net = load_factory(args.model, args.weights, args.T, args.encoding)
+        test = data.load(args.data, "test")
+        x, y = data.to_float(test.images[:args.images]), test.labels[:args.images].long()
+        models, recorded = [identified(as_model(net, args.model.partition(":")[2]), x)], {}
+    else:
+        models, _, x, y, recorded = targets(args.path, args.images, None)
     chosen = scaled(suites.get(args.suite), args.steps, args.draws, args.queries)
     setting = Setting(chosen, (eps,), **recorded)
     evaluation = Evaluation(setting, x, y, None, log=lambda line: None)
     rows = []
     for model in models:
-        if model.kind not in args.kinds.split(",") or model.instance != 0:
+        if not args.model and (model.kind not in args.kinds.split(",") or model.instance != 0):
             continue
-        steps = next(p.steps for p in chosen.pairs(model.snn) if p.attack == "apgd-ce")
+        pairs = chosen.pairs(model.snn, model.net)
+        steps = next(p.steps for p in pairs if p.attack == "apgd-ce")
         start = time.perf_counter()
         ensemble = torch.tensor(evaluation.ensemble(model, eps)["p"])
         row = {"model": model.name, "images": len(y), "eps": eps, "clean": evaluation.clean(model).mean().item(),
                "ensemble": ensemble.mean().item(), "ensemble_s": round(time.perf_counter() - start, 1)}
         for estimator, attack in FRONTIER:
-            same = [q for q in chosen.pairs(model.snn) if q.estimator.partition(":")[0] == estimator and q.attack == attack]
-            pair = same[0] if same else Pair(suites.with_eot(estimator, chosen.eot if model.snn.encoding == "poisson"
-                                                             else 1), attack, steps)
+            same = [q for q in pairs if q.estimator.partition(":")[0] == estimator and q.attack == attack]
+            pair = same[0] if same else Pair(suites.with_eot(estimator, chosen.eot if stochastic(model) else 1),
+                                             attack, steps)
             def alone(tag: Callable[[int], object]) -> torch.Tensor:  # the method on every image, nothing pruned
                 return worst_case((pair,), x, y, lambda v, idx: evaluation.judge(model, v, idx),
                                   lambda q, xb, yb, b: evaluation.attack(model, q, xb, yb, eps, tag(b)),
