@@ -25,9 +25,9 @@ from spikeadv.errors import SpikeAdvError
 from spikeadv.models import adapters
 
 
-def spikingjelly_net(bn: bool = False) -> nn.Module:
+def spikingjelly_net(bn: bool = False, pixels: int = 64) -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(sj_layer.Flatten(), sj_layer.Linear(64, 32), *([nn.BatchNorm1d(32)] if bn else []),
+    net = nn.Sequential(sj_layer.Flatten(), sj_layer.Linear(pixels, 32), *([nn.BatchNorm1d(32)] if bn else []),
                         sj_neuron.LIFNode(tau=2.0, surrogate_function=sj_surrogate.ATan(alpha=2.0)),
                         sj_layer.Linear(32, 10))
     with torch.no_grad():  # inputs that make its neurons spike (v_th 1, input halved by tau 2)
@@ -35,16 +35,16 @@ def spikingjelly_net(bn: bool = False) -> nn.Module:
     return net
 
 
-def snntorch_net() -> nn.Module:
+def snntorch_net(pixels: int = 64) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32),
+    return nn.Sequential(nn.Flatten(), nn.Linear(pixels, 32),
                          snntorch.Leaky(beta=0.9, spike_grad=snn_surrogate.fast_sigmoid(slope=25), init_hidden=True),
                          nn.Linear(32, 10))
 
 
-def norse_net() -> nn.Module:
+def norse_net(pixels: int = 64) -> nn.Module:
     torch.manual_seed(0)
-    net = norse.SequentialState(nn.Flatten(), nn.Linear(64, 32), norse.LIFCell(), nn.Linear(32, 10))
+    net = norse.SequentialState(nn.Flatten(), nn.Linear(pixels, 32), norse.LIFCell(), nn.Linear(32, 10))
     with torch.no_grad():  # Norse's membrane (dt 1 ms, tau 10 ms) needs strong input to spike within a few steps
         net[1].weight.mul_(40)
     return net
@@ -244,11 +244,11 @@ def test_the_ensemble_is_at_most_torchattacks_apgd_image_by_image(name):
     # torchattacks' APGD-CE at equal steps on the same images: every image it breaks, the ensemble breaks
     import torchattacks
 
-    loop = spikeadv.TimeLoop(LIBRARIES[name][0](), T=4)
-    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    loop = spikeadv.TimeLoop(LIBRARIES[name][0](pixels=28 * 28), T=4)  # MNIST-sized
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         y = loop(x).argmax(1)  # every image right, so every image can be broken
-    eps, steps = {"spikingjelly": 0.01, "snntorch": 0.03, "norse": 0.01}[name], 50  # where it breaks some, not all
+    eps, steps = 0.005, 50  # where torchattacks breaks about half
     theirs = torchattacks.APGD(loop, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)(x, y)
     with torch.no_grad():
         broken_by_them = loop(theirs).argmax(1) != y
@@ -295,3 +295,16 @@ def test_the_l2_suite_attacks_in_the_l2_ball_with_its_own_grid(tmp_path):
             eps_grid(bad)  # L-inf eps above 1 or not a number
     with pytest.raises(SpikeAdvError, match="L2 radius"):
         eps_grid([-1.0], "l2")
+
+
+def test_the_readme_example_of_your_own_snn_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Your own SNN"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "torch.Size([16, 1, 28, 28])" in printed
+    assert all(pair in printed for pair in ("spikingjelly vs snntorch", "spikingjelly vs norse", "snntorch vs norse"))
