@@ -5,9 +5,10 @@ Each check reads the numbers of an evaluation card (:mod:`spikeadv.study.units`)
 masking suspected", naming the model, the estimator and the numbers) or does not apply. Accuracies are
 fractions of n images; two accuracies differ beyond sampling error when they differ by more than
 ``margin(p, q, n)``: 1.96 binomial standard errors of the difference (unpaired, so conservative for the
-paired measurements here), and never less than one image; the steps checks compare each image's outcomes
-(``paired_margin``: 1.96 standard errors of the paired difference) where the card holds them; the images Square breaks that the gradient
-attacks left are held to the convergence rule (:func:`.convergence.tolerance`: 1 image or 0.5%).
+paired measurements here), and never less than one image; the steps checks compare each image's
+outcomes (``paired_margin``: 1.96 standard errors of the paired difference) where the card holds them;
+the images Square breaks that the gradient attacks left are held to the convergence rule
+(:func:`.convergence.tolerance`: 1 image or 0.5%).
 """
 
 from __future__ import annotations

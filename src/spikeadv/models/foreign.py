@@ -81,7 +81,7 @@ class TimeLoop(nn.Module):
         numbers: image i's draws follow its id), else the next of this wrapper's stream."""
         if self.reset is not None:
             self.reset(self.module)
-        frames = encode(x, self.T, self.encoding, draws or self.stream.next(len(x), x.device))
+        frames = encode(x, self.T, self.encoding, draws if draws is not None else self.stream.next(len(x), x.device))
         if self.multistep:
             return _output(self.module(frames)).mean(0)
         total, state = 0, None

@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -45,8 +46,8 @@ def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[
                     seed: int = 0, batch_size: int = 125, draws: int = 32, vote: bool = False,
                     device: torch.device | str | None = None, return_adv: bool | str = False,
                     log: Callable[[str], None] = print) -> tuple[list[dict], Setting, Tensor, Tensor]:
-    """The card of each model (named by the mapping's keys, else model0, model1, ...) on the same images,
-    draws and settings, with units cached in ``out`` (None: nothing written); the setting and the images
+    """The card of each model (named by the mapping's keys, else its own name or model0, model1, ...) on
+    the same images, draws and settings, with units cached in ``out`` (None: nothing written); the setting and the images
     on ``device``. ``return_adv``: each card holds the worst-case input per image at each eps
     (``card["adversarial"]``); ``"pairs"``: each pair's own too (``card["adversarial_pairs"][eps][pair]``)."""
     if return_adv not in (False, True, "pairs"):
@@ -66,6 +67,7 @@ def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[
         targets = []
         for name, model in named.items():
             target = as_model(model.to(where) if isinstance(model, nn.Module) else model, str(name))
+            target = dataclasses.replace(target, label=str(name)) if isinstance(models, Mapping) else target
             if stack.enter_context(adapters.attacking(target.net)):
                 log(f"{name} was in train mode: attacked in eval mode (dropout off, batch norm on its running "
                     "statistics), given back in train mode")
@@ -98,7 +100,8 @@ def evaluate_model(model: nn.Module | Callable[[Tensor], Tensor] | Trained, x: T
     ``card["adversarial_pairs"][eps][pair]`` each pair's own output too."""
     from . import card as cards  # matplotlib: loaded only when a card is written
 
-    found, setting, x, y = evaluate_models({name: model}, x, y, eps, suite, pairs, out, seed, batch_size, draws, vote,
+    key = model.name if isinstance(model, Trained) and name == "model" else name  # spikeadv's own keeps its name
+    found, setting, x, y = evaluate_models({key: model}, x, y, eps, suite, pairs, out, seed, batch_size, draws, vote,
                                            device, return_adv, log)
     if out is not None:
         cards.write(Path(out), found, card_meta(name, setting, x, y))
