@@ -82,9 +82,11 @@ def test_the_swapped_surrogate_is_the_librarys_own_gradient_for_the_same_shape(n
 @pytest.mark.parametrize("name", LIBRARIES)
 def test_every_surrogate_estimator_family_reaches_a_library_snn(name):
     loop, (x, y) = spikeadv.TimeLoop(LIBRARIES[name][0](), T=4), images()
-    for spec in ("ann", "bptt", "bptt:surrogate=rectangular,alpha=1", "assg", "pdsg", "mdse"):
+    own = estimators.make("ann", loop, None).grad(x, y)
+    for spec in ("bptt", "bptt:surrogate=rectangular,alpha=1", "assg", "pdsg", "mdse"):
         grad = estimators.make(spec, loop, None).grad(x, y)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0, spec
+        assert torch.equal(grad, own) == (spec == "bptt"), spec  # a swapped surrogate is another gradient
     for spec in ("bptr", "hart", "snnadv-clean"):  # they need spikeadv's own network
         with pytest.raises(SpikeAdvError, match="does not apply to a SpikingJelly, snnTorch or Norse SNN"):
             estimators.make(spec, loop, None)
@@ -228,7 +230,9 @@ def test_a_model_of_your_own_from_the_command_line(tmp_path):
     assert run.returncode == 0, run.stderr
     card = json.loads((tmp_path / "card" / "card.json").read_text())
     assert card["cards"][0]["model"]["runs"] == "spikingjelly SNN (TimeLoop), T=2, direct input"
+    (tmp_path / "needy.py").write_text("def csnn(width):\n    raise AssertionError('never called')\n")
     bad = {"not importable": (["--model", "nope.nets:csnn"], "cannot import"),
+           "a factory that needs arguments": (["--model", "needy:csnn"], "but it needs width"),
            "weights that do not match": (["--model", "mynets:csnn", "--weights", "bad.safetensors"], "do not match"),
            "an encoding the wrapper does not take": (["--model", "mynets:csnn", "--T", "2", "--encoding", "rate"],
                                                      "invalid choice")}

@@ -49,7 +49,7 @@ from torch import Tensor
 from ..config.spiking import SURROGATES, Spiking
 from ..errors import SpikeAdvError
 from ..models import adapters
-from ..models.foreign import TimeLoop
+from ..models.foreign import TimeLoop, stochastic
 from ..models.network import Network
 from ..models.neurons import Derivative, adaptive_surrogate, encode, surrogate_grad
 from ..models.trained import Trained
@@ -110,7 +110,7 @@ class Source:
 def ann(net: Network) -> Source:
     """Exact gradient of the ANN (paper eq. 1 as written), or of any classifier of images; one that
     says it is ``stochastic`` (:class:`.external.TimeLoop` on Poisson input) is treated as such."""
-    return Source("ann", net, stochastic=getattr(net, "stochastic", False), **outline(net))
+    return Source("ann", net, stochastic=stochastic(net), **outline(net))
 
 
 def outline(net: object) -> dict:
@@ -244,7 +244,7 @@ def _foreign_bptt(net: Callable[[Tensor], Tensor], surrogate: str | None, alpha:
 
 def _swapped(net: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], history: bool = False) -> Source:
     """A library SNN whose neurons backpropagate ``derivative`` (:func:`spikeadv.models.adapters.through`)."""
-    return Source("swapped", adapters.through(net, derivative, history), stochastic=bool(getattr(net, "stochastic", False)))
+    return Source("swapped", adapters.through(net, derivative, history), stochastic=stochastic(net))
 
 
 def _foreign_mdse(net: Callable[[Tensor], Tensor], step: float) -> Source:
@@ -302,8 +302,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
               "rate and temporal paths mixed (HART-style), mix = rate share"),
     Estimator("assg", ("snn", "foreign"), {"a": 0.425, "relax": 1.5, "beta": None}, _assg,
               "adaptive sharpness surrogate (Wang et al. 2025; pair it with sa-pgd)",
-              foreign=lambda net, a, relax, beta: _swapped(net, _adaptive(a, relax, beta,
-                                                                         getattr(net, "stochastic", False)))),
+              foreign=lambda net, a, relax, beta: _swapped(net, _adaptive(a, relax, beta, stochastic(net)))),
     Estimator("pdsg", ("snn", "foreign"), {}, lambda net, snn, seed: bptt(net, snn, seed=seed, derivative=surrogates.pdsg),
               "potential-dependent surrogate (Lun et al. 2025)",
               foreign=lambda net: _swapped(net, surrogates.pdsg, history=True)),

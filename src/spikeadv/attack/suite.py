@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
+from ..models.foreign import stochastic
 from . import estimators, registry
 
 ROBUST, WRONG_CLEAN, CARRIED = -1, -2, -3  # winner codes: never broken; wrong before any attack; broken at a smaller eps
@@ -106,13 +107,13 @@ class Suite:
         :func:`.estimators.kind_of`); Square stays last. On a stochastic model (Poisson input, or a
         ``net`` that says it is ``stochastic``) every drawn pair averages over the suite's EOT draws."""
         kind = estimators.kind_of(net, snn)
-        stochastic = snn.encoding == "poisson" if snn is not None else bool(getattr(net, "stochastic", False))
+        random = stochastic(net, snn)
         if kind == "ann":
             ordered = self.ann
         else:
-            fits = [p for p in (*self.snn, *(self.poisson if stochastic else ())) if estimators.applies(p.estimator, kind)]
+            fits = [p for p in (*self.snn, *(self.poisson if random else ())) if estimators.applies(p.estimator, kind)]
             ordered = (*(p for p in fits if p.attack != "square"), *(p for p in fits if p.attack == "square"))
-        if not stochastic:
+        if not random:
             return ordered
         return tuple(replace(p, estimator=with_eot(p.estimator, self.square_eot if p.attack == "square" else self.eot))
                      if estimators.ESTIMATORS[estimators.parse(p.estimator)[0]].drawn else p for p in ordered)

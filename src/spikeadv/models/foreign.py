@@ -107,6 +107,12 @@ def as_model(model: nn.Module | Callable[[Tensor], Tensor], name: str = "model")
     return Trained("model", 0, model, None, Path(name), "", {}, label=name)
 
 
+def stochastic(net: object, snn: Spiking | None = None) -> bool:
+    """Whether a model's prediction is random: spikeadv's SNN on Poisson input, or a network that says it
+    is ``stochastic`` (a :class:`TimeLoop` on Poisson input)."""
+    return snn.encoding == "poisson" if snn is not None else bool(getattr(net, "stochastic", False))
+
+
 def runs_as(model: Trained) -> str:
     """How a model runs, in words, for its card: spikeadv's SNN settings, a wrapped library SNN's, or ANN."""
     if model.snn is not None:

@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import runtime
 from ..errors import SpikeAdvError
 from ..models.foreign import TimeLoop
+from ..models.foreign import stochastic as random_input
 from ..models.trained import Trained
 from ..records.provenance import seed_of
 from ..runtime.draws import Draws
@@ -43,9 +44,7 @@ class Judge:
 def stochastic(model: Trained) -> bool:
     """Whether the model's prediction is random: Poisson input (spikeadv's SNNs, or a wrapped model that
     says so)."""
-    if model.snn is not None:
-        return model.snn.encoding == "poisson"
-    return bool(getattr(model.net, "stochastic", False))
+    return random_input(model.net, model.snn)
 
 
 @torch.no_grad()

@@ -122,7 +122,12 @@ def load_factory(spec: str, weights: Path | None = None, T: int | None = None, e
     except (ImportError, AttributeError) as e:
         raise SpikeAdvError(f"--model {spec!r}: cannot import it ({e}); is its package installed or on PYTHONPATH?") from None
     given = {k: v for k, v in (("T", T), ("encoding", encoding)) if v is not None}
-    takes = inspect.signature(factory).parameters
+    takes = inspect.signature(factory).parameters if callable(factory) else {}
+    needs = [n for n, q in takes.items() if q.default is q.empty and n not in given
+             and q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+    if not callable(factory) or needs:
+        raise SpikeAdvError(f"--model {spec!r}: {attr} must be a function callable with no argument (or with T "
+                            f"and encoding), " + (f"but it needs {', '.join(needs)}" if needs else "it is not callable"))
     model = factory(**{k: v for k, v in given.items() if k in takes})
     if not isinstance(model, nn.Module):
         raise SpikeAdvError(f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
