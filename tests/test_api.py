@@ -53,6 +53,7 @@ def readme_example() -> str:
     return code
 
 
+@pytest.mark.slow
 def test_readme_example_runs_and_the_attack_lowers_accuracy(reference, tmp_path):
     code = readme_example()
     assert 8 <= len(code.strip().splitlines()) <= 12

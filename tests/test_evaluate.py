@@ -192,6 +192,7 @@ def test_a_rerun_reuses_every_unit(evaluated, capsys):
     assert "broke" not in capsys.readouterr().out  # nothing attacked again
 
 
+@pytest.mark.slow
 def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(reference, tmp_path):
     ann = reference / json.loads((reference / "run.json").read_text())["models"][0]["path"]
     args = ["--threads", str(torch.get_num_threads()), "evaluate", str(ann), "--suite", "quick", "--images", "8",

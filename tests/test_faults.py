@@ -68,6 +68,7 @@ def test_seeds_the_study_cannot_use_are_refused_before_anything_is_written(tmp_p
 
 # 2. one writer per run directory -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_run_on_a_directory_in_use_refuses_at_once_and_kill_releases_the_lock(reference, copy):
     for cell in _cells(copy)[::20]:  # the holder has crafting ahead of it (11 cells spread over the grid)
         cell.unlink()

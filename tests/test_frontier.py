@@ -250,6 +250,9 @@ def test_the_strong_suite_claims_its_bound_with_every_faithful_reference():
     square = [p for p in pairs if p.attack == "square"]
     assert len(square) == 1 and square[0].every and square[0].steps == 5000 and pairs[-1] == square[0]
     assert strong.curve_sources(snn) == ["snnadv-clean", "bptt"]  # the curves take one draw per step
+    assg = [p for p in pairs if p.estimator.startswith("assg")]  # a: the default, then the authors' search range
+    assert [estimators.parse(p.estimator)[1]["a"] for p in assg] == [0.425, 0.35, 0.49]
+    assert [p.every for p in assg] == [True, False, False]
     direct = strong.pairs(Spiking(neuron="if", T=16, encoding="direct"))
     assert not any("eot=" in p.estimator for p in direct)
     with pytest.raises(SpikeAdvError, match="fgsm has no restarts"):
@@ -341,3 +344,13 @@ def test_the_steps_check_is_paired_and_sees_a_change_the_unpaired_margin_misses(
     assert not _rose(curve(fewer, fewer), "10", "100", n)  # the same outcomes: no rise
     m = 80  # a 5 pp change all one way is seen from 74 images on (the docstring's arithmetic)
     assert _rose(curve([1.0] * 40 + [0.0] * 40, [1.0] * 44 + [0.0] * 36), "10", "100", m)
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 3, 4, 4), (5, 6, 7)])
+def test_pdsg_step_by_step_equals_pdsg_on_the_stacked_history(shape):
+    """A library neuron's PDSG (running sums, one step per call) gives at every step the value of pdsg
+    on the history stacked up to that step."""
+    u = torch.randn(*shape, generator=gen(4)) * 3 + 0.5
+    steps = surrogates.PDSGSteps()
+    for t in range(shape[0]):
+        torch.testing.assert_close(steps(u[t]), surrogates.pdsg(u[:t + 1])[-1], rtol=1e-5, atol=1e-7)

@@ -81,12 +81,14 @@ def compiled_everywhere(name, signature, configs):
         return [job.result() for job in jobs]
 
 
+@pytest.mark.slow
 def test_every_forward_configuration_compiles_for_sm90_without_spills():
     configs = list(forward_configs())
     for constants, sass in zip(configs, compiled_everywhere("_forward_kernel", FORWARD, configs)):
         assert_no_spill(sass, f"forward {constants}")
 
 
+@pytest.mark.slow
 def test_every_backward_configuration_compiles_for_sm90_without_spills():
     configs = list(backward_configs())
     for constants, sass in zip(configs, compiled_everywhere("_backward_kernel", BACKWARD, configs)):

@@ -175,6 +175,18 @@ def test_a_poisson_wrapped_snn_gets_eot_on_every_drawn_pair():
     assert not any("eot=" in p.estimator for p in direct)
 
 
+def test_mdse_candidates_on_a_poisson_wrapped_snn_see_the_same_encoder_draws():
+    """Common random numbers across MDSE's candidates: in one step, each candidate's gradient (2 EOT
+    draws) and each trial loss come from the same calls of the wrapper's encoder stream."""
+    loop, (x, y) = spikeadv.TimeLoop(spikingjelly_net(), T=4, encoding="poisson"), images()
+    source = estimators.make("mdse:eot=2", loop, None, seed=3)
+    used = []
+    draw = loop.stream.next
+    loop.stream.next = lambda rows, device: (used.append(loop.stream.calls), draw(rows, device))[1]
+    source.value_and_grad(x, y)
+    assert used == [0, 1, 0, 1, 2, 3, 2, 3]  # gradients: calls 0-1 for each candidate; trials: 2-3 for each
+
+
 def test_compare_judges_your_models_pairwise_on_the_same_images(tmp_path):
     x, _ = images(24)
     sj, st = spikeadv.TimeLoop(spikingjelly_net(), T=3), spikeadv.TimeLoop(snntorch_net(), T=3)
@@ -215,6 +227,7 @@ def _cli(tmp_path, *argv):
                           env={**os.environ, "PYTHONPATH": path}, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_model_of_your_own_from_the_command_line(tmp_path):
     from safetensors.torch import save_file
 

@@ -63,6 +63,7 @@ def cells(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} if (out / "cells").exists() else {}
 
 
+@pytest.mark.slow
 def test_ray_gives_the_local_results_on_two_workers_and_retries_a_killed_one(reference, tmp_path):
     out = tmp_path / "run"
     proc = ray_run(reference, out)
@@ -80,6 +81,7 @@ def test_ray_gives_the_local_results_on_two_workers_and_retries_a_killed_one(ref
     assert json.loads((out / "run.json").read_text())["executor"]["kind"] == "ray"
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_without_recomputing_and_a_second_driver_is_refused(reference, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -85,6 +85,7 @@ def test_bad_conversion_settings(ann):
         convert(maxpooled, balancing_images(8), Spiking())
 
 
+@pytest.mark.slow
 def test_convert_and_eval_commands(ann):
     _, path = ann
     r = spikeadv("convert", path, "--preset", "smoke")

@@ -179,6 +179,7 @@ def test_second_run_reuses_everything(reference, monkeypatch, tmp_path):
     assert (tmp_path / "again" / "table1.md").read_text() == (reference / "report" / "table1.md").read_text()
 
 
+@pytest.mark.slow
 def test_kill_during_crafting_then_resume_gives_the_same_results(reference, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -73,6 +73,7 @@ def test_eval_command_prints_the_accuracy(trained):
     assert f"accuracy {accuracy(net, load('synthetic', 'test')):.2f}% on synthetic/test" in r.stdout
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_bit_identical_weights(tmp_path, trained):
     reference, _ = trained
     out = tmp_path / "ann.safetensors"

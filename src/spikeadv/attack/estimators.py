@@ -195,17 +195,30 @@ class Mixed(Source):
     whichever ``candidates`` source (the same SNN, other surrogates) raises the loss most. The authors'
     code keeps the candidate of the largest loss at the current point, but every candidate computes the
     same forward pass, so those losses tie; here each candidate's loss is compared after a trial sign
-    step of ``step`` (pixel units; the authors' step 0.01), which is where the surrogates differ."""
+    step of ``step`` (pixel units; the authors' step 0.01), which is where the surrogates differ. The
+    candidates see the same encoder draws (common random numbers): spikeadv's own each from a stream of
+    the same seed, a wrapped library SNN's (``loop``, a :class:`TimeLoop`) from its stream rewound."""
 
     candidates: tuple[Source, ...] = ()
     step: float = 0.01
+    loop: TimeLoop | None = None
+
+    def _each(self, fn: Callable, items: list) -> list:
+        """``fn`` of every candidate's item, each from the same point of a wrapped SNN's encoder stream."""
+        start = self.loop.stream.calls if self.loop is not None else 0
+        out = []
+        for item in items:
+            if self.loop is not None:
+                self.loop.stream.calls = start
+            out.append(fn(item))
+        return out
 
     def value_and_grad(self, x: Tensor, labels: Tensor, loss: Loss = cross_entropy) -> Step:
         candidates = [dataclasses.replace(c, draws=self.draws) for c in self.candidates]  # EOT reaches each
-        steps = [c.value_and_grad(x, labels, loss) for c in candidates]
+        steps = self._each(lambda c: c.value_and_grad(x, labels, loss), candidates)
         with torch.no_grad():
-            trial = torch.stack([loss(c.scores((x + self.step * s.grad.sign()).clamp(0, 1)), labels)
-                                 for c, s in zip(candidates, steps)])
+            trial = torch.stack(self._each(lambda cs: loss(cs[0].scores((x + self.step * cs[1].grad.sign()).clamp(0, 1)),
+                                                           labels), list(zip(candidates, steps))))
         best = trial.argmax(0).view(-1, *[1] * (x.dim() - 1))
         grad = torch.stack([s.grad for s in steps]).gather(0, best[None].expand(1, *x.shape))[0]
         return Step(steps[0].loss, grad, steps[0].logits)
@@ -219,8 +232,9 @@ def mdse(net: Network, snn: Spiking, *, seed: int = 0, step: float = 0.01) -> So
                         for name, alpha in surrogates.MDSE_CANDIDATES), step)
 
 
-def _mixed(candidates: tuple[Source, ...], step: float) -> Source:
-    return Mixed("mdse", candidates[0].logits, stochastic=candidates[0].stochastic, candidates=candidates, step=step)
+def _mixed(candidates: tuple[Source, ...], step: float, loop: TimeLoop | None = None) -> Source:
+    return Mixed("mdse", candidates[0].logits, stochastic=candidates[0].stochastic, candidates=candidates, step=step,
+                 loop=loop)
 
 
 def _adaptive(a: float, relax: float, beta: float | None, poisson: bool) -> surrogates.ASSG:
@@ -242,14 +256,15 @@ def _foreign_bptt(net: Callable[[Tensor], Tensor], surrogate: str | None, alpha:
     return _swapped(net, functools.partial(surrogate_grad, name=surrogate, alpha=alpha or Spiking.alpha))
 
 
-def _swapped(net: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], history: bool = False) -> Source:
+def _swapped(net: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], stateful: bool = False) -> Source:
     """A library SNN whose neurons backpropagate ``derivative`` (:func:`spikeadv.models.adapters.through`)."""
-    return Source("swapped", adapters.through(net, derivative, history), stochastic=stochastic(net))
+    return Source("swapped", adapters.through(net, derivative, stateful), stochastic=stochastic(net))
 
 
 def _foreign_mdse(net: Callable[[Tensor], Tensor], step: float) -> Source:
-    """MDSE on a library SNN (on Poisson input each candidate's call draws anew from the wrapper)."""
-    return _mixed(tuple(_foreign_bptt(net, name, alpha) for name, alpha in surrogates.MDSE_CANDIDATES), step)
+    """MDSE on a library SNN (on Poisson input every candidate from the same draws of the wrapper)."""
+    return _mixed(tuple(_foreign_bptt(net, name, alpha) for name, alpha in surrogates.MDSE_CANDIDATES), step,
+                  net if isinstance(net, TimeLoop) else None)
 
 
 @dataclass(frozen=True)
@@ -305,7 +320,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
               foreign=lambda net, a, relax, beta: _swapped(net, _adaptive(a, relax, beta, stochastic(net)))),
     Estimator("pdsg", ("snn", "foreign"), {}, lambda net, snn, seed: bptt(net, snn, seed=seed, derivative=surrogates.pdsg),
               "potential-dependent surrogate (Lun et al. 2025)",
-              foreign=lambda net: _swapped(net, surrogates.pdsg, history=True)),
+              foreign=lambda net: _swapped(net, surrogates.PDSGSteps, stateful=True)),
     Estimator("mdse", ("snn", "foreign"), {"step": 0.01}, lambda net, snn, seed, step: mdse(net, snn, seed=seed, step=step),
               "per image the surrogate whose step raises the loss most (after MDSE, Xu et al. 2025)",
               foreign=_foreign_mdse),

@@ -11,8 +11,8 @@ Each library spikes through one call on x = v - V_th, in its own units:
 
 A swapped neuron keeps its library's own spikes (its Heaviside, with its convention at x = 0) and takes
 the derivative ``derivative(x)`` in the backward pass, computed in the forward pass on the x of the
-current iterate; with ``history`` the derivative sees the neuron's x of every step so far in this
-forward pass, stacked [t, B, ...] (a surrogate shaped by the membrane's statistics over time: PDSG).
+current iterate; a ``stateful`` derivative is one per neuron, fed the neuron's x step by step within
+a forward pass (a surrogate shaped by the membrane's statistics over time: PDSG).
 The surrogates apply to the library's own x, as the libraries' surrogates and the papers' do: ``atan``
 with alpha 2 here is SpikingJelly's ``ATan(alpha=2)`` and snnTorch's ``atan(alpha=2)``.
 
@@ -98,18 +98,14 @@ class _Swapped(torch.autograd.Function):
 class _Spike:
     """A swapped neuron's spike function: ``own`` (the library's) forward, ``derivative`` backward."""
 
-    def __init__(self, own: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], history: bool) -> None:
-        self.own, self.derivative, self.history, self.seen = own, derivative, history, []
+    def __init__(self, own: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor]) -> None:
+        self.own, self.derivative = own, derivative
 
     def __call__(self, x: Tensor) -> Tensor:
         if not x.requires_grad:
             return self.own(x)
         with torch.no_grad():
-            if self.history:
-                self.seen.append(x.detach().float())
-                slope = self.derivative(torch.stack(self.seen))[-1]
-            else:
-                slope = self.derivative(x.detach().float())
+            slope = self.derivative(x.detach().float())
         return _Swapped.apply(x, slope, self.own)
 
 
@@ -141,10 +137,11 @@ def _own(neuron: Neuron) -> Callable[[Tensor], Tensor]:
 
 
 @contextmanager
-def swapped(net: object, derivative: Callable[[Tensor], Tensor], history: bool = False) -> Iterator[None]:
+def swapped(net: object, derivative: Callable[[Tensor], Tensor], stateful: bool = False) -> Iterator[None]:
     """Within this block every library neuron of ``net`` spikes as before and backpropagates
-    ``derivative(x)`` (x = v - V_th; with ``history`` x of every step so far in this block, [t, B, ...],
-    and its last entry used); restored on exit, on error too."""
+    ``derivative(x)`` (x = v - V_th); with ``stateful``, ``derivative`` is a factory and each neuron gets
+    its own ``derivative()``, fed its steps in turn (PDSG's running statistics over time); restored on
+    exit, on error too."""
     found = neurons(net)
     if not found:
         raise SpikeAdvError("this model has no SpikingJelly, snnTorch or Norse neuron whose surrogate spikeadv "
@@ -152,7 +149,7 @@ def swapped(net: object, derivative: Callable[[Tensor], Tensor], history: bool =
     saved = []  # (neuron, what its instance dict held: the attribute's value, or nothing)
     try:
         for n in found:
-            spike = _Spike(_own(n), derivative, history)
+            spike = _Spike(_own(n), derivative() if stateful else derivative)
             saved.append((n, n.module.__dict__.get(n.attribute, _ABSENT)))
             if n.library == "norse":
                 _route_norse()
@@ -173,16 +170,16 @@ def swapped(net: object, derivative: Callable[[Tensor], Tensor], history: bool =
 
 
 def through(net: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor],
-            history: bool = False) -> Callable[[Tensor], Tensor]:
+            stateful: bool = False) -> Callable[[Tensor], Tensor]:
     """``net``'s logits with every library neuron backpropagating ``derivative`` (:func:`swapped`; a new
-    swap, so a new history, per forward pass); a derivative with a ``begin(x)`` method (ASSG) is told of
+    swap, so new per-neuron state, per forward pass); a derivative with a ``begin(x)`` method (ASSG) is told of
     each forward pass first. Without gradients, ``net`` as it is."""
     def logits(x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return net(x)
         if hasattr(derivative, "begin"):
             derivative.begin(x)
-        with swapped(net, derivative, history):
+        with swapped(net, derivative, stateful):
             return net(x)
 
     return logits
