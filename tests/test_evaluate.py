@@ -4,9 +4,6 @@ the command and its refusals, and the report's section that re-judges the whiteb
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,29 +187,6 @@ def test_a_rerun_reuses_every_unit(evaluated, capsys):
     assert cli.main(["evaluate", str(evaluated), *QUICK]) == 0
     assert [p.stat().st_mtime_ns for p in cells] == stamps
     assert "broke" not in capsys.readouterr().out  # nothing attacked again
-
-
-@pytest.mark.slow
-def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(reference, tmp_path):
-    ann = reference / json.loads((reference / "run.json").read_text())["models"][0]["path"]
-    args = ["--threads", str(torch.get_num_threads()), "evaluate", str(ann), "--suite", "quick", "--images", "8",
-            "--eps", "4/255,8/255"]
-    assert cli.main([*args, "--out", str(tmp_path / "local")]) == 0
-    result = subprocess.run([sys.executable, "-m", "spikeadv", *args, "--out", str(tmp_path / "ray"),
-                             "--executor", "ray", "--workers", "2"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "3 evaluation units on ray" in result.stdout  # the sweep over the grid, the null attack, the curves
-    assert (tmp_path / "ray" / "rows.jsonl").read_bytes() == (tmp_path / "local" / "rows.jsonl").read_bytes()
-
-    def timeless(value):
-        if isinstance(value, dict):
-            return {k: timeless(v) for k, v in value.items() if k not in ("seconds", "sha256")}
-        return [timeless(v) for v in value] if isinstance(value, list) else value
-
-    def units(where: Path) -> dict:
-        return {p.name: timeless(json.loads(p.read_text())) for p in (where / "cells").iterdir()}
-
-    assert len(units(tmp_path / "ray")) == 4 and units(tmp_path / "ray") == units(tmp_path / "local")
 
 
 def test_report_judges_the_whitebox_claims_on_robustness_curves(evaluated):

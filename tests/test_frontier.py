@@ -15,7 +15,7 @@ from test_attacks import FLOAT_TOL, MEAN, SPEC, STD, small_images
 
 from spikeadv.attack import estimators, registry, surrogates
 from spikeadv.attack.apgd import apgd, apgd_t
-from spikeadv.attack.convergence import check, tolerance, unconverged
+from spikeadv.attack.convergence import check, doubled, tolerance, unconverged
 from spikeadv.attack.estimators import Source
 from spikeadv.attack.sapgd import sapgd, schedule
 from spikeadv.attack.square import _window
@@ -354,3 +354,30 @@ def test_pdsg_step_by_step_equals_pdsg_on_the_stacked_history(shape):
     steps = surrogates.PDSGSteps()
     for t in range(shape[0]):
         torch.testing.assert_close(steps(u[t]), surrogates.pdsg(u[:t + 1])[-1], rtol=1e-5, atol=1e-7)
+
+
+def test_progress_counts_each_pairs_model_passes_on_the_images_it_runs_on_and_in_the_convergence_check():
+    """The ETA's unit: a pair's work per image is its steps (queries) x restarts x EOT draws x targets
+    (APGD-T, FAB-T) x candidates (MDSE), a gradient step costing 3 forwards; the progress reported over
+    a worst case sums to each pair's work on the images it ran on, and starts from the plan for all."""
+    assert Pair("bptt:eot=20", "apgd-t", 100).work == 100 * 20 * 9 * 3
+    assert Pair("bptt:eot=4", "square", 5000).work == 5000 * 4 and Pair("mdse", "apgd-ce", 100, 2).work == 1200
+    x = torch.full((6, 1, 2, 2), 0.9)
+    x[:3] = 0.1  # the first pair breaks these three, so the second (pruned) runs on the other three only
+    pairs = (Pair("bptt:eot=20", "apgd-ce", 10), Pair("bptt", "fab-t", 5), Pair("bptt:eot=4", "square", 50, 1, True))
+    reports = []
+    result = worst_case(pairs, x, torch.zeros(6, dtype=torch.long), lambda v, idx: (v.flatten(1).amax(1) < 5).float(),
+                        lambda pair, xb, yb, b: xb + 10 * (xb < 0.5) * (pair == pairs[0]), batch_size=4,
+                        progress=lambda done, left: reports.append((done, left)))
+    assert result.ran == [6, 3, 6]
+    assert sum(done for done, _ in reports) == sum(n * p.work for n, p in zip(result.ran, pairs))
+    # after the first batch (images 0-3) the plan is exact: the pruned pair on the 3 images left, the others on all
+    assert [sum(r) for r in reports[:1]] == [6 * pairs[0].work + 3 * pairs[1].work + 6 * pairs[2].work]
+    assert reports[-1][1] == 0
+    # the convergence check reports its doubled ensembles the same way, planned over all its dimensions
+    reports.clear()
+    check(pairs, x, torch.zeros(6, dtype=torch.long), lambda v, idx: torch.ones(len(v)), lambda pair, xb, yb, b: xb,
+          batch_size=4, base=torch.ones(6), stochastic=True, progress=lambda done, left: reports.append((done, left)))
+    dims = [doubled(pairs, d, True) for d in ("draws", "steps", "restarts", "queries")]
+    assert sum(reports[0]) == 6 * sum(p.work for d in dims for p in d) and reports[-1][1] == 0
+    assert sum(done for done, _ in reports) == sum(reports[0])  # nothing broken: every doubled pair on all six

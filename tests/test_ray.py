@@ -1,5 +1,7 @@
 """The study on Ray: the same results as the local executor, retried when a worker dies, resumed after
-the driver is killed, one driver per run directory, and a cluster that is not there refused at once.
+the driver is killed, one driver per run directory, and a cluster that is not there refused at once; the
+adaptive evaluation's units as Ray tasks give the local card. (Every test that starts a Ray is in this file,
+so that under pytest-xdist's --dist loadfile no two Rays run at once.)
 
 Each run is the smoke preset on a smaller grid (one eps per figure, no R-FGSM, SNNAdv and BPTT;
 22 cells, in the reference's order and with its targets): its cells are a subset of the reference run's, so its results must be exactly the reference's rows of those cells, in order."""
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from spikeadv import cli, study
 from spikeadv.api import Model
@@ -163,3 +166,26 @@ def test_crafting_seeds_come_from_the_recipe_not_from_how_a_job_prints(reference
     assert (first == other).all(), "the targets evaluate a set; they do not craft it"
     moved, _ = study.craft(study.Job("snn2", 1, "snnadv", "rfgsm", 8, 1, ("snn2",)), snn2, x, y, y, preset.study)
     assert not (first == moved).all(), "another recipe draws other R-FGSM noise"
+
+
+@pytest.mark.slow
+def test_on_ray_every_unit_is_a_task_and_the_card_is_the_local_one(reference, tmp_path):
+    ann = reference / json.loads((reference / "run.json").read_text())["models"][0]["path"]
+    args = ["--threads", str(torch.get_num_threads()), "evaluate", str(ann), "--suite", "quick", "--images", "8",
+            "--eps", "4/255,8/255"]
+    assert cli.main([*args, "--out", str(tmp_path / "local")]) == 0
+    result = subprocess.run([sys.executable, "-m", "spikeadv", *args, "--out", str(tmp_path / "ray"),
+                             "--executor", "ray", "--workers", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 evaluation units on ray" in result.stdout  # the sweep over the grid, the null attack, the curves
+    assert (tmp_path / "ray" / "rows.jsonl").read_bytes() == (tmp_path / "local" / "rows.jsonl").read_bytes()
+
+    def timeless(value):
+        if isinstance(value, dict):
+            return {k: timeless(v) for k, v in value.items() if k not in ("seconds", "sha256")}
+        return [timeless(v) for v in value] if isinstance(value, list) else value
+
+    def units(where: Path) -> dict:
+        return {p.name: timeless(json.loads(p.read_text())) for p in (where / "cells").iterdir()}
+
+    assert len(units(tmp_path / "ray")) == 4 and units(tmp_path / "ray") == units(tmp_path / "local")

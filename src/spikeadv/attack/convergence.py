@@ -24,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from torch import Tensor
@@ -58,17 +59,22 @@ def doubled(pairs: tuple[Pair, ...], dimension: str, stochastic: bool) -> tuple[
 
 
 def check(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, attack: Attacker, batch_size: int,
-          base: Tensor, stochastic: bool) -> dict:
+          base: Tensor, stochastic: bool, progress: Callable[[int, int], None] = lambda done, left: None) -> dict:
     """Each budget doubled in turn from the worst case ``base`` on images ``x``: per dimension the doubled
     pairs, the expected correct images before and after, and whether it ``moved`` the worst case by more
-    than :func:`tolerance` (None where no pair has that budget)."""
+    than :func:`tolerance` (None where no pair has that budget). ``progress(done, left)``: model passes
+    done and still planned over all dimensions (:func:`.suite.worst_case`'s)."""
     m, out, before = len(y), {}, base.sum().item()
-    for dimension in DIMENSIONS:
-        more = doubled(pairs, dimension, stochastic)
+    plans = {d: doubled(pairs, d, stochastic) for d in DIMENSIONS}
+    alive = int((base > 0).sum())
+    planned = [alive * sum(p.work for p in plans[d]) for d in DIMENSIONS]
+    for i, dimension in enumerate(DIMENSIONS):
+        more = plans[dimension]
         if not more:
             out[dimension] = {"pairs": [], "before": round(before, 3), "after": round(before, 3), "moved": None}
             continue
-        after = worst_case(more, x, y, judge, attack, batch_size, start=base, clean=base).p.sum().item()
+        after = worst_case(more, x, y, judge, attack, batch_size, start=base, clean=base,
+                           progress=lambda done, left: progress(done, left + sum(planned[i + 1:]))).p.sum().item()
         out[dimension] = {"pairs": [p.name for p in more], "before": round(before, 3), "after": round(after, 3),
                           "moved": before - after > tolerance(m)}
     return {"images": m, "tolerance": tolerance(m), "dimensions": out,

@@ -23,9 +23,10 @@ from torch import Tensor
 from ..config.spiking import Spiking
 from ..errors import SpikeAdvError
 from ..models.foreign import stochastic
-from . import estimators, registry
+from . import apgd, estimators, fab, registry, surrogates
 
 ROBUST, WRONG_CLEAN, CARRIED = -1, -2, -3  # winner codes: never broken; wrong before any attack; broken at a smaller eps
+TARGETS = {"apgd-t": apgd.TARGETS, "fab-t": fab.TARGETS}  # the attacks that run once per target class
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,16 @@ class Pair:
     def name(self) -> str:
         runs = f"x{self.restarts}" if self.restarts > 1 else ""
         return f"{self.attack}-{self.steps}{runs}{'-every' if self.every else ''}@{self.estimator}"
+
+    @property
+    def work(self) -> int:
+        """Model passes per image, in forwards (a gradient step: forward and backward, 3): steps (queries)
+        times restarts, EOT draws, APGD-T's and FAB-T's targets and MDSE's candidates. The weight of the
+        pair in progress bars and task costs, so that the ETA holds across pairs and models."""
+        name, options = estimators.parse(self.estimator)
+        fan = TARGETS.get(self.attack, len(surrogates.MDSE_CANDIDATES) if name == "mdse" else 1)
+        per_step = 3 if registry.get(self.attack).gradient else 1
+        return self.steps * self.restarts * options["eot"] * fan * per_step
 
 
 def with_eot(spec: str, n: int, override: bool = False) -> str:
@@ -252,7 +263,8 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
     verdict on the images themselves where the caller has it already. ``prune`` (AutoAttack's
     protocol): each pair runs only on the images still correct in some draw (p > 0); without, every pair
     runs on every image the model gets right in some draw, so each pair's own result is known too.
-    ``progress(done, left)`` after each batch: the image-steps just done and those still planned;
+    ``progress(done, left)`` after each batch: the model passes (:attr:`Pair.work` per image) just done
+    and those still planned;
     ``each``: every pair's own adversarial images are kept too (``Ensemble.each``)."""
     every = torch.arange(len(y), device=y.device)
     if clean is None:
@@ -280,9 +292,9 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
             result.winner[idx[first]] = i
             result.p[idx] = torch.minimum(result.p[idx], q)
             fooled, won = fooled + int(((q < 0.5) & (clean[idx] >= 0.5)).sum()), won + int(first.sum())
-            later = int(alive().sum())
-            progress(len(idx) * pair.steps, (len(todo) - lo - len(idx)) * pair.steps
-                     + later * sum(p.steps for p in pairs[i + 1:]))
+            later, every_image = int(alive().sum()), int((clean > 0).sum())
+            progress(len(idx) * pair.work, (len(todo) - lo - len(idx)) * pair.work
+                     + sum((every_image if p.every else later) * p.work for p in pairs[i + 1:]))
         result.ran.append(len(todo))
         result.fooled.append(fooled)
         result.won.append(won)

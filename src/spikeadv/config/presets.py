@@ -132,7 +132,7 @@ PRESETS: dict[str, Preset] = {
         # section V: the whole CIFAR-10 test set
         study=StudyConfig(images=10000, batch_size=100),
         sweep=SweepConfig(T=(8, 16, 32, 70), snn1_T=(64, 256, 1000, 2000), images=2000),
-        seeds=(0, 1, 2),  # three trained instances per kind: seed variance in every verdict
+        seeds=(0, 1, 2),  # three trained instances per kind: seed variance in the adaptive evaluation's verdicts
         notes="paper sections IV-B/C as written; momentum, weight decay, batch size and SNN-II lr are our choice; "
               "three instances per kind; 5,000 of the 50,000 training images held out for validation (model "
               "selection, the accuracy-matched ANN), where the paper trains on all",

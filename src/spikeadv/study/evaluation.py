@@ -153,22 +153,24 @@ def units(models: list[Trained], sources: dict[str, list[Trained]], setting: Set
     the card is then read from): each model's sweep over the eps grid and its null attack, curves per
     estimator and EOT, and the transfers from each source (one task per source, shared by its targets);
     the convergence check runs with its model's sweep.
-    Cost: image-steps."""
+    Cost: model passes in forwards (:attr:`.suite.Pair.work`), as if every pair ran on every image."""
     suite, curve = setting.suite, min(images, setting.suite.curve_images)
     out = []
     for m in models:
-        steps = sum(p.steps for p in suite.pairs(m.snn, m.net))
-        out += [Task(f"{m.name}-sweep", "unit", {"unit": "sweep", "model": m.name}, cost=images * steps * len(setting.eps)),
+        work = sum(p.work for p in suite.pairs(m.snn, m.net))
+        out += [Task(f"{m.name}-sweep", "unit", {"unit": "sweep", "model": m.name}, cost=images * work * len(setting.eps)),
                 Task(f"{m.name}-null", "unit", {"unit": "null", "model": m.name}, cost=images * len(setting.eps))]
         points = len(suite.eps_curve) + len(suite.steps_curve)
         out += [Task(f"{m.name}-curves-{e}", "unit", {"unit": "curves", "model": m.name, "estimator": e},
-                     cost=curve * points * max(suite.steps_curve)) for e in suite.curve_sources(m.snn, m.net)]
+                     cost=curve * points * Pair(e, suite.curve_attack, max(suite.steps_curve)).work)
+                for e in suite.curve_sources(m.snn, m.net)]
         if stochastic(m):
             out.append(Task(f"{m.name}-eot", "unit", {"unit": "eot", "model": m.name},
-                            cost=curve * suite.curve_steps * sum(suite.eot_draws)))
+                            cost=curve * sum(Pair(f"bptt:eot={n}", suite.curve_attack, suite.curve_steps).work
+                                             for n in suite.eot_draws)))
     for source in {s.name: s for group in sources.values() for s in group}.values():
         out.append(Task(f"from-{source.name}", "unit", {"unit": "transfer", "source": source.name},
-                        cost=images * suite.pairs(source.snn, source.net)[0].steps))
+                        cost=images * suite.pairs(source.snn, source.net)[0].work))
     return out
 
 

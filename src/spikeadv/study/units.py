@@ -142,7 +142,16 @@ class Evaluation:
                                                  restarts=pair.restarts).float()
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="img-step", leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit="pass", leave=False, dynamic_ncols=True)
+
+    @staticmethod
+    def _advance(bar: tqdm) -> Callable[[int, int], None]:
+        """A worst case's ``progress(done, left)`` on ``bar``: the total shrinks as images are broken."""
+        def progress(done: int, left: int) -> None:
+            bar.total = bar.n + done + left
+            bar.update(done)
+
+        return progress
 
     # --- units -----------------------------------------------------------------------------------------
 
@@ -155,14 +164,10 @@ class Evaluation:
 
         def compute() -> dict:
             start = None if before is None else torch.tensor(before["p"], device=self.x.device)
-            with self._bar(len(self.y) * sum(p.steps for p in pairs), f"{model.name} eps {eps:g}") as bar:
-                def progress(done: int, left: int) -> None:  # the total shrinks as images are broken
-                    bar.total = bar.n + done + left
-                    bar.update(done)
-
+            with self._bar(len(self.y) * sum(p.work for p in pairs), f"{model.name} eps {eps:g}") as bar:
                 result = worst_case(pairs, self.x, self.y, lambda v, idx: self.judge(model, v, idx),
                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, b),
-                                    self.setting.batch_size, self.setting.suite.prune, progress, start,
+                                    self.setting.batch_size, self.setting.suite.prune, self._advance(bar), start,
                                     self.clean(model), each=self.keep == "pairs")
             self.by_pair[(model.sha256, eps)] = {p.name: a for p, a in zip(pairs, result.each)}
             adv = result.adv
@@ -229,14 +234,15 @@ class Evaluation:
 
         def compute() -> dict:
             acc, per_image, trace = {}, {}, []
-            with self._bar(len(y) * sum(s for _, s in points), f"{model.name} curves {estimator}") as bar:
-                for e, steps in sorted(points):
+            pairs = {point: Pair(estimator, suite.curve_attack, point[1]) for point in points}
+            with self._bar(len(y) * sum(p.work for p in pairs.values()), f"{model.name} curves {estimator}") as bar:
+                for (e, steps), pair in sorted(pairs.items()):
                     keep = [] if (e, steps) == (eps, longest) else None
-                    adv = self.attack(model, Pair(estimator, suite.curve_attack, steps), x, y, e, "curve", keep)
+                    adv = self.attack(model, pair, x, y, e, "curve", keep)
                     per_image[(e, steps)] = self.judge(model, adv, torch.arange(len(adv), device=adv.device))
                     acc[(e, steps)] = per_image[(e, steps)].mean().item()
                     trace = keep if keep is not None else trace
-                    bar.update(len(y) * steps)
+                    bar.update(len(y) * pair.work)
             source = estimators.make(estimator, model.net, model.snn, seed=seed_of(self.setting.seed, "zero"))
             with runtime.autocast(self.setting.bf16, x.device):
                 grad = source.grad(x, y).flatten(1)
@@ -285,9 +291,10 @@ class Evaluation:
 
         def compute() -> dict:
             p = torch.tensor(base["p"][:m], device=self.x.device)
-            return convergence.check(pairs, self.x[:m], self.y[:m], lambda v, idx: self.judge(model, v, idx),
-                                     lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, ("converge", b)),
-                                     self.setting.batch_size, p, stochastic(model))
+            with self._bar(0, f"{model.name} convergence eps {eps:g}") as bar:
+                return convergence.check(pairs, self.x[:m], self.y[:m], lambda v, idx: self.judge(model, v, idx),
+                                         lambda pair, xb, yb, b: self.attack(model, pair, xb, yb, eps, ("converge", b)),
+                                         self.setting.batch_size, p, stochastic(model), self._advance(bar))
 
         return self._unit(f"{model.name}-converge", {"unit": "converge", "model": model.sha256, "eps": eps,
                                                      "pairs": [p.name for p in pairs], "images_checked": m,
