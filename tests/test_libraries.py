@@ -129,6 +129,20 @@ def test_a_model_in_train_mode_is_attacked_in_eval_mode_and_given_back_unchanged
     assert any("train mode" in line for line in lines) and card["clean_acc"] == 1.0  # judged as in eval mode
 
 
+def test_a_model_is_attacked_on_the_images_device_and_given_back_on_its_own():
+    moves = []
+
+    class Spy(nn.Sequential):
+        def to(self, *args, **kwargs):
+            moves.append(torch.device(args[0]))
+            return super().to(*args, **kwargs)
+
+    x, y = images(6)
+    spikeadv.evaluate(Spy(nn.Flatten(), nn.Linear(64, 10)), x, y, eps=(8 / 255,), suite="quick", device="cpu",
+                      log=lambda line: None)
+    assert moves == [torch.device("cpu"), torch.device("cpu")]  # to the images' device, then back home
+
+
 def test_buffers_changed_during_an_attack_are_refused_and_restored():
     class Counting(nn.Module):
         def __init__(self):

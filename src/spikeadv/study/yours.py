@@ -4,7 +4,8 @@ or Norse SNN, or any function from images in [0, 1] to logits, on your images, w
 evaluation of :mod:`.units` (every estimator that applies to the model: :mod:`spikeadv.attack.estimators`),
 in L-inf or (suite ``l2``) L2.
 
-A model is attacked in eval mode and given back in the mode it came in; its buffers must not change
+A model is attacked in eval mode on the images' device and given back in the mode and on the device it
+came in; its buffers must not change
 (:func:`spikeadv.models.adapters.attacking`). The default eps grid follows the images and the threat
 model (:data:`.evaluation.GRIDS`): grey images (MNIST) 0.05 ... 0.3 in L-inf, 0.5 ... 3 in L2; colour images
 0.5/255 ... 32/255 in L-inf, 0.1 ... 1 in L2.
@@ -20,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -39,6 +41,22 @@ from .evaluation import card_meta, custom_suite, default_grid, draws_value, eps_
 from .units import Evaluation, Setting
 
 Models = Mapping[str, object] | Sequence[object]
+
+
+@contextmanager
+def _placed(model: object, where: torch.device) -> Iterator[object]:
+    """``model`` on ``where`` within this block and back on the device it came on afterwards (a module by
+    its first parameter or buffer; anything else as it is)."""
+    tensors = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, nn.Module) else iter(())
+    home = next((t.device for t in tensors), None)
+    if home is None:
+        yield model
+        return
+    model.to(where)
+    try:
+        yield model
+    finally:
+        model.to(home)
 
 
 def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[float] | None = None,
@@ -66,7 +84,7 @@ def evaluate_models(models: Models, x: Tensor, y: Tensor, eps: float | Sequence[
     with ExitStack() as stack:
         targets = []
         for name, model in named.items():
-            target = as_model(model.to(where) if isinstance(model, nn.Module) else model, str(name))
+            target = as_model(stack.enter_context(_placed(model, where)), str(name))
             target = dataclasses.replace(target, label=str(name)) if isinstance(models, Mapping) else target
             if stack.enter_context(adapters.attacking(target.net)):
                 log(f"{name} was in train mode: attacked in eval mode (dropout off, batch norm on its running "
