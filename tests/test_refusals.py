@@ -207,5 +207,7 @@ def test_under_torchrun_every_rank_refuses_a_bad_output_before_training(tmp_path
                         "-m", "spikeadv", "train", "ann", "--preset", "smoke", "--out", str(tmp_path / "f" / "x.safetensors")],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     out = r.stdout + r.stderr
-    assert r.returncode != 0 and out.count("spikeadv: error: cannot write") == 2, out[-3000:]
+    # torchrun stops the other rank as soon as one exits, so the second may be stopped before it prints
+    # (seen under load): one or two ranks say why, and none reaches the process group or an epoch
+    assert r.returncode != 0 and out.count("spikeadv: error: cannot write") in (1, 2), out[-3000:]
     assert "gloo" not in out.lower() and "epoch" not in out and files(tmp_path) == ["f"]
