@@ -205,11 +205,11 @@ class Mixed(Source):
 
     def _each(self, fn: Callable, items: list) -> list:
         """``fn`` of every candidate's item, each from the same point of a wrapped SNN's encoder stream."""
-        start = self.loop.stream.calls if self.loop is not None else 0
-        out = []
+        if self.loop is None:
+            return [fn(item) for item in items]
+        start, out = self.loop.stream.calls, []
         for item in items:
-            if self.loop is not None:
-                self.loop.stream.calls = start
+            self.loop.stream.calls = start
             out.append(fn(item))
         return out
 

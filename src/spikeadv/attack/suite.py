@@ -274,6 +274,7 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
     if start is not None:
         result.winner[(clean >= 0.5) & (p < 0.5)] = CARRIED
     alive = (lambda: result.p > 0) if prune else (lambda: clean > 0)
+    every_image = int((clean > 0).sum())  # what a pair on every image runs on
     for i, pair in enumerate(pairs):
         begin = time.perf_counter()
         todo = torch.nonzero(clean > 0 if pair.every else alive()).flatten()
@@ -292,7 +293,7 @@ def worst_case(pairs: tuple[Pair, ...], x: Tensor, y: Tensor, judge: Judged, att
             result.winner[idx[first]] = i
             result.p[idx] = torch.minimum(result.p[idx], q)
             fooled, won = fooled + int(((q < 0.5) & (clean[idx] >= 0.5)).sum()), won + int(first.sum())
-            later, every_image = int(alive().sum()), int((clean > 0).sum())
+            later = int(alive().sum())
             progress(len(idx) * pair.work, (len(todo) - lo - len(idx)) * pair.work
                      + sum((every_image if p.every else later) * p.work for p in pairs[i + 1:]))
         result.ran.append(len(todo))
